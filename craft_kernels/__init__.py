@@ -1,0 +1,30 @@
+"""craft_kernels: kernels for small language models (Triton on CUDA, fastest PyTorch path on CPU, C++ native ops).
+
+Native ops (C++ extension with pure-Python twins, CRAFT_NATIVE=python|cpp) are imported lazily, so
+``import craft_kernels`` and ``backend_info()`` work even before the extension is built; importing a
+native op without the extension raises an ImportError that says how to build it.
+"""
+from craft_kernels._backend import backend_info
+from craft_kernels.attention import doc_attention
+from craft_kernels.swiglu import SwiGLUMLP, swiglu, swiglu_packed
+
+__version__ = "0.1.0"
+
+# name -> module under craft_kernels.native that defines it
+_NATIVE = {}
+
+
+def __getattr__(name):
+    mod = _NATIVE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'craft_kernels' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"craft_kernels.native.{mod}"), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_NATIVE))
+
+
+__all__ = ["backend_info", "doc_attention", "swiglu", "swiglu_packed", "SwiGLUMLP", *_NATIVE]

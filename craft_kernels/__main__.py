@@ -1,0 +1,3 @@
+from craft_kernels._backend import format_backend_info
+
+print(format_backend_info())
