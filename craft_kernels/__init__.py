@@ -11,7 +11,9 @@ from craft_kernels.swiglu import SwiGLUMLP, swiglu, swiglu_packed
 __version__ = "0.1.0"
 
 # name -> module under craft_kernels.native that defines it
-_NATIVE = {}
+_NATIVE = {
+    **dict.fromkeys(["pad_units", "greedy_join", "join_pad", "flatten_level", "build_dvt"], "dataprep"),
+}
 
 
 def __getattr__(name):

@@ -1,0 +1,45 @@
+"""Argument checks shared by the native-op wrappers: every message names the argument and the fix."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def int_array(x, name: str, ndim: int = 1) -> np.ndarray:
+    """`x` as an int64 NumPy array of `ndim` dimensions (any int dtype or int list; non-contiguous is fine)."""
+    a = np.asarray(x)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_ or a.size == 0):
+        raise TypeError(f"{name}: expected an integer array, got dtype {a.dtype}; convert with np.asarray(..., dtype=np.int64)")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d array, got shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def offsets_array(x, name: str, total: int | None = None) -> np.ndarray:
+    """CSR offsets: 1-d, starting at 0, non-decreasing, ending at `total` when given."""
+    a = int_array(x, name)
+    if a.size == 0:
+        raise ValueError(f"{name}: offsets need at least one entry (0 for an empty batch)")
+    if a[0] != 0:
+        raise ValueError(f"{name}: offsets must start at 0, got {a[0]}")
+    d = np.diff(a)
+    if d.size and d.min() < 0:
+        i = int(np.argmin(d))
+        raise ValueError(f"{name}: offsets must be non-decreasing, but {name}[{i + 1}]={a[i + 1]} < {name}[{i}]={a[i]}")
+    if total is not None and a[-1] != total:
+        raise ValueError(f"{name}: offsets must end at {total} (the number of items they index), got {a[-1]}")
+    return a
+
+
+def positive_int(x, name: str, minimum: int = 1) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
+    if x < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {x}")
+    return int(x)
+
+
+def ids_in_range(a: np.ndarray, name: str, vocab_size: int | None) -> None:
+    if a.size and a.min() < 0:
+        raise ValueError(f"{name}: ids must be >= 0, found {int(a.min())}")
+    if vocab_size is not None and a.size and a.max() >= vocab_size:
+        raise ValueError(f"{name}: id {int(a.max())} is outside the vocabulary [0, {vocab_size})")
