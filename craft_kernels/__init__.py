@@ -5,6 +5,7 @@ Native ops (C++ extension with pure-Python twins, CRAFT_NATIVE=python|cpp) are i
 native op without the extension raises an ImportError that says how to build it.
 """
 from craft_kernels._backend import backend_info
+from craft_kernels.act import ACTOutput, act_accumulate
 from craft_kernels.attention import doc_attention
 from craft_kernels.swiglu import SwiGLUMLP, swiglu, swiglu_packed
 
@@ -29,4 +30,4 @@ def __dir__():
     return sorted(list(globals()) + list(_NATIVE))
 
 
-__all__ = ["backend_info", "doc_attention", "swiglu", "swiglu_packed", "SwiGLUMLP", *_NATIVE]
+__all__ = ["backend_info", "act_accumulate", "ACTOutput", "doc_attention", "swiglu", "swiglu_packed", "SwiGLUMLP", *_NATIVE]

@@ -24,4 +24,5 @@ PYBIND11_MODULE(_C, m) {
     craft::bind_dataprep(m);
     craft::bind_link_detector(m);
     craft::bind_trie(m);
+    craft::bind_act_scan(m);
 }

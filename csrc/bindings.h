@@ -6,4 +6,5 @@ namespace craft {
 void bind_dataprep(pybind11::module_& m);  // dataprep.cpp: pad_units, greedy_join, join_pad, flatten_level, build_dvt
 void bind_link_detector(pybind11::module_& m);  // link_detector.cpp
 void bind_trie(pybind11::module_& m);  // trie.cpp
+void bind_act_scan(pybind11::module_& m);  // act_scan.cpp: the scalar scan of act_accumulate
 }  // namespace craft

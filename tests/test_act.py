@@ -1,0 +1,122 @@
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from craft_kernels import act_accumulate
+from craft_kernels.act import act_accumulate_reference
+from craft_kernels.native import _dispatch
+
+
+def _inputs(seed, B, N, D, masked, halting, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    r = torch.rand(B, N, generator=g, dtype=dtype) * 0.98 + 0.01
+    h = torch.rand(B, N, generator=g, dtype=dtype) * 0.6 if halting else None
+    m = torch.rand(B, N, generator=g) > 0.25 if masked else None
+    x = torch.randn(B, N, D, generator=g, dtype=dtype)
+    return x, r, h, m
+
+
+def _outputs(o):
+    return o.slots, o.slot_fill, o.clamped_probs, o.halting
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 4), st.integers(0, 12), st.integers(1, 5), st.booleans(),
+       st.booleans(), st.sampled_from(["clamp", "carry"]), st.sampled_from([1e-6, 1e-3, 0.05]))
+def test_matches_sequential_reference_values_and_grads(seed, B, N, D, masked, halting, mode, eps):
+    x, r, h, m = _inputs(seed, B, N, D, masked, halting)
+    leaves = [t.clone().requires_grad_() for t in (x, r) + ((h,) if h is not None else ())]
+    args = lambda ls: (ls[0], ls[1], ls[2] if h is not None else None, m)  # noqa: E731
+    with _dispatch.use("cpp"):
+        a = act_accumulate(*args(leaves), eps=eps, mode=mode)
+    b = act_accumulate_reference(*args(leaves), eps=eps, mode=mode)
+    for f in a._fields:
+        ta, tb = getattr(a, f), getattr(b, f)
+        assert ta.shape == tb.shape, f
+        torch.testing.assert_close(ta, tb, rtol=1e-12, atol=1e-12, msg=f)
+    if B and N and bool(a.slot_index.ge(0).any()):
+        wts = [torch.randn(t.shape, dtype=torch.float64) for t in _outputs(a)]
+        loss = lambda o: sum((t * w).sum() for t, w in zip(_outputs(o), wts))  # noqa: E731
+        ga = torch.autograd.grad(loss(a), leaves, allow_unused=True)
+        gb = torch.autograd.grad(loss(b), leaves, allow_unused=True)
+        for p, q in zip(ga, gb):
+            torch.testing.assert_close(p if p is not None else torch.zeros_like(q), q if q is not None else torch.zeros_like(p),
+                                       rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["clamp", "carry"])
+def test_gradcheck_float64(mode):
+    x, r, h, m = _inputs(3, 2, 11, 3, True, True)
+    f = lambda x_, r_, h_: _outputs(act_accumulate(x_, r_, h_, m, mode=mode))  # noqa: E731
+    assert torch.autograd.gradcheck(f, tuple(t.requires_grad_() for t in (x, r, h)))
+
+
+@pytest.mark.parametrize("mode", ["clamp", "carry"])
+def test_invariants(mode):
+    eps = 1e-6
+    x, r, h, m = _inputs(7, 6, 200, 4, True, True)
+    o = act_accumulate(x, r, h, m, eps=eps, mode=mode)
+    for b in range(6):
+        k = int(o.n_slots[b])
+        assert torch.all(o.slot_fill[b, :k] >= 1 - eps) and torch.all(o.slot_fill[b, :k] <= 1 + 1e-12)
+        torch.testing.assert_close(o.clamped_probs[b].sum(), o.slot_fill[b].sum())
+        assert torch.all(o.slot_index[b][~m[b]] == -1) and torch.all(o.clamped_probs[b][~m[b]] == 0)
+        idx = o.slot_index[b][m[b]]
+        assert torch.all(idx[1:] >= idx[:-1])
+    # once halted, every later step returns nothing
+    x, r, h, _ = _inputs(9, 4, 60, 2, False, True)
+    o = act_accumulate(x, r, torch.full_like(h, 0.45), mode=mode)
+    assert bool(o.halted.all())
+    for b in range(4):
+        closed = int(o.n_slots[b])
+        assert closed >= 3 and torch.all(o.slot_fill[b, 3:] == 0) if mode == "clamp" else closed >= 3
+    if mode == "clamp":
+        assert torch.all(o.slot_index[:, -5:] == 3) and torch.all(o.clamped_probs[:, -5:] == 0)
+
+
+def test_clamp_example_by_hand():
+    x = torch.tensor([[[1.0], [10.0], [100.0], [1000.0]]], dtype=torch.float64)
+    r = torch.tensor([[0.6, 0.6, 0.5, 0.7]], dtype=torch.float64)
+    o = act_accumulate(x, r, mode="clamp")
+    # slot 0: 0.6*1 + 0.4*10 (clamped); slot 1: 0.5*100 + 0.5*1000 (0.7 clamped to the remaining 0.5)
+    assert o.clamped_probs[0].tolist() == pytest.approx([0.6, 0.4, 0.5, 0.5])
+    assert o.slots[0, :, 0].tolist() == pytest.approx([0.6 + 4.0, 50.0 + 500.0])
+    assert o.n_slots.tolist() == [2]
+    c = act_accumulate(x, r, mode="carry")
+    # carry: 0.6 | 0.4 closes slot 0, 0.2 spills into slot 1 with 0.5 and 0.3 of the last; 0.4 into slot 2
+    assert c.slot_fill[0].tolist() == pytest.approx([1.0, 1.0, 0.4])
+    assert c.slots[0, :, 0].tolist() == pytest.approx([0.6 + 4.0, 2.0 + 50.0 + 300.0, 400.0])
+    assert c.clamped_probs[0].tolist() == pytest.approx([0.6, 0.6, 0.5, 0.7])
+
+
+def test_empty_and_float32():
+    o = act_accumulate(torch.zeros(0, 5, 3), torch.full((0, 5), 0.5))
+    assert o.slots.shape == (0, 0, 3) and o.n_slots.shape == (0,)
+    x, r, _, _ = _inputs(1, 3, 40, 8, False, False, dtype=torch.float32)
+    a = act_accumulate(x, r)
+    b = act_accumulate_reference(x.double(), r.double())
+    torch.testing.assert_close(a.slots.double(), b.slots, rtol=1e-5, atol=1e-5)
+
+
+def test_python_impl_is_the_reference():
+    x, r, h, m = _inputs(2, 2, 10, 3, True, True)
+    with _dispatch.use("python"):
+        a = act_accumulate(x, r, h, m)
+    b = act_accumulate_reference(x, r, h, m)
+    torch.testing.assert_close(a.slots, b.slots)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(results=torch.zeros(2, 3)), r"results: expected a \(B, N, D\)"),
+    (dict(return_probs=torch.full((2, 4), 0.5)), r"return_probs: expected shape \(2, 3\)"),
+    (dict(return_probs=torch.full((2, 3), 1.0)), r"return_probs: every unmasked value must lie in \(0, 1\)"),
+    (dict(halting_probs=torch.full((2, 3), 1.5)), r"halting_probs: every unmasked value must lie in \[0, 1\]"),
+    (dict(mask=torch.ones(2, 3)), "mask: expected a bool tensor"),
+    (dict(mode="fire"), "mode: expected 'clamp' or 'carry'"),
+    (dict(eps=1.0), "eps: expected"),
+])
+def test_bad_inputs(kw, match):
+    args = dict(results=torch.zeros(2, 3, 4), return_probs=torch.full((2, 3), 0.5))
+    args.update(kw)
+    with pytest.raises((ValueError, TypeError), match=match):
+        act_accumulate(**args)
