@@ -7,6 +7,10 @@ native op without the extension raises an ImportError that says how to build it.
 from craft_kernels._backend import backend_info
 from craft_kernels.act import ACTOutput, act_accumulate
 from craft_kernels.attention import doc_attention
+from craft_kernels.doc_masks import (
+    MASK_KINDS, DocMaskState, doc_block_mask, doc_dense_mask, doc_ids_from_cu_seqlens, doc_ids_from_spans,
+    doc_mask_mod, links_from_edges,
+)
 from craft_kernels.swiglu import SwiGLUMLP, swiglu, swiglu_packed
 
 __version__ = "0.1.0"
@@ -30,4 +34,5 @@ def __dir__():
     return sorted(list(globals()) + list(_NATIVE))
 
 
-__all__ = ["backend_info", "act_accumulate", "ACTOutput", "doc_attention", "swiglu", "swiglu_packed", "SwiGLUMLP", *_NATIVE]
+__all__ = ["backend_info", "act_accumulate", "ACTOutput", "doc_attention", "MASK_KINDS", "DocMaskState", "doc_block_mask", "doc_dense_mask",
+           "doc_ids_from_cu_seqlens", "doc_ids_from_spans", "doc_mask_mod", "links_from_edges", "swiglu", "swiglu_packed", "SwiGLUMLP", *_NATIVE]
