@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 # name -> module under craft_kernels.native that defines it
 _NATIVE = {
     **dict.fromkeys(["pad_units", "greedy_join", "join_pad", "flatten_level", "build_dvt"], "dataprep"),
+    **dict.fromkeys(["LinkDetector", "BatchLinkDetector", "DetectedLink"], "link_detector"),
 }
 
 
