@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _NATIVE = {
     **dict.fromkeys(["pad_units", "greedy_join", "join_pad", "flatten_level", "build_dvt"], "dataprep"),
     **dict.fromkeys(["LinkDetector", "BatchLinkDetector", "DetectedLink"], "link_detector"),
+    "Trie": "trie",
 }
 
 
