@@ -10,6 +10,7 @@ The character tokenizer uses the hierarchical (DVT) vocabulary layout: 0=``<unk>
 """
 from __future__ import annotations
 
+import abc
 import functools
 import importlib.util
 import os
@@ -29,13 +30,14 @@ def _check_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
     return ids
 
 
-class Tokenizer:
+class Tokenizer(abc.ABC):
     name: str
     specials: dict[str, int]
 
     @property
-    def vocab_size(self) -> int:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids, specials included."""
 
     @property
     def eos_id(self) -> int:
