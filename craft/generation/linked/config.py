@@ -1,0 +1,113 @@
+"""``GenerationConfig``: every knob of linked-document generation, validated on construction."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+
+EVICTION_POLICIES = ("drop_oldest", "stop_new")
+GENERATION_MASK_KINDS = ("cross_doc_link", "doc_causal")
+
+
+def _int(name, v, lo, allow_none=False):
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name}: expected an int{' or None' if allow_none else ''}, got {type(v).__name__}")
+    if v < lo:
+        raise ValueError(f"{name}: must be >= {lo}, got {v}")
+
+
+def _bool(name, v):
+    if not isinstance(v, bool):
+        raise TypeError(f"{name}: expected True or False, got {v!r}")
+
+
+@dataclass
+class GenerationConfig:
+    """How a linked generation run behaves.
+
+    Budgets: ``max_new_tokens`` counts tokens sampled over the whole run (all documents);
+    ``max_tokens_per_document`` bounds one document in context (header/prompt + generated + EOS;
+    ``None`` = the checkpoint's training ``seq_len``, else the model's context length);
+    ``max_context_length`` is the number of KV-cache slots shared by every active document
+    (``None`` = the model's context length). ``max_auxiliary_documents`` counts corpus and generated
+    documents besides the root; ``max_link_depth`` is how many link hops from the root are followed
+    (0 = none); ``allow_recursive_links=False`` follows only the root's links.
+
+    ``eviction_policy``: ``drop_oldest`` evicts the oldest document that is neither being generated
+    nor an ancestor of it when the cache is full; ``stop_new`` never evicts: documents that do not
+    fit are not added and a document stops when the cache is full.
+    ``mask_kind``: ``cross_doc_link`` (a document sees the documents it links to) or ``doc_causal``.
+    ``constrain_links_to_corpus``: while inside ``](...)``, only tokens continuing a corpus title (and
+    its closing parenthesis) may be sampled. ``temperature=0`` is greedy.
+    """
+
+    max_new_tokens: int = 100
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    max_tokens_per_document: int | None = None
+    max_context_length: int | None = None
+    max_auxiliary_documents: int = 5
+    max_link_depth: int = 1
+    allow_corpus_fallback: bool = True
+    eviction_policy: str = "drop_oldest"
+    process_prompt_links: bool = True
+    allow_recursive_links: bool = True
+    eos_token_id: int | None = None
+    device: str | None = None
+    mask_kind: str = "cross_doc_link"
+    constrain_links_to_corpus: bool = False
+    root_title: str = "Root Document"
+    seed: int | None = None
+
+    def __post_init__(self):
+        _int("max_new_tokens", self.max_new_tokens, 0)
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
+            raise TypeError(f"temperature: expected a float, got {type(self.temperature).__name__}")
+        if not self.temperature >= 0 or self.temperature == float("inf"):
+            raise ValueError(f"temperature: must be a finite number >= 0 (0 = greedy), got {self.temperature}")
+        self.temperature = float(self.temperature)
+        _int("top_k", self.top_k, 1, allow_none=True)
+        if self.top_p is not None:
+            if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)):
+                raise TypeError(f"top_p: expected a float in (0, 1] or None, got {type(self.top_p).__name__}")
+            if not 0 < self.top_p <= 1:
+                raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+            self.top_p = float(self.top_p)
+        _int("max_tokens_per_document", self.max_tokens_per_document, 2, allow_none=True)
+        _int("max_context_length", self.max_context_length, 2, allow_none=True)
+        if (self.max_tokens_per_document is not None and self.max_context_length is not None
+                and self.max_tokens_per_document > self.max_context_length):
+            raise ValueError(f"max_tokens_per_document: {self.max_tokens_per_document} exceeds max_context_length="
+                             f"{self.max_context_length}; a document must fit in the context")
+        _int("max_auxiliary_documents", self.max_auxiliary_documents, 0)
+        _int("max_link_depth", self.max_link_depth, 0)
+        for name in ("allow_corpus_fallback", "process_prompt_links", "allow_recursive_links",
+                     "constrain_links_to_corpus"):
+            _bool(name, getattr(self, name))
+        if self.eviction_policy not in EVICTION_POLICIES:
+            raise ValueError(f"eviction_policy: expected one of {EVICTION_POLICIES}, got {self.eviction_policy!r}")
+        if self.mask_kind not in GENERATION_MASK_KINDS:
+            raise ValueError(f"mask_kind: expected one of {GENERATION_MASK_KINDS}, got {self.mask_kind!r}")
+        _int("eos_token_id", self.eos_token_id, 0, allow_none=True)
+        if self.device is not None and not isinstance(self.device, str):
+            self.device = str(self.device)
+        if not isinstance(self.root_title, str) or not self.root_title.strip():
+            raise ValueError(f"root_title: expected a non-empty string, got {self.root_title!r}")
+        _int("seed", self.seed, 0, allow_none=True)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "GenerationConfig":
+        """Like ``GenerationConfig(**kwargs)`` but names unknown options and lists the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"unknown generation option(s) {unknown}; valid options: {sorted(names)}")
+        return cls(**kwargs)
+
+    def replace(self, **changes) -> "GenerationConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

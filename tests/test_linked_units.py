@@ -1,0 +1,195 @@
+"""GenerationConfig validation, GenerationResult (order, lookup, save) and DocumentCorpus over a
+pretokenized directory in the corpus format."""
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from craft.data.titles import create_filename, normalize_title, title_matches_filename
+from craft.generation.linked import DocumentCorpus, GeneratedDocument, GenerationConfig, GenerationResult
+from craft.generation.linked.result import topological_order
+from craft.tokenizers import get_tokenizer
+
+
+def write_corpus(path, docs, tokenizer, shard_tokens=64, dtype="uint16"):
+    """Pretokenized corpus directory in the agreed format (meta.json, shards, index.sqlite) from
+    ``docs``: (title, markdown). Documents are split over shards of about ``shard_tokens``."""
+    path.mkdir(parents=True, exist_ok=True)
+    shards, cur, rows = [], [], []
+    for i, (title, text) in enumerate(docs):
+        ids = tokenizer.encode(text)
+        if cur and len(cur) + len(ids) > shard_tokens:
+            shards.append(cur)
+            cur = []
+        rows.append((i, title, normalize_title(title), create_filename(title) + ".md", len(shards), len(cur), len(ids)))
+        cur = cur + ids
+    shards.append(cur)
+    names = []
+    for k, s in enumerate(shards):
+        names.append(f"shard_{k:05d}.bin")
+        np.asarray(s, dtype=dtype).tofile(path / names[-1])
+    db = sqlite3.connect(path / "index.sqlite")
+    db.execute("CREATE TABLE documents(id INTEGER PRIMARY KEY, title TEXT NOT NULL UNIQUE, normalized TEXT NOT NULL, "
+               "filename TEXT NOT NULL, shard INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL)")
+    db.execute("CREATE INDEX documents_normalized ON documents(normalized)")
+    db.execute("CREATE TABLE links(src INTEGER NOT NULL, dst_title TEXT NOT NULL, dst INTEGER)")
+    db.executemany("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    db.commit()
+    db.close()
+    meta = {"format": 1, "tokenizer": tokenizer.to_dict(), "dtype": dtype, "eos_id": tokenizer.eos_id,
+            "n_tokens": sum(map(len, shards)), "n_documents": len(docs), "shards": names}
+    (path / "meta.json").write_text(json.dumps(meta))
+    return path
+
+
+DOCS = [("Python", "# Python\n\nA language. See [os](os).\n"),
+        ("os", "# os\n\nOperating system interfaces.\n"),
+        ("os.path", "# os.path\n\nPathname manipulations, part of [os](os).\n"),
+        ("New Topic", "# New Topic\n\nSomething new.\n"),
+        ("new topic", "# new topic\n\nThe lowercase one.\n")]
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return get_tokenizer("gpt2")
+
+
+@pytest.fixture
+def corpus_dir(tmp_path, gpt2):
+    return write_corpus(tmp_path / "corpus", DOCS, gpt2)
+
+
+# ---------------------------------------------------------------- config
+def test_config_defaults_and_round_trip():
+    c = GenerationConfig()
+    assert c.eviction_policy == "drop_oldest" and c.mask_kind == "cross_doc_link"
+    assert GenerationConfig(**c.to_dict()) == c
+    assert c.replace(max_link_depth=3).max_link_depth == 3
+
+
+@pytest.mark.parametrize("kwargs, err, name", [
+    ({"max_new_tokens": -1}, ValueError, "max_new_tokens"),
+    ({"max_new_tokens": 1.5}, TypeError, "max_new_tokens"),
+    ({"temperature": -0.1}, ValueError, "temperature"),
+    ({"temperature": float("nan")}, ValueError, "temperature"),
+    ({"top_k": 0}, ValueError, "top_k"),
+    ({"top_p": 0.0}, ValueError, "top_p"),
+    ({"top_p": 1.5}, ValueError, "top_p"),
+    ({"max_tokens_per_document": 1}, ValueError, "max_tokens_per_document"),
+    ({"max_tokens_per_document": 64, "max_context_length": 32}, ValueError, "max_tokens_per_document"),
+    ({"max_link_depth": -1}, ValueError, "max_link_depth"),
+    ({"max_auxiliary_documents": True}, TypeError, "max_auxiliary_documents"),
+    ({"eviction_policy": "lru"}, ValueError, "eviction_policy"),
+    ({"mask_kind": "full"}, ValueError, "mask_kind"),
+    ({"allow_corpus_fallback": 1}, TypeError, "allow_corpus_fallback"),
+    ({"root_title": " "}, ValueError, "root_title"),
+])
+def test_config_rejects(kwargs, err, name):
+    with pytest.raises(err, match=name):
+        GenerationConfig(**kwargs)
+
+
+def test_config_from_kwargs_names_unknown_options():
+    with pytest.raises(TypeError, match="max_depth"):
+        GenerationConfig.from_kwargs(max_depth=2)
+    assert GenerationConfig.from_kwargs(max_link_depth=2).max_link_depth == 2
+
+
+# ---------------------------------------------------------------- result
+def _doc(title, parent=None, links=(), source="generated", text=None):
+    return GeneratedDocument(title=title, text=text or f"# {title}\n", source=source, is_root=parent is None,
+                             parent_title=parent, links=list(links), status="corpus" if source == "corpus" else "eos")
+
+
+def test_topological_order_dependencies_first_ties_by_creation():
+    docs = [_doc("R", links=["A", "B"]), _doc("A", "R", links=["C"]), _doc("B", "R"), _doc("C", "A")]
+    assert [d.title for d in topological_order(docs)] == ["B", "C", "A", "R"]
+    res = GenerationResult.from_documents(docs, {"max_link_depth": 2})
+    assert res.root_document.title == "R"
+    assert [d.title for d in res.auxiliary_documents] == ["B", "C", "A"]
+    assert [d.title for d in res.get_all_documents()] == ["R", "B", "C", "A"]
+    # a cycle (A <-> B) is broken at the earliest-created document
+    cyc = [_doc("R", links=["A"]), _doc("A", "R", links=["B"]), _doc("B", "A", links=["A"])]
+    assert [d.title for d in topological_order(cyc)] == ["A", "R", "B"]
+
+
+def test_get_document_by_title_original_filename_or_normalized():
+    res = GenerationResult.from_documents([_doc("R", links=["New Topic"]), _doc("New Topic", "R")])
+    d = res.get_document_by_title("New Topic")
+    assert d is res.auxiliary_documents[0]
+    assert res.get_document_by_title(create_filename("New Topic")) is d
+    assert res.get_document_by_title(create_filename("New Topic") + ".md") is d
+    assert res.get_document_by_title("new_topic") is d
+    assert res.get_document_by_title("Old Topic") is None
+
+
+def test_result_validation():
+    with pytest.raises(ValueError, match="root"):
+        GenerationResult.from_documents([_doc("A", "R")])
+    with pytest.raises(ValueError, match="unique"):
+        GenerationResult.from_documents([_doc("R"), _doc("A", "R"), _doc("A", "R")])
+    with pytest.raises(ValueError, match="tokens, text"):
+        GeneratedDocument(title="x", is_root=True)
+    with pytest.raises(ValueError, match="source"):
+        GeneratedDocument(title="x", text="", source="web", is_root=True)
+
+
+def test_save_writes_markdown_and_manifest(tmp_path):
+    docs = [_doc("Root Document", links=["os", "New Topic"], text="Prompt [os](os) and [n](New Topic)."),
+            _doc("os", "Root Document", source="corpus", text="# os\n\nOperating system."),
+            _doc("New Topic", "Root Document", text="# New Topic\n\nfresh")]
+    res = GenerationResult.from_documents(docs, {"max_link_depth": 1}, {"tokens": 3})
+    manifest = json.loads(res.save(tmp_path / "out").read_text())
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == sorted([create_filename(d.title) + ".md" for d in docs] + ["manifest.json"])
+    for d in docs:
+        assert (tmp_path / "out" / (create_filename(d.title) + ".md")).read_text() == d.text
+        assert title_matches_filename(d.title, create_filename(d.title) + ".md")
+    assert manifest["root"] == "Root Document"
+    assert manifest["links"] == [{"src": "Root Document", "dst": "os"}, {"src": "Root Document", "dst": "New Topic"}]
+    assert [m["title"] for m in manifest["documents"]] == ["Root Document", "os", "New Topic"]
+    assert manifest["documents"][1]["source"] == "corpus"
+    assert manifest["generation_config"] == {"max_link_depth": 1} and manifest["stats"] == {"tokens": 3}
+    assert "- os [corpus, corpus]" in res.link_tree()
+
+
+# ---------------------------------------------------------------- corpus
+def test_corpus_lookups(corpus_dir, gpt2):
+    with DocumentCorpus(corpus_dir) as c:
+        assert len(c) == 5 and c.titles() == [t for t, _ in DOCS]
+        for title, text in DOCS:  # documents straddle shards; every one comes back exactly
+            got = c.get_document(title)
+            assert got.dtype == np.int64 and gpt2.decode(got.tolist()) == text
+        assert c.has_document("os.path") and "os.path" in c and not c.has_document("sys")
+        assert c.get_document("sys") is None
+        # normalized match: "OS" -> "os"; exact wins over normalized siblings
+        assert c.resolve_title("OS") == "os"
+        assert c.get_title_variants("new topic") == ["new topic", "New Topic"]
+        assert c.get_title_variants("NEW TOPIC") == ["New Topic", "new topic"]
+        assert c.get_title_variants("sys") == []
+        assert c.document_filename("Python") == create_filename("Python") + ".md"
+        assert c.tokenizer.to_dict() == gpt2.to_dict() and c.eos_id == gpt2.eos_id
+        trie = c.title_trie(gpt2)
+        assert trie.lookup(gpt2.encode("os.path)")).tolist() == [2]
+        assert trie.lookup(gpt2.encode("os.pat)")).tolist() == []
+    with pytest.raises(ValueError, match="closed"):
+        c.get_document("os")
+
+
+def test_corpus_uint32_and_errors(tmp_path, gpt2):
+    d = write_corpus(tmp_path / "c32", DOCS[:2], gpt2, dtype="uint32")
+    with DocumentCorpus(d) as c:
+        assert gpt2.decode(c.get_document("os").tolist()) == DOCS[1][1]
+    with pytest.raises(FileNotFoundError, match="path"):
+        DocumentCorpus(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        DocumentCorpus(tmp_path / "empty")
+    meta = json.loads((d / "meta.json").read_text())
+    meta["format"] = 2
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="format"):
+        DocumentCorpus(d)
+    with DocumentCorpus(write_corpus(tmp_path / "c16", DOCS[:1], gpt2)) as c, pytest.raises(TypeError, match="title"):
+        c.get_document(3)
