@@ -43,6 +43,7 @@ class ContextDocument:
     archived: bool = False
     status: str | None = None  # None while open
     activated_at: int = -1  # activation sequence number (drop_oldest evicts the smallest)
+    corpus_filename: str | None = None
 
     @property
     def active(self) -> bool:

@@ -1,0 +1,433 @@
+"""Token-by-token generation of linked documents on a KV cache.
+
+``SingleDocumentGenerator`` generates one document (sample, append, feed; stops at EOS, the
+document's token limit, the run's token budget or a full context). ``LinkedDocumentGenerator``
+also feeds every sampled token to a ``craft_kernels.LinkDetector``; when a link completes, the
+target is looked up in the corpus (its tokens are placed in the context as a document the parent
+links to) or generated recursively (within depth and count limits), then the parent resumes and
+sees it. Each step runs the model on one token: ``forward_step`` writes its K/V at the slot the
+``DocumentContext`` gives and attends through the incremental ``DocMaskState`` query mask.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from craft.generation.linked.config import GenerationConfig
+from craft.generation.linked.context import ContextFull, DocumentContext
+from craft.generation.linked.corpus import DocumentCorpus
+from craft.generation.linked.result import GeneratedDocument, GenerationResult
+
+LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def resolve_config(model, tokenizer, config: GenerationConfig) -> GenerationConfig:
+    """Fills the ``None`` fields from the model (context length, device), its checkpoint's training
+    ``seq_len`` (per-document limit) and the tokenizer (EOS id); checks they fit together."""
+    ctx_len = int(model.config.context_length)
+    max_ctx = config.max_context_length or ctx_len
+    per_doc = config.max_tokens_per_document
+    if per_doc is None:
+        seq_len = (getattr(model, "train_config", None) or {}).get("seq_len")
+        per_doc = min(int(seq_len or ctx_len), max_ctx)
+    if per_doc > max_ctx:
+        raise ValueError(f"max_tokens_per_document: {per_doc} exceeds max_context_length={max_ctx}")
+    if per_doc > ctx_len:
+        raise ValueError(f"max_tokens_per_document: {per_doc} exceeds the model's context_length={ctx_len} "
+                         "(positions inside a document must stay within what the model was built for)")
+    eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_id
+    vocab = int(model.config.vocab_size)
+    if not 0 <= eos < vocab:
+        raise ValueError(f"eos_token_id: {eos} is outside the model's vocabulary [0, {vocab})")
+    if tokenizer.vocab_size > vocab:
+        raise ValueError(f"tokenizer: its {tokenizer.vocab_size} ids exceed the model's vocab_size={vocab}")
+    device = config.device or str(next(model.parameters()).device)
+    return config.replace(max_context_length=max_ctx, max_tokens_per_document=per_doc, eos_token_id=eos, device=device)
+
+
+def _sample(logits: torch.Tensor, cfg: GenerationConfig, generator) -> int:
+    if cfg.temperature == 0:
+        return int(torch.argmax(logits))
+    from craft.generation import sample
+
+    return int(sample(logits[None], temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                      generator=generator)[0])
+
+
+class SingleDocumentGenerator:
+    """Generates documents of a :class:`DocumentContext` one at a time, without following links.
+
+    ``model`` implements ``setup_cache``/``forward_step``/``compact_cache``; ``config`` must be
+    resolved (:func:`resolve_config`); ``logits_processors`` are ``fn(logits (1, V),
+    document_tokens (1, t)) -> logits`` applied before sampling.
+    """
+
+    def __init__(self, model, tokenizer, config: GenerationConfig, logits_processors: Sequence[LogitsProcessor] = ()):
+        if config.max_context_length is None or config.max_tokens_per_document is None or config.eos_token_id is None:
+            raise ValueError("config: resolve it first with resolve_config(model, tokenizer, config)")
+        self.model, self.tokenizer, self.cfg = model, tokenizer, config
+        self.processors = list(logits_processors)
+        self.eos = int(config.eos_token_id)
+        self.device = torch.device(config.device)
+        self.generator = None
+        if config.seed is not None:
+            self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.ctx = self._new_context()
+        self.sampled = 0  # tokens sampled in this run (all documents)
+        self.fed = 0  # tokens run through the model (prefills included)
+
+    def _new_context(self) -> DocumentContext:
+        cfg = self.cfg
+        self.model.setup_cache(1, cfg.max_context_length, device=self.device)
+        return DocumentContext(cfg.max_context_length, cfg.max_auxiliary_documents + 1, cfg.eviction_policy,
+                               cfg.mask_kind, cfg.max_tokens_per_document, device=self.device,
+                               on_compact=self.model.compact_cache)
+
+    # ------------------------------------------------------------------ model calls
+    def _forward(self, tokens: Sequence[int], slots: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        self.fed += len(tokens)
+        t = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+        logits = self.model.forward_step(t, slots, mask=self.ctx.query_mask(len(tokens)), rope_pos=rope)
+        return logits[0, -1]
+
+    def prefill(self, index: int) -> torch.Tensor:
+        """Places document ``index``'s pending tokens in the cache; returns the next-token logits (V,)."""
+        d = self.ctx.docs[index]
+        start = 0 if not d.active else d.placed
+        slots, rope = self.ctx.place(index)
+        return self._forward(d.tokens[start:], slots, rope)
+
+    def feed(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Appends ``tokens`` to the current document and runs them; returns the next logits (V,)."""
+        slots, rope = self.ctx.append(tokens)
+        return self._forward(tokens, slots, rope)
+
+    # ------------------------------------------------------------------ sampling
+    def choose(self, logits: torch.Tensor, index: int, frame=None) -> int:
+        """The next token of document ``index`` from ``logits`` (V,)."""
+        if self.processors:
+            hist = torch.tensor([self.ctx.docs[index].tokens], dtype=torch.long, device=logits.device)
+            row = logits[None].float()
+            for p in self.processors:
+                row = p(row, hist)
+            logits = row[0]
+        logits = self._constrain(logits, frame)
+        return _sample(logits, self.cfg, self.generator)
+
+    def _constrain(self, logits: torch.Tensor, frame) -> torch.Tensor:
+        return logits
+
+    # ------------------------------------------------------------------ one document
+    def _new_frame(self, index: int):
+        return None
+
+    def _on_token(self, frame, index: int, token: int) -> None:
+        """Called with every sampled token of document ``index`` before it is fed (not EOS)."""
+
+    def generate(self, index: int, logits: torch.Tensor) -> int:
+        """Generates document ``index`` (current, with its header or prompt placed) from ``logits``,
+        the model's output after its last placed token. Returns the number of tokens sampled."""
+        ctx, cfg = self.ctx, self.cfg
+        frame = self._new_frame(index)
+        n = 0
+        while True:
+            if self.sampled >= cfg.max_new_tokens:
+                status = "budget"
+                break
+            if ctx.room_in_document(index) <= 1:  # the last slot is the EOS's
+                status = "max_tokens"
+                break
+            t = self.choose(logits, index, frame)
+            self.sampled += 1
+            n += 1
+            if t == self.eos:
+                status = "eos"
+                break
+            self._on_token(frame, index, t)
+            try:
+                logits = self.feed([t])
+            except ContextFull:
+                status = "context_full"
+                break
+        self._close(index, status)
+        return n
+
+    def _close(self, index: int, status: str) -> None:
+        """Marks the document finished; a completed non-root document gets its EOS placed (the parent
+        then sees it as it was in training); the root's EOS is added to the result only."""
+        self.ctx.finish(index, status)
+        d = self.ctx.docs[index]
+        if status in ("eos", "max_tokens") and d.parent is not None:
+            try:
+                self.feed([self.eos])
+            except ContextFull:
+                pass
+
+    # ------------------------------------------------------------------ results
+    def document_result(self, index: int) -> GeneratedDocument:
+        d = self.ctx.docs[index]
+        status = d.status or ("budget" if self.sampled >= self.cfg.max_new_tokens else "context_full")
+        toks = list(d.tokens)
+        if status in ("eos", "max_tokens", "corpus") and (not toks or toks[-1] != self.eos):
+            toks.append(self.eos)
+        text = self.tokenizer.decode([t for t in toks if t != self.eos])
+        parent = None if d.parent is None else self.ctx.docs[d.parent].title
+        return GeneratedDocument(title=d.title, tokens=np.asarray(toks, dtype=np.int64), text=text, source=d.source,
+                                 is_root=d.parent is None, parent_title=parent, depth=d.depth,
+                                 links=[self.ctx.docs[j].title for j in d.links], status=status,
+                                 evicted=d.archived and not d.active, corpus_filename=d.corpus_filename)
+
+    def result(self, seconds: float) -> GenerationResult:
+        docs = [self.document_result(i) for i in range(len(self.ctx.docs))]
+        stats = {"sampled_tokens": self.sampled, "model_tokens": self.fed, "seconds": seconds,
+                 "tokens_per_second": self.sampled / seconds if seconds > 0 else None,
+                 "evictions": self.ctx.n_evictions, "documents": len(docs)}
+        return GenerationResult.from_documents(docs, self.cfg.to_dict(), stats)
+
+    def run(self, prompt_ids: Sequence[int]) -> GenerationResult:
+        """Generates the root document from ``prompt_ids`` (no links followed)."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            root = self._register_root(prompt_ids)
+            self.generate(root, self.prefill(root))
+        return self.result(time.perf_counter() - t0)
+
+    def _register_root(self, prompt_ids: Sequence[int]) -> int:
+        ids = [int(t) for t in prompt_ids]
+        if not ids:
+            raise ValueError("prompt: must encode to at least one token")
+        if len(ids) >= self.cfg.max_tokens_per_document:
+            raise ValueError(f"prompt: {len(ids)} tokens leave no room in max_tokens_per_document="
+                             f"{self.cfg.max_tokens_per_document}")
+        return self.ctx.add_document(self.cfg.root_title, None, "generated", 0, ids)
+
+
+@dataclass
+class _Frame:
+    """Per-document generation state: its link detector and trie state (None outside a target)."""
+
+    detector: object
+    trie_state: int | None = None
+
+
+class LinkedDocumentGenerator(SingleDocumentGenerator):
+    """Follows links while generating (see module docstring). ``corpus`` is a
+    :class:`DocumentCorpus` or None (every followed link is then generated)."""
+
+    def __init__(self, model, tokenizer, config: GenerationConfig, corpus: DocumentCorpus | None = None,
+                 logits_processors: Sequence[LogitsProcessor] = ()):
+        super().__init__(model, tokenizer, config, logits_processors)
+        from craft_kernels import LinkDetector
+
+        self.corpus = corpus
+        self._make_detector = lambda: LinkDetector(tokenizer.token_bytes)
+        self._detectors: list = []  # one per depth, reused (a document's children run at depth + 1)
+        self._aliases: dict[str, int] = {}  # link target as written -> document index
+        self.trie = None
+        if config.constrain_links_to_corpus:
+            if corpus is None:
+                raise ValueError("constrain_links_to_corpus: needs a corpus")
+            self.trie = corpus.title_trie(tokenizer)
+
+    def detector(self, depth: int):
+        while len(self._detectors) <= depth:
+            self._detectors.append(self._make_detector())
+        d = self._detectors[depth]
+        d.reset()
+        return d
+
+    # ------------------------------------------------------------------ hooks
+    def _new_frame(self, index: int) -> _Frame:
+        return _Frame(self.detector(self.ctx.docs[index].depth))
+
+    def _constrain(self, logits: torch.Tensor, frame) -> torch.Tensor:
+        if self.trie is None or frame is None or not frame.detector.inside_target:
+            return logits
+        if frame.trie_state is None:  # just entered ](...: start from the root, or follow bytes already written
+            state = self.trie.root_states(1)
+            written = frame.detector.current_target_bytes
+            if written:
+                for t in self.tokenizer.encode(written.decode("utf-8", errors="replace")):
+                    state = self.trie.advance(state, [t])
+            frame.trie_state = int(state[0])
+        if frame.trie_state < 0:  # the target already left every title: leave it unconstrained
+            return logits
+        row = logits[None].clone()
+        self.trie.apply_to_logits(row, [frame.trie_state], on_empty="keep")
+        return row[0]
+
+    def _on_token(self, frame: _Frame, index: int, token: int) -> None:
+        if frame.trie_state is not None and frame.trie_state >= 0:
+            frame.trie_state = int(self.trie.advance([frame.trie_state], [token])[0])
+        link = frame.detector.push(token)
+        if not frame.detector.inside_target:
+            frame.trie_state = None
+        if link is not None:
+            self.handle_link(index, link.target, link.is_image)
+
+    # ------------------------------------------------------------------ links
+    def _follows(self, index: int, target: str, is_image: bool) -> bool:
+        d, cfg = self.ctx.docs[index], self.cfg
+        if is_image or not target or target == d.title:
+            return False
+        if d.depth + 1 > cfg.max_link_depth:
+            return False
+        return d.parent is None or cfg.allow_recursive_links
+
+    def _existing(self, target: str) -> int | None:
+        i = self._aliases.get(target)
+        if i is None:
+            i = self.ctx.find(target)
+        if i is None and self.corpus is not None:
+            canon = self.corpus.resolve_title(target)
+            if canon is not None:
+                i = self.ctx.find(canon)
+        return i
+
+    def handle_link(self, index: int, target: str, is_image: bool = False, defer: bool = False) -> int | None:
+        """Resolves a completed link of document ``index`` (the current one): an existing document is
+        reused (and placed again if it was evicted), a corpus document is placed, else a new document
+        is generated now (or, with ``defer``, registered and returned for the caller to generate).
+        Afterwards ``index`` is current again. Returns the linked document's index or None."""
+        target = target.strip()
+        if not self._follows(index, target, is_image):
+            return None
+        ctx = self.ctx
+        j = self._existing(target)
+        if j is not None:
+            self._aliases[target] = j
+            ctx.link(index, j)
+            dj = ctx.docs[j]
+            if dj.archived and not dj.active and ctx.can_fit(len(dj.tokens), protect=[j]):
+                self.prefill(j)
+                self._return_to(index)
+            return j
+        if len(ctx.docs) - 1 >= self.cfg.max_auxiliary_documents:
+            return None
+        tokens = self.corpus.get_document(target) if self.corpus is not None else None
+        if tokens is not None:
+            limit = self.cfg.max_tokens_per_document - 1
+            toks = [int(t) for t in tokens[:limit]] + [self.eos]
+            if not ctx.can_fit(len(toks)):
+                return None
+            j = ctx.add_document(self.corpus.resolve_title(target), index, "corpus", tokens=toks)
+            ctx.docs[j].corpus_filename = self.corpus.document_filename(target)
+            self._aliases[target] = j
+            ctx.link(index, j)
+            self.prefill(j)
+            ctx.finish(j, "corpus")
+            self._return_to(index)
+            return j
+        if self.corpus is not None and not self.cfg.allow_corpus_fallback:
+            return None
+        header = self.tokenizer.encode(f"# {target}\n")[: self.cfg.max_tokens_per_document - 2]
+        if not ctx.can_fit(len(header) + 1):
+            return None
+        j = ctx.add_document(target, index, "generated", tokens=header)
+        self._aliases[target] = j
+        ctx.link(index, j)
+        if defer:
+            return j
+        self._generate_child(j)
+        self._return_to(index)
+        return j
+
+    def _generate_child(self, j: int) -> None:
+        try:
+            logits = self.prefill(j)
+        except ContextFull:
+            self.ctx.finish(j, "context_full")
+            return
+        self.generate(j, logits)
+
+    def _return_to(self, index: int) -> None:
+        if self.ctx.docs[index].active:
+            self.ctx.switch_to(index)
+        else:  # the root while prompt links are resolved: not placed yet
+            self.ctx.current = index
+
+    # ------------------------------------------------------------------ the run
+    def run(self, prompt_ids: Sequence[int]) -> GenerationResult:
+        """Resolves the prompt's links (corpus documents placed, missing ones generated, at depth 1),
+        places the prompt (which sees them), then generates the root, following links as they come."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            root = self._register_root(prompt_ids)
+            queued = []
+            if self.cfg.process_prompt_links:
+                queued = PromptLinkProcessor(self).process(root)
+            for j in queued:
+                self._generate_child(j)
+                self._return_to(root)
+            try:
+                logits = self.prefill(root)
+            except ContextFull:
+                raise ValueError(f"prompt: {len(self.ctx.docs[root].tokens)} tokens do not fit in the context "
+                                 f"beside the documents its links brought in") from None
+            self.generate(root, logits)
+        return self.result(time.perf_counter() - t0)
+
+
+class PromptLinkProcessor:
+    """Links already in the prompt: corpus documents are placed (before the prompt, so every prompt
+    token sees them), existing ones reused, missing ones registered and returned for generation.
+    Depth counts from the prompt: the prompt's links are depth 1."""
+
+    def __init__(self, generator: LinkedDocumentGenerator):
+        self.gen = generator
+
+    def process(self, root: int) -> list[int]:
+        """Returns the indices of the documents queued for generation, in link order."""
+        gen = self.gen
+        links = gen.detector(0).scan(gen.ctx.docs[root].tokens)
+        gen.ctx.current = root
+        queued = []
+        for link in links:
+            j = gen.handle_link(root, link.target, link.is_image, defer=True)
+            if j is not None and gen.ctx.docs[j].source == "generated" and j != root and j not in queued \
+                    and gen.ctx.docs[j].status is None and not gen.ctx.docs[j].active:
+                queued.append(j)
+        return queued
+
+
+def generate_linked(model, prompt: str | Sequence[int], corpus: DocumentCorpus | str | None = None, *,
+                    tokenizer=None, logits_processors: Sequence[LogitsProcessor] = (), config: GenerationConfig | None = None,
+                    **options) -> GenerationResult:
+    """Generates a root document from ``prompt`` (text, or token ids) and the documents it links to.
+
+    ``corpus``: a :class:`DocumentCorpus`, a corpus directory, or None. ``tokenizer`` defaults to
+    ``model.tokenizer``, then the corpus's. ``options`` are :class:`GenerationConfig` fields (or pass
+    ``config``). Returns a :class:`GenerationResult`.
+    """
+    if config is None:
+        config = GenerationConfig.from_kwargs(**options)
+    elif options:
+        config = config.replace(**options)
+    own_corpus = corpus is not None and not isinstance(corpus, DocumentCorpus)
+    if own_corpus:
+        corpus = DocumentCorpus(corpus)
+    try:
+        tok = tokenizer or getattr(model, "tokenizer", None) or (corpus.tokenizer if corpus is not None else None)
+        if tok is None:
+            raise ValueError("tokenizer: the model has none attached; pass tokenizer=")
+        if corpus is not None and corpus.meta.get("tokenizer") != tok.to_dict():
+            raise ValueError(f"corpus: pretokenized with {corpus.meta.get('tokenizer')}, but the model's tokenizer is "
+                             f"{tok.to_dict()}")
+        if isinstance(prompt, str):
+            ids = tok.encode(prompt)
+        else:
+            ids = [int(t) for t in prompt]
+        cfg = resolve_config(model, tok, config)
+        was_training = model.training
+        model.eval()
+        try:
+            return LinkedDocumentGenerator(model, tok, cfg, corpus, logits_processors).run(ids)
+        finally:
+            model.train(was_training)
+    finally:
+        if own_corpus:
+            corpus.close()
