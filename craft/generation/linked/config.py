@@ -39,7 +39,10 @@ class GenerationConfig:
     fit are not added and a document stops when the cache is full.
     ``mask_kind``: ``cross_doc_link`` (a document sees the documents it links to) or ``doc_causal``.
     ``constrain_links_to_corpus``: while inside ``](...)``, only tokens continuing a corpus title (and
-    its closing parenthesis) may be sampled. ``temperature=0`` is greedy.
+    its closing parenthesis) may be sampled. ``temperature=0`` is greedy; ``seed`` seeds sampling.
+    ``num_threads``: torch intra-op threads during the run (restored after); batch-1 decoding of a
+    small model is fastest on 1 thread, and several threads spin badly on a shared CPU. ``None``
+    leaves torch's setting.
     """
 
     max_new_tokens: int = 100
@@ -60,6 +63,7 @@ class GenerationConfig:
     constrain_links_to_corpus: bool = False
     root_title: str = "Root Document"
     seed: int | None = None
+    num_threads: int | None = None
 
     def __post_init__(self):
         _int("max_new_tokens", self.max_new_tokens, 0)
@@ -96,6 +100,7 @@ class GenerationConfig:
         if not isinstance(self.root_title, str) or not self.root_title.strip():
             raise ValueError(f"root_title: expected a non-empty string, got {self.root_title!r}")
         _int("seed", self.seed, 0, allow_none=True)
+        _int("num_threads", self.num_threads, 1, allow_none=True)
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "GenerationConfig":

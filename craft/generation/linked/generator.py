@@ -7,6 +7,11 @@ target is looked up in the corpus (its tokens are placed in the context as a doc
 links to) or generated recursively (within depth and count limits), then the parent resumes and
 sees it. Each step runs the model on one token: ``forward_step`` writes its K/V at the slot the
 ``DocumentContext`` gives and attends through the incremental ``DocMaskState`` query mask.
+
+Cached keys/values keep what a token saw when it was computed: a parent's tokens written before a
+link do not see the linked document (the token closing the link and every later one do), and an
+evicted document disappears from later steps only. Links in the prompt are resolved before the
+prompt is placed, so every prompt token sees them.
 """
 from __future__ import annotations
 
@@ -49,13 +54,28 @@ def resolve_config(model, tokenizer, config: GenerationConfig) -> GenerationConf
     return config.replace(max_context_length=max_ctx, max_tokens_per_document=per_doc, eos_token_id=eos, device=device)
 
 
-def _sample(logits: torch.Tensor, cfg: GenerationConfig, generator) -> int:
+def sample_one(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None = None) -> int:
+    """One token from ``logits`` (V,): greedy when ``temperature == 0``, else temperature, top-k,
+    top-p (``craft.generation`` filters), then an inverse-CDF draw (one uniform, a cumulative sum
+    and a binary search: exact, and ~6x faster than ``torch.multinomial`` over a 50k vocabulary on
+    CPU). A row left without any finite logit falls back to the argmax of ``logits``."""
+    x = logits.float()
     if cfg.temperature == 0:
-        return int(torch.argmax(logits))
-    from craft.generation import sample
+        return int(torch.argmax(x))
+    from craft.generation.sampling import top_k_filter, top_p_filter
 
-    return int(sample(logits[None], temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                      generator=generator)[0])
+    x = x[None] / cfg.temperature
+    if cfg.top_k is not None:
+        x = top_k_filter(x, cfg.top_k)
+    if cfg.top_p is not None:
+        x = top_p_filter(x, cfg.top_p)
+    p = torch.softmax(x[0], dim=-1)
+    c = torch.cumsum(p, 0)
+    total = c[-1]
+    if not bool(torch.isfinite(total)) or float(total) <= 0:
+        return int(torch.argmax(torch.nan_to_num(logits.float(), nan=float("-inf"))))
+    u = torch.rand(1, generator=generator, device=c.device, dtype=c.dtype) * total
+    return int(torch.searchsorted(c, u, right=True).clamp_(max=c.numel() - 1))
 
 
 class SingleDocumentGenerator:
@@ -116,7 +136,7 @@ class SingleDocumentGenerator:
                 row = p(row, hist)
             logits = row[0]
         logits = self._constrain(logits, frame)
-        return _sample(logits, self.cfg, self.generator)
+        return sample_one(logits, self.cfg, self.generator)
 
     def _constrain(self, logits: torch.Tensor, frame) -> torch.Tensor:
         return logits
@@ -396,13 +416,21 @@ class PromptLinkProcessor:
 
 def generate_linked(model, prompt: str | Sequence[int], corpus: DocumentCorpus | str | None = None, *,
                     tokenizer=None, logits_processors: Sequence[LogitsProcessor] = (), config: GenerationConfig | None = None,
+                    generator: torch.Generator | None = None, eos_id: int | None = None, compile: bool = False,
                     **options) -> GenerationResult:
     """Generates a root document from ``prompt`` (text, or token ids) and the documents it links to.
 
     ``corpus``: a :class:`DocumentCorpus`, a corpus directory, or None. ``tokenizer`` defaults to
     ``model.tokenizer``, then the corpus's. ``options`` are :class:`GenerationConfig` fields (or pass
-    ``config``). Returns a :class:`GenerationResult`.
+    ``config``); ``eos_id`` is an alias of ``eos_token_id``; ``generator`` a torch.Generator for
+    sampling (else ``seed``). Linked decoding runs eager (``compile=True`` is refused: the mask and
+    slots change shape-stably but recompiles on every eviction cost more than they save on CPU).
+    Returns a :class:`GenerationResult`.
     """
+    if compile:
+        raise ValueError("compile: linked generation runs eager; call without compile=True")
+    if eos_id is not None:
+        options["eos_token_id"] = eos_id
     if config is None:
         config = GenerationConfig.from_kwargs(**options)
     elif options:
@@ -422,12 +450,18 @@ def generate_linked(model, prompt: str | Sequence[int], corpus: DocumentCorpus |
         else:
             ids = [int(t) for t in prompt]
         cfg = resolve_config(model, tok, config)
-        was_training = model.training
+        was_training, threads = model.training, torch.get_num_threads()
         model.eval()
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
         try:
-            return LinkedDocumentGenerator(model, tok, cfg, corpus, logits_processors).run(ids)
+            gen = LinkedDocumentGenerator(model, tok, cfg, corpus, logits_processors)
+            if generator is not None:
+                gen.generator = generator
+            return gen.run(ids)
         finally:
             model.train(was_training)
+            torch.set_num_threads(threads)
     finally:
         if own_corpus:
             corpus.close()

@@ -1,0 +1,249 @@
+"""Linked generation end to end with a real LanguageModel (random weights), the real GPT-2
+tokenizer, the real LinkDetector and a real pretokenized corpus directory.
+
+Links are never injected: a logits processor biases the model toward a scripted text per document
+(chosen by the document's first tokens: the prompt, or the ``# Title`` header of a linked
+document); the links in that text are found by the LinkDetector from the sampled tokens."""
+import json
+
+import pytest
+import torch
+
+from craft.data.titles import create_filename
+from craft.generation.linked import DocumentCorpus, GenerationConfig, LinkedDocumentGenerator, generate_linked, resolve_config
+from craft.generation.linked.naive import NaiveLinkedGenerator
+from craft.models import LanguageModel, ModelConfig
+from craft.tokenizers import get_tokenizer
+from test_linked_units import DOCS, write_corpus
+
+PROMPT = "Intro:"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return get_tokenizer("gpt2")
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    torch.manual_seed(0)
+    m = LanguageModel(ModelConfig.preset("tiny", vocab_size=tok.vocab_size, n_layers=2, context_length=256))
+    m.tokenizer = tok
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory, tok):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), DOCS, tok)
+
+
+def scripted(tok, scripts: dict, eos=True):
+    """A processor forcing, for the document whose tokens start with ``encode(key)``, the tokens of
+    ``scripts[key]`` and then EOS (or nothing more forced when ``eos`` is False)."""
+    table = [(tok.encode(k), tok.encode(v)) for k, v in scripts.items()]
+
+    def fn(logits, ids):
+        h = ids[0].tolist()
+        for prefix, body in sorted(table, key=lambda pb: -len(pb[0])):
+            if h[: len(prefix)] == prefix:
+                k = len(h) - len(prefix)
+                target = body[k] if k < len(body) else (tok.eos_id if eos else None)
+                if target is not None:
+                    logits = logits.clone()
+                    logits[0, target] += 1e4
+                return logits
+        return logits
+
+    return fn
+
+
+def run(model, tok, scripts, corpus=None, **kw):
+    kw.setdefault("max_new_tokens", 400)
+    kw.setdefault("temperature", 0.0)
+    kw.setdefault("num_threads", 1)
+    return generate_linked(model, PROMPT, corpus=corpus, logits_processors=[scripted(tok, scripts)], **kw)
+
+
+def test_simple_generation_and_files(model, tok, tmp_path):
+    res = run(model, tok, {PROMPT: " plain text without links."})
+    root = res.root_document
+    assert res.auxiliary_documents == [] and root.is_root and root.status == "eos"
+    assert root.text == PROMPT + " plain text without links."
+    assert root.tokens[-1] == tok.eos_id and root.tokens.tolist()[:-1] == tok.encode(root.text)
+    assert res.stats["sampled_tokens"] == len(tok.encode(" plain text without links.")) + 1
+    manifest = json.loads(res.save(tmp_path).read_text())
+    assert (tmp_path / f"{create_filename('Root Document')}.md").read_text() == root.text
+    assert manifest["documents"][0]["status"] == "eos" and manifest["links"] == []
+
+
+def test_model_generate_entry_point(model, tok):
+    res = model.generate(prompt=PROMPT, max_new_tokens=5, temperature=0.0, num_threads=1)
+    assert res.root_document.status == "budget" and res.stats["sampled_tokens"] == 5
+    assert len(res.root_document.tokens) == len(tok.encode(PROMPT)) + 5
+
+
+def test_link_found_in_corpus(model, tok, corpus_dir):
+    res = run(model, tok, {PROMPT: " See [the docs](os) for more."}, corpus=str(corpus_dir))
+    root = res.root_document
+    assert root.text == PROMPT + " See [the docs](os) for more." and root.links == ["os"]
+    (os_doc,) = res.auxiliary_documents
+    with DocumentCorpus(corpus_dir) as c:
+        assert os_doc.tokens.tolist() == c.get_document("os").tolist() + [tok.eos_id]
+    assert os_doc.source == "corpus" and os_doc.parent_title == root.title and os_doc.depth == 1
+    assert os_doc.corpus_filename == create_filename("os") + ".md"
+
+
+def test_link_generated_then_parent_resumes(model, tok, tmp_path):
+    res = run(model, tok, {PROMPT: " Read [this](New Topic) now.", "# New Topic\n": "Fresh words."})
+    root, (child,) = res.root_document, res.auxiliary_documents
+    assert root.text == PROMPT + " Read [this](New Topic) now." and root.status == "eos"
+    assert child.title == "New Topic" and child.source == "generated" and child.status == "eos"
+    assert child.text == "# New Topic\nFresh words." and child.parent_title == root.title
+    res.save(tmp_path)
+    assert (tmp_path / f"{create_filename('New Topic')}.md").read_text() == child.text
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["links"] == [{"src": root.title, "dst": "New Topic"}]
+
+
+def test_mixed_corpus_generated_reuse_and_order(model, tok, corpus_dir):
+    scripts = {PROMPT: " [a](os), [b](Fresh Page), [c](OS) and [e]() end.",
+               "# Fresh Page\n": "Fresh page cites [x](os.path)."}
+    res = run(model, tok, scripts, corpus=corpus_dir, max_link_depth=2)
+    titles = [d.title for d in res.get_all_documents()]
+    # "OS" reuses the corpus document "os"; the empty target is ignored; os.path (depth 2) from the corpus
+    assert sorted(titles) == sorted(["Root Document", "os", "Fresh Page", "os.path"])
+    assert res.root_document.links == ["os", "Fresh Page"]
+    fresh = res.get_document_by_title("Fresh Page")
+    assert fresh.links == ["os.path"] and res.get_document_by_title("os.path").depth == 2
+    # topological: os.path before Fresh Page (which links to it)
+    assert titles.index("os.path") < titles.index("Fresh Page")
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_depth_limit(model, tok, depth):
+    scripts = {PROMPT: " Go [there](Level One).", "# Level One\n": "Then [deeper](Level Two).",
+               "# Level Two\n": "Bottom."}
+    res = run(model, tok, scripts, max_link_depth=depth)
+    titles = {d.title for d in res.get_all_documents()}
+    assert ("Level Two" in titles) == (depth == 2)
+    one = res.get_document_by_title("Level One")
+    assert one.text == "# Level One\nThen [deeper](Level Two)."
+    assert one.links == (["Level Two"] if depth == 2 else [])
+    off = run(model, tok, scripts, max_link_depth=2, allow_recursive_links=False)
+    assert {d.title for d in off.get_all_documents()} == {"Root Document", "Level One"}
+
+
+def test_count_limit_and_corpus_fallback(model, tok, corpus_dir):
+    scripts = {PROMPT: " [a](One) [b](Two) [c](Three)."}
+    res = run(model, tok, scripts, max_auxiliary_documents=2)
+    assert [d.title for d in res.auxiliary_documents] == ["One", "Two"]
+    res = run(model, tok, {PROMPT: " [a](os) [b](Missing Page)."}, corpus=corpus_dir, allow_corpus_fallback=False)
+    assert [d.title for d in res.auxiliary_documents] == ["os"]
+
+
+def test_stopping_conditions(model, tok):
+    res = run(model, tok, {PROMPT: " go [x](Long One) back.", "# Long One\n": " word" * 100},
+              max_tokens_per_document=20)
+    child = res.get_document_by_title("Long One")
+    assert child.status == "max_tokens" and len(child.tokens) == 20 and child.tokens[-1] == tok.eos_id
+    assert res.root_document.status == "eos"
+    res = run(model, tok, {PROMPT: " go [x](Long One) back.", "# Long One\n": " word" * 100}, max_new_tokens=12)
+    assert res.stats["sampled_tokens"] == 12
+    assert {d.status for d in res.get_all_documents()} == {"budget"}
+
+
+def test_prompt_links_resolved_before_the_prompt(model, tok, corpus_dir):
+    prompt = "See [os](os) and [f](Fresh Page)."
+    res = generate_linked(model, prompt, corpus=corpus_dir, temperature=0.0, num_threads=1, max_new_tokens=50,
+                          logits_processors=[scripted(tok, {prompt: " Done.", "# Fresh Page\n": "Made."})])
+    root = res.root_document
+    assert root.text == prompt + " Done." and root.links == ["os", "Fresh Page"]
+    assert res.get_document_by_title("os").source == "corpus"
+    assert res.get_document_by_title("Fresh Page").text == "# Fresh Page\nMade."
+    assert all(d.depth == 1 for d in res.auxiliary_documents)
+    off = generate_linked(model, prompt, corpus=corpus_dir, temperature=0.0, num_threads=1, max_new_tokens=3,
+                          process_prompt_links=False)
+    assert off.auxiliary_documents == []
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "stop_new"])
+def test_eviction_policies(model, tok, corpus_dir, policy):
+    scripts = {PROMPT: " [a](Python) [b](os.path) [c](New Topic) [d](os) done."}
+    res = run(model, tok, scripts, corpus=corpus_dir, max_context_length=48, max_tokens_per_document=40,
+              eviction_policy=policy)
+    root, full = res.root_document, PROMPT + " [a](Python) [b](os.path) [c](New Topic) [d](os) done."
+    if policy == "drop_oldest":  # older linked documents make room; the root completes
+        assert root.text == full and root.status == "eos"
+        assert res.stats["evictions"] > 0 and any(d.evicted for d in res.auxiliary_documents)
+        assert root.links == ["Python", "os.path", "New Topic", "os"]
+    else:  # nothing is evicted: documents that do not fit are not added, then the root stops when full
+        assert res.stats["evictions"] == 0 and not any(d.evicted for d in res.auxiliary_documents)
+        assert len(res.auxiliary_documents) < 4 and root.status == "context_full"
+        assert full.startswith(root.text) and len(root.text) < len(full)
+        in_context = sum(len(d.tokens) for d in res.get_all_documents())
+        assert in_context <= 48
+
+
+def test_constrained_link_targets_stay_in_the_corpus(model, tok, corpus_dir):
+    # the script writes "[x](" and then nothing is forced: the trie alone picks the target
+    res = generate_linked(model, PROMPT, corpus=corpus_dir, temperature=1.0, seed=3, num_threads=1, max_new_tokens=40,
+                          constrain_links_to_corpus=True, max_tokens_per_document=64,
+                          logits_processors=[scripted(tok, {PROMPT: " see [x]("}, eos=False)])
+    root = res.root_document
+    assert len(root.links) == 1 and res.auxiliary_documents[0].source == "corpus"
+    assert root.links[0] in [t for t, _ in DOCS]
+    assert f"[x]({root.links[0]})" in root.text
+
+
+@pytest.mark.parametrize("case", ["doc_causal_evictions", "cross_doc_prompt_links"])
+def test_kv_cache_generator_matches_full_recompute(model, tok, corpus_dir, case):
+    """Same logits at every step as recomputing the whole packed context, wherever the two agree by
+    definition: under doc_causal (with evictions and compactions), and under cross_doc_link when every
+    link is resolved before the tokens that see it (prompt links). Elsewhere the cache keeps what a
+    token saw when it was computed (tokens before a link do not see its document; an evicted document
+    is gone from later steps only), which a full recompute cannot reproduce."""
+    if case == "doc_causal_evictions":
+        prompt = PROMPT
+        scripts = {PROMPT: " [a](Python) text [b](Topic A) more [c](os) end", "# Topic A\n": "Child [d](os.path) body"}
+        kw = dict(eviction_policy="drop_oldest", mask_kind="doc_causal", max_context_length=64)
+    else:
+        prompt = "Read [a](Python) and [b](Topic A)."
+        scripts = {prompt: " More words here", "# Topic A\n": "Child body"}
+        kw = dict(eviction_policy="stop_new", mask_kind="cross_doc_link", max_context_length=128)
+    seen = {"fast": [], "naive": []}
+
+    def recorder(name):
+        def fn(logits, ids):
+            seen[name].append(logits[0].clone())
+            return logits
+        return fn
+
+    cfg = GenerationConfig(temperature=0.0, max_new_tokens=60, max_tokens_per_document=40, max_link_depth=2, **kw)
+    with DocumentCorpus(corpus_dir) as corpus:
+        cfg = resolve_config(model, tok, cfg)
+        out = {}
+        with torch.inference_mode():
+            for name, cls in (("fast", LinkedDocumentGenerator), ("naive", NaiveLinkedGenerator)):
+                procs = [recorder(name), scripted(tok, scripts, eos=False)]
+                out[name] = cls(model, tok, cfg, corpus, procs).run(tok.encode(prompt))
+    a, b = out["fast"], out["naive"]
+    assert [d.tokens.tolist() for d in a.get_all_documents()] == [d.tokens.tolist() for d in b.get_all_documents()]
+    assert len(seen["fast"]) == len(seen["naive"]) >= 30
+    for x, y in zip(seen["fast"], seen["naive"]):
+        torch.testing.assert_close(x, y, atol=2e-4, rtol=1e-4)
+    assert len(a.auxiliary_documents) >= 2 and a.stats["model_tokens"] == b.stats["model_tokens"]
+    if case == "doc_causal_evictions":
+        assert a.stats["evictions"] > 0
+
+
+def test_errors(model, tok, corpus_dir):
+    with pytest.raises(TypeError, match="max_depth"):
+        generate_linked(model, PROMPT, max_depth=2)
+    with pytest.raises(ValueError, match="prompt"):
+        generate_linked(model, "")
+    with pytest.raises(ValueError, match="constrain_links_to_corpus"):
+        generate_linked(model, PROMPT, constrain_links_to_corpus=True)
+    with pytest.raises(ValueError, match="max_tokens_per_document"):
+        generate_linked(model, PROMPT, max_tokens_per_document=512, max_context_length=512)
+    with pytest.raises(ValueError, match="compile"):
+        generate_linked(model, PROMPT, compile=True)
