@@ -247,3 +247,27 @@ def test_errors(model, tok, corpus_dir):
         generate_linked(model, PROMPT, max_tokens_per_document=512, max_context_length=512)
     with pytest.raises(ValueError, match="compile"):
         generate_linked(model, PROMPT, compile=True)
+
+
+def test_cli_options_run_and_save(model, tok, corpus_dir, tmp_path):
+    import argparse
+    import io
+
+    from craft.generation.linked.cli import add_linked_options, run_linked
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--max-new-tokens", type=int, default=30)
+    p.add_argument("--temperature", type=float, default=0.0)
+    add_linked_options(p)
+    args = p.parse_args(["--corpus", str(corpus_dir), "--max-link-depth", "2", "--out", str(tmp_path / "gen")])
+    buf = io.StringIO()
+    prompt = "See [the os page](os) and [x](Brand New)."
+    res = run_linked(model, prompt, args, out=buf)
+    text = buf.getvalue()
+    assert "===== os (corpus, corpus, depth 1) =====" in text and "link tree:" in text
+    assert "  - Brand New [generated" in text
+    m = json.loads((tmp_path / "gen" / "manifest.json").read_text())
+    assert m["generation_config"]["max_link_depth"] == 2
+    assert {d["title"] for d in m["documents"]} == {d.title for d in res.get_all_documents()}
+    with pytest.raises(SystemExit):
+        p.parse_args(["--eviction-policy", "lru"])
