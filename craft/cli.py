@@ -146,6 +146,8 @@ def cmd_generate(args) -> int:
     model = load_model(path, device=args.device)
     tok = model.tokenizer
     prompt = args.prompt if args.prompt is not None else "# "
+    if _wants_linked(args):
+        return _generate_linked(model, prompt, args)
     ids = tok.encode(prompt) or [tok.eos_id]
     gen = torch.Generator(device=model.device)
     if args.seed is not None:
@@ -162,6 +164,20 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _wants_linked(args) -> bool:
+    """Linked-document generation when any of its options is given."""
+    return any(getattr(args, n) not in (None, False) for n in ("corpus", "out", "max_link_depth", "constrain_links"))
+
+
+def _generate_linked(model, prompt: str, args) -> int:
+    from craft.generation.linked.cli import run_linked
+
+    if args.max_link_depth is None:
+        args.max_link_depth = 1
+    run_linked(model, prompt, args)
+    return 0
+
+
 def cmd_bench(args) -> int:
     root = Path(__file__).resolve().parents[1]
     bench = root / "benchmarks"
@@ -175,6 +191,14 @@ def cmd_bench(args) -> int:
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
         raise CliError(f"{message} (see `{self.prog} --help`)")
+
+
+def _add_linked_generate_options(g) -> None:
+    """``--corpus DIR --max-link-depth N --out DIR`` and friends: linked-document generation."""
+    from craft.generation.linked.cli import add_linked_options
+
+    add_linked_options(g)
+    g.set_defaults(max_link_depth=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--num-samples", type=int, default=1)
     g.add_argument("--device", default="cpu")
+    _add_linked_generate_options(g)
     g.set_defaults(fn=cmd_generate)
 
     bn = sub.add_parser("bench", help="run the benchmark suite (pytest benchmarks --benchmark-only)")

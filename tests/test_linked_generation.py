@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from craft.data.titles import create_filename
+from craft.data.titles import create_filename, title_matches_filename
 from craft.generation.linked import DocumentCorpus, GenerationConfig, LinkedDocumentGenerator, generate_linked, resolve_config
 from craft.generation.linked.naive import NaiveLinkedGenerator
 from craft.models import LanguageModel, ModelConfig
@@ -90,7 +90,7 @@ def test_link_found_in_corpus(model, tok, corpus_dir):
     with DocumentCorpus(corpus_dir) as c:
         assert os_doc.tokens.tolist() == c.get_document("os").tolist() + [tok.eos_id]
     assert os_doc.source == "corpus" and os_doc.parent_title == root.title and os_doc.depth == 1
-    assert os_doc.corpus_filename == create_filename("os") + ".md"
+    assert title_matches_filename("os", os_doc.corpus_filename)
 
 
 def test_link_generated_then_parent_resumes(model, tok, tmp_path):
@@ -271,3 +271,23 @@ def test_cli_options_run_and_save(model, tok, corpus_dir, tmp_path):
     assert {d["title"] for d in m["documents"]} == {d.title for d in res.get_all_documents()}
     with pytest.raises(SystemExit):
         p.parse_args(["--eviction-policy", "lru"])
+
+
+def test_craft_generate_command_linked(model, tok, corpus_dir, tmp_path, capsys):
+    """``craft generate --corpus DIR --max-link-depth 2 --out DIR`` on a real checkpoint file."""
+    from craft.cli import main
+    from craft.training.checkpoint import checkpoint_name, save_checkpoint
+
+    ckpt = save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(),
+                            "tokenizer": tok.to_dict(), "train_config": {"seq_len": 64}, "step": 1,
+                            "optimizer": {}, "scheduler": {}, "rng": {}, "data_position": 0},
+                           tmp_path / "run" / checkpoint_name(1))
+    rc = main(["generate", "See [a](os) then", "--checkpoint", str(ckpt), "--corpus", str(corpus_dir),
+               "--max-link-depth", "2", "--out", str(tmp_path / "out"), "--max-new-tokens", "20", "--seed", "0"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "===== os (corpus" in out and "link tree:" in out
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["generation_config"]["max_link_depth"] == 2
+    assert m["generation_config"]["max_tokens_per_document"] == 64  # the checkpoint's training seq_len
+    assert m["links"][0] == {"src": "Root Document", "dst": "os"}
+    assert (tmp_path / "out" / f"{create_filename('os')}.md").exists()

@@ -23,7 +23,8 @@ def add_linked_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     g = parser.add_argument_group("linked documents")
     g.add_argument("--corpus", metavar="DIR", default=None,
                    help="pretokenized corpus directory: linked titles found there are inserted, not generated")
-    g.add_argument("--max-link-depth", type=int, default=1, metavar="N", help="link hops followed from the root (0 = none)")
+    g.add_argument("--max-link-depth", type=int, default=1, metavar="N",
+                   help="link hops followed from the root (0 = none; default 1)")
     g.add_argument("--max-aux-docs", type=int, default=5, metavar="N", help="documents besides the root")
     g.add_argument("--max-tokens-per-document", type=int, default=None, metavar="N",
                    help="default: the checkpoint's training seq_len")
@@ -52,7 +53,8 @@ def linked_options(args: argparse.Namespace) -> dict:
     return opts
 
 
-def print_result(result: GenerationResult, out: TextIO = sys.stdout) -> None:
+def print_result(result: GenerationResult, out: TextIO | None = None) -> None:
+    out = sys.stdout if out is None else out
     for d in result.get_all_documents():
         out.write(f"===== {d.title} ({d.source}, {d.status}, depth {d.depth}) =====\n{d.text}\n\n")
     out.write("link tree:\n" + result.link_tree() + "\n")
@@ -62,7 +64,8 @@ def print_result(result: GenerationResult, out: TextIO = sys.stdout) -> None:
                   f"{result.stats['evictions']} evictions\n")
 
 
-def run_linked(model, prompt: str, args: argparse.Namespace, out: TextIO = sys.stdout) -> GenerationResult:
+def run_linked(model, prompt: str, args: argparse.Namespace, out: TextIO | None = None) -> GenerationResult:
+    out = sys.stdout if out is None else out
     result = generate_linked(model, prompt, corpus=args.corpus, **linked_options(args))
     print_result(result, out)
     if args.out:
