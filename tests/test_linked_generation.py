@@ -291,3 +291,23 @@ def test_craft_generate_command_linked(model, tok, corpus_dir, tmp_path, capsys)
     assert m["generation_config"]["max_tokens_per_document"] == 64  # the checkpoint's training seq_len
     assert m["links"][0] == {"src": "Root Document", "dst": "os"}
     assert (tmp_path / "out" / f"{create_filename('os')}.md").exists()
+
+
+def test_builtin_corpus_links_and_constrained_targets(model, tok):
+    """The built-in Python-docs corpus, pretokenized with GPT-2: a function page linked from the
+    prompt is inserted from the corpus; with constrained targets, a free link lands on a real title."""
+    from craft.data import builtin_corpus_dir
+    from craft.data.pretokenize import ensure_pretokenized
+
+    path = ensure_pretokenized(builtin_corpus_dir(), "gpt2")
+    with DocumentCorpus(path) as corpus:
+        assert corpus.has_document("shlex.join")
+        prompt = "Joining arguments: [join](shlex.join)."
+        res = generate_linked(model, prompt, corpus=corpus, temperature=0.0, max_new_tokens=3, num_threads=1)
+        doc = res.get_document_by_title("shlex.join")
+        assert doc.source == "corpus" and doc.tokens[:-1].tolist() == corpus.get_document("shlex.join").tolist()
+        res = generate_linked(model, PROMPT, corpus=corpus, temperature=1.0, seed=5, num_threads=1, max_new_tokens=60,
+                              constrain_links_to_corpus=True, max_tokens_per_document=96,
+                              logits_processors=[scripted(tok, {PROMPT: " see [the module]("}, eos=False)])
+        (target,) = res.root_document.links
+        assert corpus.has_document(target) and res.get_document_by_title(target).source == "corpus"
