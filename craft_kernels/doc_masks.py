@@ -29,6 +29,7 @@ for a full diagonal block under ``cross_doc_link`` are checked position by posit
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -320,9 +321,10 @@ class DocMaskState:
     slot (CPU/SDPA path); ``block_mask(n)`` -> the same as a ``BlockMask`` with one query block
     (CUDA/flex path, ``n <= block_size``). Both equal the rows of ``doc_dense_mask`` rebuilt from
     ``doc_ids`` and the links. The state keeps the visible-slot row of the current document and
-    its per-block counts up to date: ``append(n)`` costs O(n), a decoding step's mask O(n * max_len
-    / 8 bytes to copy) and O(blocks) for the BlockMask; ``start_document``/``evict``/``compact``
-    cost O(max_len). The BlockMask's mask mod reads the state's own buffers (updated in place),
+    its per-block counts up to date: ``append(n)`` costs O(n); a step's ``query_mask(n)`` copies
+    that row (n x max_len bools) and fixes the n x n corner, ``block_mask(n)`` reads the block
+    counts and recomputes only the blocks holding the query tokens; ``start_document``, ``evict``
+    and ``compact`` cost O(max_len). The BlockMask's mask mod reads the state's own buffers (updated in place),
     so a compiled flex kernel never recompiles between steps; use each BlockMask before the next
     state change.
     """
@@ -349,7 +351,9 @@ class DocMaskState:
 
     # -- bookkeeping
     def _doc(self, doc, name: str) -> int:
-        if isinstance(doc, bool) or not isinstance(doc, int) and not (isinstance(doc, torch.Tensor) and doc.numel() == 1):
+        ok = isinstance(doc, numbers.Integral) or (isinstance(doc, torch.Tensor) and doc.numel() == 1
+                                                   and not doc.dtype.is_floating_point)
+        if isinstance(doc, bool) or not ok:
             raise TypeError(f"{name}: expected an int document id, got {doc!r}")
         if not 0 <= int(doc) < self.max_docs:
             raise ValueError(f"{name}: document {int(doc)} is outside [0, max_docs={self.max_docs})")
