@@ -350,6 +350,22 @@ class TrieCore {
         return py::make_tuple(out_off, items);
     }
 
+    // One prefix: the items under it (or ending exactly at it), at most `limit` (< 0: all).
+    I64 items_one(I64 seq, i64 limit, bool exact) const {
+        if (seq.ndim() != 1) throw py::value_error("seq: expected a 1-d array of tokens");
+        i64 v, k;
+        walk_one(seq.data(), seq.shape(0), v, k);
+        i64 a = 0, z = 0;
+        if (k == seq.shape(0)) {
+            a = io_[v];
+            z = exact ? io_[v + 1] : io_[se_[v]];
+            if (limit >= 0) z = std::min(z, a + limit);
+        }
+        I64 out(z - a);
+        std::copy(it_ + a, it_ + z, out.mutable_data());
+        return out;
+    }
+
    private:
     static void fill(char* row, i64 from, i64 to, i64 isz, uint64_t bits) {
         if (isz == 4) {
@@ -442,7 +458,8 @@ void bind_trie(py::module_& m) {
         .def("allowed", &TrieCore::allowed)
         .def("is_terminal", &TrieCore::is_terminal)
         .def("walk", &TrieCore::walk)
-        .def("items_under", &TrieCore::items_under);
+        .def("items_under", &TrieCore::items_under)
+        .def("items_one", &TrieCore::items_one);
 }
 
 }  // namespace craft

@@ -61,6 +61,13 @@ class DetectedLink:
     link_text_tokens: list
     target_tokens: list
 
+    @classmethod
+    def _from_tuple(cls, t: tuple) -> "DetectedLink":
+        """Fast construction from a core's tuple (fields in declaration order)."""
+        obj = object.__new__(cls)
+        obj.__dict__.update(zip(_FIELDS, t))
+        return obj
+
     @property
     def text(self) -> str:
         return self.text_bytes.decode("utf-8", errors="replace")
@@ -68,6 +75,9 @@ class DetectedLink:
     @property
     def target(self) -> str:
         return self.target_bytes.decode("utf-8", errors="replace")
+
+
+_FIELDS = tuple(DetectedLink.__dataclass_fields__)
 
 
 class _Opener:
@@ -334,13 +344,13 @@ class LinkDetector:
 
     def push(self, token_id: int) -> DetectedLink | None:
         t = self._core.push(_token_id(token_id, self.vocab_size))
-        return None if t is None else DetectedLink(*t)
+        return None if t is None else DetectedLink._from_tuple(t)
 
     def push_many(self, ids) -> list[DetectedLink]:
         a = _ids_arg(ids, self.vocab_size)
         if not self._checked:
             ids_in_range(a, "ids", self.vocab_size)
-        return [DetectedLink(*t) for t in self._core.push_many(a)]
+        return [DetectedLink._from_tuple(t) for t in self._core.push_many(a)]
 
     def reset(self) -> None:
         self._core.reset()
@@ -399,8 +409,10 @@ class BatchLinkDetector:
         self.vocab_size = len(tb)
         if _dispatch.use_cpp():
             self._core = _dispatch.ext().BatchLinkDetectorCore(tb, self.batch_size, mt, mg, MAX_OPENERS, MAX_DEPTH)
+            self._checked = True  # the C++ core checks the id range itself
         else:
             self._core = _BatchReference(tb, self.batch_size, mt, mg)
+            self._checked = False
 
     @classmethod
     def for_tokenizer(cls, tokenizer, batch_size: int, **kw) -> "BatchLinkDetector":
@@ -410,8 +422,9 @@ class BatchLinkDetector:
         a = _ids_arg(ids, self.vocab_size)
         if a.shape != (self.batch_size,):
             raise ValueError(f"ids: expected shape ({self.batch_size},), one id per stream, got {a.shape}")
-        ids_in_range(a, "ids", self.vocab_size)
-        return [None if t is None else DetectedLink(*t) for t in self._core.push(a)]
+        if self._checked is False:
+            ids_in_range(a, "ids", self.vocab_size)
+        return [None if t is None else DetectedLink._from_tuple(t) for t in self._core.push(a)]
 
     def reset(self, rows=None) -> None:
         if rows is None:

@@ -16,6 +16,7 @@ Tokens must be in ``[0, 2**31)``.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -210,9 +211,9 @@ class Trie:
                 np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64))
 
     def _under(self, seq, name: str, limit: int, exact: bool) -> np.ndarray:
-        a = int_array(seq, name)
+        a = seq if type(seq) is np.ndarray and seq.dtype == np.int64 and seq.ndim == 1 else int_array(seq, name)
         if self._core is not None:
-            return self._core.items_under(a, np.array([0, len(a)], dtype=np.int64), limit, exact)[1]
+            return self._core.items_one(a, limit, exact)
         return self._under_ref(a.tolist(), limit, exact)
 
     def _under_ref(self, seq: list, limit: int, exact: bool) -> np.ndarray:
@@ -368,6 +369,14 @@ def _flatten(sequences, name: str) -> tuple[np.ndarray, np.ndarray]:
         return a.reshape(-1), np.arange(a.shape[0] + 1, dtype=np.int64) * a.shape[1]
     if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Sequence):
         raise TypeError(f"{name}: expected an (M, L) int array or a list of int sequences, got {type(sequences).__name__}")
+    if sequences and all(type(s) is list or type(s) is tuple for s in sequences):  # lists of ints: one conversion
+        lengths = [len(s) for s in sequences]
+        flat = np.array(list(itertools.chain.from_iterable(sequences)))
+        if flat.size and (flat.dtype == object or not np.issubdtype(flat.dtype, np.integer)):
+            bad = next(i for i, s in enumerate(sequences) if any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) for x in s))
+            int_array(sequences[bad], f"{name}[{bad}]")  # raises the per-sequence TypeError
+            raise TypeError(f"{name}: expected int sequences")
+        return flat.astype(np.int64), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     parts = [int_array(s, f"{name}[{i}]") for i, s in enumerate(sequences)]
     flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     return flat.astype(np.int64), np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
