@@ -105,6 +105,8 @@ def test_semantic_ids_with_collisions_save_load(native_impl, tmp_path):
     t = Trie(codes, item_ids=[100, 101, 102, 103])
     assert sorted(t.lookup([3, 1, 4, 1]).tolist()) == [100, 101]
     t.save(str(tmp_path / "trie"))
+    t.save(str(tmp_path / "trie") + "/")  # a trailing slash names the same directory; saving again replaces it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trie"]
     u = Trie.load(str(tmp_path / "trie"), mmap=True)
     assert isinstance(u.child_tokens, np.memmap)
     assert sorted(u.lookup([3, 1, 4, 1]).tolist()) == [100, 101]

@@ -120,7 +120,7 @@ class Trie:
     def save(self, path: str) -> None:
         """Writes a directory of ``.npy`` files (memory-mappable) plus ``meta.json``; a temporary
         directory is renamed into place, replacing an earlier save."""
-        path = os.fspath(path)
+        path = os.fspath(path).rstrip("/") or "/"
         tmp = f"{path}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
