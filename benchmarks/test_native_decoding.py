@@ -3,9 +3,10 @@ import importlib.metadata
 
 import numpy as np
 import pytest
+import torch
 
 from craft.tokenizers import GPT2Tokenizer
-from craft_kernels import LinkDetector
+from craft_kernels import BatchLinkDetector, LinkDetector, Trie
 from craft_kernels.native import _dispatch
 
 
@@ -36,9 +37,21 @@ def test_link_detection_streaming(compare, markdown_ids):
             links_found=run(fast))
 
 
-def test_link_detection_push_one_token(compare, markdown_ids):
+def test_link_detection_scan_whole_array(compare, markdown_ids):
+    """The same stream in one push_many call (a prompt, or a corpus being indexed)."""
     tok, ids = markdown_ids
-    ids = ids[:20000]
+    with _dispatch.use("cpp"):
+        fast = LinkDetector.for_tokenizer(tok)
+    with _dispatch.use("python"):
+        ref = LinkDetector.for_tokenizer(tok)
+    compare(lambda: fast.scan(ids), lambda: ref.scan(ids), units=len(ids), unit_name="tokens", baseline_reps=1,
+            rounds=3)
+
+
+def test_link_detection_push_one_token(compare, markdown_ids):
+    """One Python call per token (decoding one stream): dominated by the call itself."""
+    tok, ids = markdown_ids
+    ids = ids[:20000].tolist()
     with _dispatch.use("cpp"):
         fast = LinkDetector.for_tokenizer(tok)
     with _dispatch.use("python"):
@@ -46,10 +59,27 @@ def test_link_detection_push_one_token(compare, markdown_ids):
 
     def run(det):
         det.reset()
-        for t in ids.tolist():
+        for t in ids:
             det.push(t)
 
     compare(lambda: run(fast), lambda: run(ref), units=len(ids), unit_name="tokens", baseline_reps=1, rounds=3)
+
+
+def test_link_detection_batch_64_streams(compare, markdown_ids):
+    """BatchLinkDetector: 64 streams, one push of (64,) ids per decoding step."""
+    tok, ids = markdown_ids
+    steps = ids[:64 * 1000].reshape(1000, 64)
+    with _dispatch.use("cpp"):
+        fast = BatchLinkDetector.for_tokenizer(tok, 64)
+    with _dispatch.use("python"):
+        ref = BatchLinkDetector.for_tokenizer(tok, 64)
+
+    def run(det):
+        det.reset()
+        return sum(sum(x is not None for x in det.push(row)) for row in steps)
+
+    assert run(fast) == run(ref)
+    compare(lambda: run(fast), lambda: run(ref), units=steps.size, unit_name="tokens", baseline_reps=1, rounds=3)
 
 
 class DictTrie:
@@ -79,14 +109,12 @@ def codes():
 
 
 def test_trie_build_1m_items(compare, codes):
-    from craft_kernels import Trie
     compare(lambda: Trie(codes), lambda: DictTrie(codes), units=len(codes), unit_name="items", baseline_reps=1,
             rounds=3)
 
 
 @pytest.mark.parametrize("vocab", [256, 50257])
 def test_trie_allowed_mask_and_advance_batch_256(compare, codes, vocab):
-    from craft_kernels import Trie
     trie, dtrie = Trie(codes), DictTrie(codes)
     tokens = codes[:256]
 
@@ -108,20 +136,80 @@ def test_trie_allowed_mask_and_advance_batch_256(compare, codes, vocab):
     compare(ours, base, units=256 * 4, unit_name="beam_steps", baseline_reps=3, rounds=5, vocab=vocab)
 
 
-def test_trie_prefix_lookup_vs_marisa(compare, codes):
+def test_trie_apply_to_logits_batch_256_vocab_50257(compare, codes):
+    """What constrained decoding does each step: mask (256, 50257) float32 logits in place.
+    Baseline: the dict trie's mask applied with masked_fill_."""
+    trie, dtrie = Trie(codes), DictTrie(codes)
+    tokens = codes[:256]
+    states = trie.advance(trie.root_states(256), tokens[:, 0])
+    nodes = dtrie.advance([dtrie.root] * 256, tokens[:, 0])
+    logits = torch.randn(256, 50257)
+    work, check = logits.clone(), logits.clone()
+
+    def ours():  # masking is idempotent: every call does the full work on the same tensor
+        trie.apply_to_logits(work, states)
+
+    def base():
+        check.masked_fill_(~torch.from_numpy(dtrie.allowed_mask(nodes, 50257)), float("-inf"))
+
+    ours()
+    base()
+    assert torch.equal(work, check)
+    compare(ours, base, units=256, unit_name="rows", baseline_reps=3, rounds=5)
+
+
+def test_trie_build_titles_gpt2(compare):
+    """Ragged sequences over a 50257 vocab (document titles): the comparison-sort path."""
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 12, size=100_000)
+    seqs = [rng.integers(0, 50257, size=n).tolist() for n in lengths]
+
+    class Seqs:  # the dict trie over ragged sequences
+        def __init__(self):
+            self.root = {}
+            for i, seq in enumerate(seqs):
+                node = self.root
+                for t in seq:
+                    node = node.setdefault(t, {})
+                node.setdefault(None, []).append(i)
+
+    compare(lambda: Trie(seqs), Seqs, units=len(seqs), unit_name="items", baseline_reps=1, rounds=3)
+
+
+def _marisa_setup(codes):
     marisa_trie = pytest.importorskip("marisa_trie", reason="marisa-trie is in the bench extra")
-    from craft_kernels import Trie
     sub = codes[:200_000]
     trie = Trie(sub)
-    keys = ["".join(chr(0x100 + int(c)) for c in row) for row in sub]
-    mt = marisa_trie.Trie(keys)
+    mt = marisa_trie.Trie(["".join(chr(0x100 + int(c)) for c in row) for row in sub])
     probes = sub[:2000, :2]
     pkeys = ["".join(chr(0x100 + int(c)) for c in row) for row in probes]
+    return trie, mt, probes, pkeys
+
+
+def test_trie_prefix_lookup_vs_marisa(compare, codes):
+    """One call per prefix on both sides (items_with_prefix vs marisa keys)."""
+    trie, mt, probes, pkeys = _marisa_setup(codes)
+    rows = list(probes)
 
     def ours():
-        return sum(len(trie.items_with_prefix(p)) for p in probes)
+        return sum(len(trie.items_with_prefix(p)) for p in rows)
 
     def peer():
         return sum(len(mt.keys(p)) for p in pkeys)
 
+    assert ours() == peer()
+    compare(ours, peer, units=len(probes), unit_name="lookups", baseline_reps=3, rounds=5, peer="marisa-trie")
+
+
+def test_trie_prefix_lookup_batched_vs_marisa(compare, codes):
+    """All 2000 prefixes in one items_with_prefixes call vs marisa keys per prefix."""
+    trie, mt, probes, pkeys = _marisa_setup(codes)
+
+    def ours():
+        return len(trie.items_with_prefixes(probes)[1])
+
+    def peer():
+        return sum(len(mt.keys(p)) for p in pkeys)
+
+    assert ours() == peer()
     compare(ours, peer, units=len(probes), unit_name="lookups", baseline_reps=3, rounds=5, peer="marisa-trie")

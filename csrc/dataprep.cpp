@@ -50,7 +50,9 @@ Arr greedy_join(Arr lengths, i64 budget, i64 join_cost) {
         starts.reserve(static_cast<size_t>(n / 2 + 2));
         i64 used = -1;  // -1: no group open
         for (i64 i = 0; i < n; ++i) {
-            if (used >= 0 && used + join_cost + len[i] <= budget) {
+            // used + join_cost + len[i] <= budget, written so that huge values cannot overflow
+            // (0 <= used <= budget, join_cost >= 0 and len[i] <= budget are checked by the wrapper)
+            if (used >= 0 && join_cost <= budget - used && len[i] <= budget - used - join_cost) {
                 used += join_cost + len[i];
             } else {
                 starts.push_back(i);
@@ -76,13 +78,12 @@ py::tuple split_units(Arr offsets, i64 budget) {
         pu.reserve(static_cast<size_t>(n));
         pp.reserve(static_cast<size_t>(n));
         for (i64 u = 0; u < n; ++u) {
-            i64 s = off[u];
-            do {
+            for (i64 s = off[u];; s += budget) {
                 po.push_back(s);
                 pu.push_back(u);
                 pp.push_back(s - off[u]);
-                s += budget;
-            } while (s < off[u + 1]);
+                if (off[u + 1] - s <= budget) break;  // last piece; never computes s + budget past the end
+            }
         }
         po.push_back(n > 0 ? off[n] : 0);
     }

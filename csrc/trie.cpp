@@ -1,133 +1,465 @@
-// Compact trie for constrained decoding: build (CSR arrays, nodes in DFS pre-order) and batched
-// state operations. Stateless functions over the arrays held by craft_kernels/native/trie.py.
+// Compact trie for constrained decoding: the build (sort, then one pass in DFS pre-order into CSR
+// arrays) and TrieCore, the batched state operations over those arrays (which may be memory-mapped).
+// The Python twin is craft_kernels/native/trie.py (trie_build_reference and the python paths of Trie).
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "bindings.h"
 
 namespace py = pybind11;
-using i64 = int64_t;
-using Arr = py::array_t<i64, py::array::c_style | py::array::forcecast>;
 
 namespace craft {
 namespace {
 
-Arr to_arr(const std::vector<i64>& v) {
-    Arr a({static_cast<py::ssize_t>(v.size())});
-    std::copy(v.begin(), v.end(), a.mutable_data());
-    return a;
+using i64 = int64_t;
+using i32 = int32_t;
+using I64 = py::array_t<i64, py::array::c_style | py::array::forcecast>;
+using I32 = py::array_t<i32, py::array::c_style | py::array::forcecast>;
+constexpr i64 kMaxToken = (i64(1) << 31) - 1;
+
+template <class T>
+py::array_t<T> empty_array(i64 n) {
+    return py::array_t<T>(static_cast<py::ssize_t>(n));
 }
 
-// flat/offsets: the sequences (CSR); item_ids per sequence. Returns the CSR arrays.
-py::dict trie_build(Arr flat, Arr offsets, Arr item_ids) {
+// Stable LSD radix sort of (key, index) pairs by the low `bits` bits of the keys, 8 bits a pass.
+void radix_sort_pairs(std::vector<uint64_t>& key, std::vector<i64>& idx, int bits) {
+    const size_t m = key.size();
+    std::vector<uint64_t> k2(m);
+    std::vector<i64> i2(m);
+    for (int shift = 0; shift < bits; shift += 8) {
+        size_t count[257] = {0};
+        for (size_t k = 0; k < m; ++k) ++count[((key[k] >> shift) & 255) + 1];
+        if (count[((key[0] >> shift) & 255) + 1] == m) continue;  // one digit value: already in order
+        for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
+        for (size_t k = 0; k < m; ++k) {
+            const size_t dst = count[(key[k] >> shift) & 255]++;
+            k2[dst] = key[k];
+            i2[dst] = idx[k];
+        }
+        key.swap(k2);
+        idx.swap(i2);
+    }
+}
+
+// Stable order of the sequences, lexicographic (a prefix sorts before its extensions).
+std::vector<i64> sort_sequences(const i64* f, const i64* o, i64 m) {
+    std::vector<i64> order(static_cast<size_t>(m));
+    std::iota(order.begin(), order.end(), i64(0));
+    if (m == 0) return order;
+    i64 lmax = 0, total = o[m], tmax = -1;
+    for (i64 s = 0; s < m; ++s) lmax = std::max(lmax, o[s + 1] - o[s]);
+    for (i64 k = 0; k < total; ++k) tmax = std::max(tmax, f[k]);
+    int bits = 0;  // bits per position: token t is stored as t + 1, 0 = "sequence ended"
+    while ((i64(1) << bits) < tmax + 2) ++bits;
+    if (lmax * bits <= 64) {  // short sequences: pack each one into a 64-bit key
+        std::vector<uint64_t> key(static_cast<size_t>(m));
+        for (i64 s = 0; s < m; ++s) {
+            uint64_t k = 0;
+            for (i64 d = 0; d < lmax; ++d)
+                k = (bits == 64 ? 0 : k << bits) | (d < o[s + 1] - o[s] ? static_cast<uint64_t>(f[o[s] + d] + 1) : 0);
+            key[static_cast<size_t>(s)] = k;
+        }
+        radix_sort_pairs(key, order, static_cast<int>(lmax * bits));
+        return order;
+    }
+    const i64 buckets = tmax + 2;
+    // LSD radix, one stable counting sort per position (last first), when that is linear work.
+    if (buckets <= (i64(1) << 20) && lmax * m <= 2 * total + m && lmax * buckets <= 8 * (total + m)) {
+        std::vector<i64> tmp(static_cast<size_t>(m)), count(static_cast<size_t>(buckets) + 1);
+        std::vector<i32> col(static_cast<size_t>(m));
+        for (i64 d = lmax - 1; d >= 0; --d) {
+            for (i64 s = 0; s < m; ++s)  // column d in input order (sequential reads)
+                col[static_cast<size_t>(s)] = d < o[s + 1] - o[s] ? static_cast<i32>(f[o[s] + d] + 1) : 0;
+            std::fill(count.begin(), count.end(), 0);
+            for (i64 s = 0; s < m; ++s) ++count[static_cast<size_t>(col[static_cast<size_t>(s)]) + 1];
+            for (i64 b = 0; b < buckets; ++b) count[static_cast<size_t>(b) + 1] += count[static_cast<size_t>(b)];
+            for (i64 k = 0; k < m; ++k) {
+                const i64 s = order[static_cast<size_t>(k)];
+                tmp[static_cast<size_t>(count[static_cast<size_t>(col[static_cast<size_t>(s)])]++)] = s;
+            }
+            order.swap(tmp);
+        }
+        return order;
+    }
+    std::stable_sort(order.begin(), order.end(), [&](i64 a, i64 b) {
+        return std::lexicographical_compare(f + o[a], f + o[a + 1], f + o[b], f + o[b + 1]);
+    });
+    return order;
+}
+
+// flat (total,) tokens, offsets (M + 1,), item_ids (M,): the CSR arrays of the trie.
+py::dict trie_build(I64 flat, I64 offsets, I64 item_ids) {
     const i64 m = offsets.shape(0) - 1;
+    if (m < 0 || item_ids.shape(0) != m || flat.shape(0) != offsets.data()[m] || offsets.data()[0] != 0)
+        throw py::value_error("trie_build: inconsistent flat/offsets/item_ids");
     const i64 *f = flat.data(), *o = offsets.data(), *ids = item_ids.data();
-    std::vector<i64> parent{-1}, token{-1}, depth{0}, items_node, order(static_cast<size_t>(m));
+    for (i64 s = 0; s < m; ++s)
+        if (o[s + 1] < o[s]) throw py::value_error("trie_build: offsets must be non-decreasing");
+    for (i64 k = 0; k < o[m]; ++k)
+        if (f[k] < 0 || f[k] > kMaxToken)
+            throw py::value_error("sequences: tokens must be in [0, 2**31), found " + std::to_string(f[k]));
+    std::vector<i64> order;
+    std::vector<i32> parent{-1}, token{-1};
+    std::vector<i64> item_node(static_cast<size_t>(m));
     {
         py::gil_scoped_release nogil;
-        std::iota(order.begin(), order.end(), i64(0));
-        std::stable_sort(order.begin(), order.end(), [&](i64 a, i64 b) {
-            return std::lexicographical_compare(f + o[a], f + o[a + 1], f + o[b], f + o[b + 1]);
-        });
-        std::vector<i64> path{0};  // node ids along the previous sequence
-        i64 prev = -1;
-        items_node.resize(static_cast<size_t>(m));
+        order = sort_sequences(f, o, m);
+        std::vector<i32> sf(static_cast<size_t>(o[m]));  // the sequences in sorted order, contiguous
+        std::vector<i64> so(static_cast<size_t>(m) + 1, 0);
         for (i64 k = 0; k < m; ++k) {
-            const i64 s = order[k];
-            const i64 len = o[s + 1] - o[s];
+            const i64 s = order[static_cast<size_t>(k)];
+            so[static_cast<size_t>(k) + 1] = so[static_cast<size_t>(k)] + (o[s + 1] - o[s]);
+            std::copy(f + o[s], f + o[s + 1], sf.begin() + so[static_cast<size_t>(k)]);
+        }
+        parent.reserve(static_cast<size_t>(o[m]) + 1);
+        token.reserve(static_cast<size_t>(o[m]) + 1);
+        std::vector<i32> path{0};  // node ids along the previous sequence
+        for (i64 k = 0; k < m; ++k) {
+            const i32* cur = sf.data() + so[static_cast<size_t>(k)];
+            const i64 len = so[static_cast<size_t>(k) + 1] - so[static_cast<size_t>(k)];
             i64 lcp = 0;
-            if (prev >= 0) {
-                const i64 plen = o[prev + 1] - o[prev];
-                while (lcp < len && lcp < plen && f[o[s] + lcp] == f[o[prev] + lcp]) ++lcp;
+            if (k > 0) {
+                const i32* prv = sf.data() + so[static_cast<size_t>(k) - 1];
+                const i64 plen = so[static_cast<size_t>(k)] - so[static_cast<size_t>(k) - 1];
+                while (lcp < len && lcp < plen && cur[lcp] == prv[lcp]) ++lcp;
             }
             path.resize(static_cast<size_t>(lcp + 1));
             for (i64 d = lcp; d < len; ++d) {
                 parent.push_back(path.back());
-                token.push_back(f[o[s] + d]);
-                depth.push_back(d + 1);
-                path.push_back(static_cast<i64>(parent.size()) - 1);
+                token.push_back(cur[d]);
+                path.push_back(static_cast<i32>(parent.size() - 1));
             }
-            items_node[k] = path[static_cast<size_t>(len)];
-            prev = s;
+            item_node[static_cast<size_t>(k)] = path[static_cast<size_t>(len)];
         }
     }
     const i64 n = static_cast<i64>(parent.size());
-    std::vector<i64> child_off(static_cast<size_t>(n + 1), 0), child_tok(static_cast<size_t>(n - 1)),
-        child_node(static_cast<size_t>(n - 1)), item_off(static_cast<size_t>(n + 1), 0), items(static_cast<size_t>(m)),
-        subtree_end(static_cast<size_t>(n));
+    if (n > kMaxToken) throw py::value_error("sequences: more than 2**31 trie nodes");
+    auto child_off = empty_array<i64>(n + 1), item_off = empty_array<i64>(n + 1), items = empty_array<i64>(m);
+    auto child_tok = empty_array<i32>(n - 1), child_node = empty_array<i32>(n - 1), sub_end = empty_array<i32>(n);
     {
         py::gil_scoped_release nogil;
-        for (i64 v = 1; v < n; ++v) ++child_off[parent[v] + 1];
-        for (i64 v = 0; v < n; ++v) child_off[v + 1] += child_off[v];
-        std::vector<i64> fill(child_off.begin(), child_off.end() - 1);
-        for (i64 v = 1; v < n; ++v) {  // pre-order visits siblings in token order
-            const i64 slot = fill[parent[v]]++;
-            child_tok[slot] = token[v];
-            child_node[slot] = v;
+        i64 *co = child_off.mutable_data(), *io = item_off.mutable_data(), *it = items.mutable_data();
+        i32 *ct = child_tok.mutable_data(), *cn = child_node.mutable_data(), *se = sub_end.mutable_data();
+        std::fill(co, co + n + 1, 0);
+        std::fill(io, io + n + 1, 0);
+        for (i64 v = 1; v < n; ++v) ++co[parent[static_cast<size_t>(v)] + 1];
+        for (i64 v = 0; v < n; ++v) co[v + 1] += co[v];
+        std::vector<i64> fill(co, co + n);
+        for (i64 v = 1; v < n; ++v) {  // pre-order creates siblings in token order
+            const i64 slot = fill[static_cast<size_t>(parent[static_cast<size_t>(v)])]++;
+            ct[slot] = token[static_cast<size_t>(v)];
+            cn[slot] = static_cast<i32>(v);
         }
-        for (i64 k = 0; k < m; ++k) ++item_off[items_node[k] + 1];
-        for (i64 v = 0; v < n; ++v) item_off[v + 1] += item_off[v];
-        std::vector<i64> ifill(item_off.begin(), item_off.end() - 1);
-        for (i64 k = 0; k < m; ++k) items[ifill[items_node[k]]++] = ids[order[k]];
-        // subtree of v = nodes [v, subtree_end[v]) in pre-order
-        for (i64 v = n - 1; v >= 0; --v) {
-            const i64 last = child_off[v + 1] > child_off[v] ? child_node[child_off[v + 1] - 1] : -1;
-            subtree_end[v] = last < 0 ? v + 1 : subtree_end[last];
+        // item nodes are non-decreasing in sorted order: items are already grouped by node
+        for (i64 k = 0; k < m; ++k) {
+            ++io[item_node[static_cast<size_t>(k)] + 1];
+            it[k] = ids[order[static_cast<size_t>(k)]];
+        }
+        for (i64 v = 0; v < n; ++v) io[v + 1] += io[v];
+        for (i64 v = n - 1; v >= 0; --v) {  // subtree of v = nodes [v, subtree_end[v])
+            se[v] = co[v + 1] > co[v] ? se[cn[co[v + 1] - 1]] : static_cast<i32>(v + 1);
         }
     }
     py::dict d;
-    d["child_offsets"] = to_arr(child_off);
-    d["child_tokens"] = to_arr(child_tok);
-    d["child_nodes"] = to_arr(child_node);
-    d["item_offsets"] = to_arr(item_off);
-    d["items"] = to_arr(items);
-    d["subtree_end"] = to_arr(subtree_end);
-    d["depth"] = to_arr(depth);
+    d["child_offsets"] = child_off;
+    d["child_tokens"] = child_tok;
+    d["child_nodes"] = child_node;
+    d["item_offsets"] = item_off;
+    d["items"] = items;
+    d["subtree_end"] = sub_end;
     return d;
 }
 
-void trie_fill_mask(Arr child_off, Arr child_tok, Arr states, py::array_t<bool> mask) {
-    const i64 b = states.shape(0), v = mask.shape(1);
-    const i64 *co = child_off.data(), *ct = child_tok.data(), *st = states.data();
-    bool* m = mask.mutable_data();
-    py::gil_scoped_release nogil;
-    for (i64 r = 0; r < b; ++r) {
-        if (st[r] < 0) continue;
-        bool* row = m + r * v;
-        for (i64 e = co[st[r]]; e < co[st[r] + 1]; ++e)
-            if (ct[e] < v) row[ct[e]] = true;
-    }
+std::string range_msg(i64 v, i64 n) {
+    return "states: node ids must be in [-1, " + std::to_string(n) + "), got " + std::to_string(v) +
+           "; use root_states/advance to make them";
 }
 
-Arr trie_advance(Arr child_off, Arr child_tok, Arr child_node, Arr states, Arr tokens) {
-    const i64 b = states.shape(0);
-    Arr out({b});
-    const i64 *co = child_off.data(), *ct = child_tok.data(), *cn = child_node.data(), *st = states.data(),
-              *tk = tokens.data();
-    i64* o = out.mutable_data();
-    py::gil_scoped_release nogil;
-    for (i64 r = 0; r < b; ++r) {
-        o[r] = -1;
-        if (st[r] < 0) continue;
-        const i64* lo = ct + co[st[r]];
-        const i64* hi = ct + co[st[r] + 1];
-        const i64* it = std::lower_bound(lo, hi, tk[r]);
-        if (it != hi && *it == tk[r]) o[r] = cn[it - ct];
+// The batched operations; holds the arrays (NumPy or memory-mapped) alive.
+class TrieCore {
+   public:
+    TrieCore(I64 child_off, I32 child_tok, I32 child_node, I64 item_off, I64 items, I32 sub_end, bool check)
+        : co_a_(child_off), ct_a_(child_tok), cn_a_(child_node), io_a_(item_off), it_a_(items), se_a_(sub_end) {
+        n_ = co_a_.shape(0) - 1;
+        co_ = co_a_.data();
+        ct_ = ct_a_.data();
+        cn_ = cn_a_.data();
+        io_ = io_a_.data();
+        it_ = it_a_.data();
+        se_ = se_a_.data();
+        if (check) {
+            validate();
+        } else if (n_ < 1 || ct_a_.shape(0) != n_ - 1 || cn_a_.shape(0) != n_ - 1 || io_a_.shape(0) != n_ + 1 ||
+                   se_a_.shape(0) != n_ || io_[n_] != it_a_.shape(0)) {
+            throw py::value_error("trie arrays: lengths disagree");
+        }
     }
-    return out;
-}
+
+    i64 n_nodes() const { return n_; }
+
+    I64 advance(I64 states, I64 tokens) const {
+        const i64 b = states.shape(0);
+        if (tokens.shape(0) != b) throw py::value_error("tokens: expected one token per state");
+        const i64 *st = check_states(states), *tk = tokens.data();
+        I64 out(b);
+        i64* o = out.mutable_data();
+        py::gil_scoped_release nogil;
+        for (i64 r = 0; r < b; ++r) o[r] = child(st[r], tk[r]);
+        return out;
+    }
+
+    // mask (B, V) bool/uint8: allowed entries set to `value` (the rest untouched).
+    void set_allowed(I64 states, py::array mask, bool value) const {
+        const i64 b = states.shape(0);
+        const i64* st = check_states(states);
+        if (mask.ndim() != 2 || mask.shape(0) != b || mask.itemsize() != 1 || mask.strides(1) != 1 ||
+            !mask.writeable())
+            throw py::value_error("mask: expected a writeable (B, V) 1-byte array with unit column stride");
+        const i64 v = mask.shape(1), rs = mask.strides(0);
+        auto* m = static_cast<uint8_t*>(mask.mutable_data());
+        py::gil_scoped_release nogil;
+        for (i64 r = 0; r < b; ++r) {
+            if (st[r] < 0) continue;
+            uint8_t* row = m + r * rs;
+            for (i64 e = co_[st[r]]; e < co_[st[r] + 1] && ct_[e] < v; ++e) row[ct_[e]] = value;
+        }
+    }
+
+    // Number of allowed tokens below vocab_size per state (children are sorted by token).
+    I64 counts(I64 states, i64 vocab) const {
+        const i64 b = states.shape(0);
+        const i64* st = check_states(states);
+        I64 out(b);
+        i64* o = out.mutable_data();
+        for (i64 r = 0; r < b; ++r) o[r] = st[r] < 0 ? 0 : lower(st[r], vocab) - co_[st[r]];
+        return out;
+    }
+
+    // logits (B, V) of any 2/4/8-byte float dtype viewed as ints: every disallowed entry becomes
+    // `neg_inf` (its bit pattern). Rows with keep[r] != 0 are left alone; rows with eos_row[r] != 0
+    // keep only `eos`.
+    void mask_logits(I64 states, py::array logits, uint64_t neg_inf, I64 keep, I64 eos_row, i64 eos) const {
+        const i64 b = states.shape(0);
+        const i64* st = check_states(states);
+        const i64 isz = logits.itemsize();
+        if (logits.ndim() != 2 || logits.shape(0) != b || logits.strides(1) != isz || !logits.writeable() ||
+            (isz != 2 && isz != 4 && isz != 8) || keep.shape(0) != b || eos_row.shape(0) != b)
+            throw py::value_error("logits: expected a writeable (B, V) array with unit column stride");
+        const i64 v = logits.shape(1), rs = logits.strides(0);
+        if (eos < 0 || eos >= v) throw py::value_error("eos_id: outside the vocabulary");
+        auto* base = static_cast<char*>(logits.mutable_data());
+        const i64 *kp = keep.data(), *er = eos_row.data();
+        py::gil_scoped_release nogil;
+        for (i64 r = 0; r < b; ++r) {
+            if (kp[r]) continue;
+            char* row = base + r * rs;
+            const i64 ec = eos;
+            const i32* lo = &ct_[0];
+            const i32* hi = lo;
+            i32 one = static_cast<i32>(ec);
+            if (er[r]) {
+                lo = &one;
+                hi = lo + 1;
+            } else if (st[r] >= 0) {
+                lo = ct_ + co_[st[r]];
+                hi = ct_ + lower(st[r], v);
+            }
+            i64 next = 0;  // fill the gaps between allowed tokens
+            for (const i32* p = lo; p != hi; ++p) {
+                fill(row, next, *p, isz, neg_inf);
+                next = static_cast<i64>(*p) + 1;
+            }
+            fill(row, next, v, isz, neg_inf);
+        }
+    }
+
+    py::list allowed(I64 states) const {
+        const i64 b = states.shape(0);
+        const i64* st = check_states(states);
+        py::list out(static_cast<size_t>(b));
+        for (i64 r = 0; r < b; ++r) {
+            const i64 lo = st[r] < 0 ? 0 : co_[st[r]], hi = st[r] < 0 ? 0 : co_[st[r] + 1];
+            I64 a(hi - lo);
+            std::copy(ct_ + lo, ct_ + hi, a.mutable_data());
+            out[static_cast<size_t>(r)] = a;
+        }
+        return out;
+    }
+
+    py::array_t<bool> is_terminal(I64 states) const {
+        const i64 b = states.shape(0);
+        const i64* st = check_states(states);
+        py::array_t<bool> out(b);
+        bool* o = out.mutable_data();
+        for (i64 r = 0; r < b; ++r) o[r] = st[r] >= 0 && io_[st[r] + 1] > io_[st[r]];
+        return out;
+    }
+
+    // Follows each sequence from the root: (node reached, tokens consumed) per sequence.
+    py::tuple walk(I64 flat, I64 offsets) const {
+        const i64 q = offsets.shape(0) - 1;
+        const i64 *f = flat.data(), *o = offsets.data();
+        check_offsets(o, q, flat.shape(0));
+        I64 nodes(q), used(q);
+        i64 *nd = nodes.mutable_data(), *us = used.mutable_data();
+        {
+            py::gil_scoped_release nogil;
+            for (i64 s = 0; s < q; ++s) walk_one(f + o[s], o[s + 1] - o[s], nd[s], us[s]);
+        }
+        return py::make_tuple(nodes, used);
+    }
+
+    // Items whose sequence starts with each prefix (CSR: offsets (Q + 1,), items), at most `limit` each
+    // (limit < 0: all); `exact`: only items whose sequence equals the prefix.
+    py::tuple items_under(I64 flat, I64 offsets, i64 limit, bool exact) const {
+        const i64 q = offsets.shape(0) - 1;
+        const i64 *f = flat.data(), *o = offsets.data();
+        check_offsets(o, q, flat.shape(0));
+        std::vector<i64> lo(static_cast<size_t>(q)), hi(static_cast<size_t>(q));
+        I64 out_off(q + 1);
+        i64* oo = out_off.mutable_data();
+        {
+            py::gil_scoped_release nogil;
+            oo[0] = 0;
+            for (i64 s = 0; s < q; ++s) {
+                i64 v, k;
+                walk_one(f + o[s], o[s + 1] - o[s], v, k);
+                i64 a = 0, z = 0;
+                if (k == o[s + 1] - o[s]) {
+                    a = io_[v];
+                    z = exact ? io_[v + 1] : io_[se_[v]];
+                    if (limit >= 0) z = std::min(z, a + limit);
+                }
+                lo[static_cast<size_t>(s)] = a;
+                hi[static_cast<size_t>(s)] = z;
+                oo[s + 1] = oo[s] + (z - a);
+            }
+        }
+        I64 items(oo[q]);
+        i64* it = items.mutable_data();
+        for (i64 s = 0; s < q; ++s)
+            std::copy(it_ + lo[static_cast<size_t>(s)], it_ + hi[static_cast<size_t>(s)], it + oo[s]);
+        return py::make_tuple(out_off, items);
+    }
+
+    // One prefix: the items under it (or ending exactly at it), at most `limit` (< 0: all).
+    I64 items_one(I64 seq, i64 limit, bool exact) const {
+        if (seq.ndim() != 1) throw py::value_error("seq: expected a 1-d array of tokens");
+        i64 v, k;
+        walk_one(seq.data(), seq.shape(0), v, k);
+        i64 a = 0, z = 0;
+        if (k == seq.shape(0)) {
+            a = io_[v];
+            z = exact ? io_[v + 1] : io_[se_[v]];
+            if (limit >= 0) z = std::min(z, a + limit);
+        }
+        I64 out(z - a);
+        std::copy(it_ + a, it_ + z, out.mutable_data());
+        return out;
+    }
+
+   private:
+    static void fill(char* row, i64 from, i64 to, i64 isz, uint64_t bits) {
+        if (isz == 4) {
+            auto* p = reinterpret_cast<uint32_t*>(row);
+            std::fill(p + from, p + to, static_cast<uint32_t>(bits));
+        } else if (isz == 2) {
+            auto* p = reinterpret_cast<uint16_t*>(row);
+            std::fill(p + from, p + to, static_cast<uint16_t>(bits));
+        } else {
+            auto* p = reinterpret_cast<uint64_t*>(row);
+            std::fill(p + from, p + to, bits);
+        }
+    }
+
+    i64 lower(i64 v, i64 tok) const {  // first edge of v with token >= tok
+        return std::lower_bound(ct_ + co_[v], ct_ + co_[v + 1], tok,
+                                [](i32 a, i64 t) { return static_cast<i64>(a) < t; }) -
+               ct_;
+    }
+
+    i64 child(i64 v, i64 tok) const {
+        if (v < 0) return -1;
+        const i64 e = lower(v, tok);
+        return e < co_[v + 1] && ct_[e] == tok ? cn_[e] : -1;
+    }
+
+    void walk_one(const i64* seq, i64 len, i64& node, i64& used) const {
+        i64 v = n_ > 0 ? 0 : -1, k = 0;
+        for (; k < len && v >= 0; ++k) {
+            const i64 c = child(v, seq[k]);
+            if (c < 0) break;
+            v = c;
+        }
+        node = v;
+        used = k;
+    }
+
+    const i64* check_states(const I64& states) const {
+        if (states.ndim() != 1) throw py::value_error("states: expected a 1-d array of node ids");
+        const i64* st = states.data();
+        for (i64 r = 0; r < states.shape(0); ++r)
+            if (st[r] < -1 || st[r] >= n_) throw py::value_error(range_msg(st[r], n_));
+        return st;
+    }
+
+    static void check_offsets(const i64* o, i64 q, i64 total) {
+        if (q < 0 || o[0] != 0 || o[q] != total) throw py::value_error("sequences: inconsistent offsets");
+        for (i64 s = 0; s < q; ++s)
+            if (o[s + 1] < o[s]) throw py::value_error("sequences: offsets must be non-decreasing");
+    }
+
+    // A loaded file must not be able to crash the operations: check every index once.
+    void validate() const {
+        auto bad = [](const std::string& what) { throw py::value_error("trie arrays are corrupt: " + what); };
+        if (n_ < 1 || ct_a_.shape(0) != n_ - 1 || cn_a_.shape(0) != n_ - 1 || io_a_.shape(0) != n_ + 1 ||
+            se_a_.shape(0) != n_)
+            bad("array lengths disagree");
+        if (co_[0] != 0 || co_[n_] != n_ - 1 || io_[0] != 0 || io_[n_] != it_a_.shape(0)) bad("offsets do not span");
+        for (i64 v = 0; v < n_; ++v) {
+            if (co_[v + 1] < co_[v] || io_[v + 1] < io_[v]) bad("offsets decrease");
+            if (se_[v] <= v || se_[v] > n_) bad("subtree_end out of range");
+            for (i64 e = co_[v]; e < co_[v + 1]; ++e) {
+                if (cn_[e] <= v || cn_[e] >= n_) bad("child node out of range");
+                if (e > co_[v] && ct_[e] <= ct_[e - 1]) bad("children not sorted");
+                if (ct_[e] < 0) bad("negative token");
+            }
+        }
+    }
+
+    I64 co_a_;
+    I32 ct_a_, cn_a_;
+    I64 io_a_, it_a_;
+    I32 se_a_;
+    i64 n_ = 0;
+    const i64 *co_ = nullptr, *io_ = nullptr, *it_ = nullptr;
+    const i32 *ct_ = nullptr, *cn_ = nullptr, *se_ = nullptr;
+};
 
 }  // namespace
 
 void bind_trie(py::module_& m) {
     m.def("trie_build", &trie_build, py::arg("flat"), py::arg("offsets"), py::arg("item_ids"));
-    m.def("trie_fill_mask", &trie_fill_mask);
-    m.def("trie_advance", &trie_advance);
+    py::class_<TrieCore>(m, "TrieCore")
+        .def(py::init<I64, I32, I32, I64, I64, I32, bool>())
+        .def_property_readonly("n_nodes", &TrieCore::n_nodes)
+        .def("advance", &TrieCore::advance)
+        .def("set_allowed", &TrieCore::set_allowed)
+        .def("counts", &TrieCore::counts)
+        .def("mask_logits", &TrieCore::mask_logits)
+        .def("allowed", &TrieCore::allowed)
+        .def("is_terminal", &TrieCore::is_terminal)
+        .def("walk", &TrieCore::walk)
+        .def("items_under", &TrieCore::items_under)
+        .def("items_one", &TrieCore::items_one);
 }
 
 }  // namespace craft

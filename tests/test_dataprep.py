@@ -4,7 +4,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import craft_kernels as ck
 from craft_kernels.native import _dispatch, dataprep as dp
@@ -182,11 +182,47 @@ def test_empty_inputs(native_impl):
     (lambda: ck.flatten_level([1, 2], [[0, 2], [0, 1]], 2), r"level: must be an int in \[0, 2\)"),
     (lambda: ck.flatten_level([1, 2], [[0, 2], [0, 2]], 0), r"level_offsets\[1\].*must end at 1"),
     (lambda: ck.build_dvt(np.array([0, 1])), "level_offsets: expected a non-empty list"),
+    (lambda: ck.pad_units([1], [0, 1], 2, 2**63), "pad_id: .* does not fit in int64"),
+    (lambda: ck.pad_units([1], [0, 1], 2, 1.0), "pad_id: expected an int"),
+    (lambda: ck.join_pad([1], [0, 1], 2, join_id=-2**63 - 1, pad_id=1), "join_id: .* does not fit in int64"),
+    (lambda: ck.join_pad([1], [0, 1], 2**63, 3, 1), "budget: .* does not fit in int64"),
+    (lambda: ck.join_pad(np.array([2**63], dtype=np.uint64), [0, 1], 2, 3, 1), "tokens: value .* does not fit"),
     (lambda: ck.build_dvt([[0, 2]], n_tokens=3), "n_tokens=3"),
 ])
 def test_bad_inputs_name_the_argument(native_impl, call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 2**62), min_size=1, max_size=8), st.integers(0, 2**63 - 1),
+       st.integers(0, 2**63 - 1))
+@example([2**62, 2**62], 2**63 - 1, 1)
+@example([2**62, 1], 2**62 + 1, 2**63 - 1)
+def test_greedy_join_huge_values_do_not_overflow(lengths, budget, join_cost):
+    # sums of lengths near 2**63 must not wrap around in C++ (the reference uses Python ints)
+    budget = max(budget, max(lengths), 1)
+    a, b = _both(lambda: ck.greedy_join(lengths, budget, join_cost))
+    _assert_same(a.offsets, b.offsets)
+
+
+@pytest.mark.parametrize("budget", [2**62, 2**63 - 1])
+def test_join_pad_split_long_huge_budget(native_impl, budget):
+    # pieces are counted without computing offset + budget past the end (no int64 wrap-around);
+    # the output rows would be too big to allocate, so only the split itself is checked
+    from craft_kernels.native.dataprep import _split_reference
+    offsets = np.array([0, 1, 3, 6], dtype=np.int64)
+    want = _split_reference(offsets.tolist(), budget)
+    if native_impl == "cpp":
+        got = _dispatch.ext().split_units(offsets, budget)
+        _assert_same(list(got), want)
+    assert [x.tolist() for x in want] == [[0, 1, 3, 6], [0, 1, 2], [0, 0, 0]]
+
+
+def test_negative_pad_id_is_allowed(native_impl):
+    # e.g. -100, the ignore index of cross-entropy targets
+    r = ck.join_pad([5, 6, 7], [0, 2, 3], 6, join_id=3, pad_id=-100)
+    assert r.ids.tolist() == [[5, 6, 3, 7, -100, -100]]
 
 
 def test_craft_native_python_runs_the_reference():

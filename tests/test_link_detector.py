@@ -11,7 +11,8 @@ from craft_kernels import BatchLinkDetector, LinkDetector
 from craft_kernels.native import _dispatch
 
 GPT2 = GPT2Tokenizer()
-ALPHABET = [b"a", b"b", b" ", b"[", b"]", b"(", b")", b"!", b"\\", b"\n", b"](", b").", b"))", b"([", b"x]", b"ab c"]
+ALPHABET = [b"a", b"b", b" ", b"[", b"]", b"(", b")", b"!", b"\\", b"\n", b"](", b").", b"))", b"([", b"x]", b"ab c",
+            b"", b"\n\n", b"![", b"\\[", b"a)b(c"]
 SIMPLE = re.compile(r"(!?)\[([^\[\]\n\\]*)\]\(([^()\n\\]*)\)")
 
 
@@ -26,10 +27,29 @@ def _scan(impl, token_bytes, ids, **kw):
         return LinkDetector(token_bytes, **kw).scan(ids)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, len(ALPHABET) - 1), max_size=60))
-def test_cpp_matches_reference(ids):
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, len(ALPHABET) - 1), max_size=80), st.integers(0, 12), st.integers(0, 12))
+def test_cpp_matches_reference(ids, max_text, max_target):
+    """Small limits exercise the abandon paths (text/target too long, span of byte-less tokens)."""
+    kw = dict(max_text_bytes=max_text, max_target_bytes=max_target)
+    assert _fields(_scan("cpp", ALPHABET, ids, **kw)) == _fields(_scan("python", ALPHABET, ids, **kw))
     assert _fields(_scan("cpp", ALPHABET, ids)) == _fields(_scan("python", ALPHABET, ids))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, len(ALPHABET) - 1), min_size=12, max_size=12), min_size=1, max_size=4),
+       st.sampled_from(["cpp", "python"]))
+def test_batch_matches_single_streams(rows, impl):
+    with _dispatch.use(impl):
+        batch = BatchLinkDetector(ALPHABET, len(rows))
+        got = [[] for _ in rows]
+        for step in range(12):
+            for r, link in enumerate(batch.push(np.array([row[step] for row in rows]))):
+                if link is not None:
+                    got[r].append(link)
+            single = [LinkDetector(ALPHABET) for _ in rows]
+        for r, row in enumerate(rows):
+            assert _fields(got[r]) == _fields(single[r].scan(row))
 
 
 @settings(max_examples=60, deadline=None)
@@ -46,21 +66,32 @@ def test_split_invariance_every_split_point(ids, impl):
         assert _fields(one_by_one) == whole
 
 
-@pytest.mark.parametrize("text, target, merged", [
-    ("see [Python](Python (language)).", "Python (language)", ")."),
-    ("a list ([x](y)), more", "y", "),"),
-    ("call f([a](b))", "b", "))"),
-    ("word_([t](u))", "u", "))"),
+@pytest.mark.parametrize("text, target, merged_id", [
+    ("see [a](b).", "b", 737),                              # ")."
+    ("see [a](b), then", "b", 828),                         # "),"
+    ("call f([a](b))", "b", 4008),                          # "))" and "([" (26933)
+    ("x([a](b)).", "b", 26933),                             # "([" opens the text inside a merged token
+    ("see [Python](Python (language)).", "Python (language)", 29720),   # ")).": nested close + link close
+    ("a list ([x](y)), more", "y", 36911),                  # " ([" and ")),"
+    ("![img](a.png)", "a.png", 16151),                      # "](" merged
 ])
-def test_gpt2_merged_parentheses(native_impl, text, target, merged):
+def test_gpt2_merged_tokens(native_impl, text, target, merged_id):
     ids = GPT2.encode(text)
+    assert merged_id in ids  # the case really exercises a merged token
     links = LinkDetector.for_tokenizer(GPT2).scan(ids)
     assert [l.target for l in links] == [target]
     l = links[0]
-    assert GPT2.token_bytes[ids[l.close_paren_pos]][l.close_paren_offset:l.close_paren_offset + 1] == b")"
-    assert GPT2.token_bytes[ids[l.open_bracket_pos]][l.open_bracket_offset:l.open_bracket_offset + 1] == b"["
-    assert GPT2.decode(l.target_tokens).strip().startswith("](") or GPT2.decode(l.target_tokens).startswith("(")
-    assert any(GPT2.token_bytes[i] == merged.encode() or merged.encode() in GPT2.token_bytes[i] for i in ids)
+    tb = GPT2.token_bytes
+    assert tb[ids[l.open_bracket_pos]][l.open_bracket_offset:l.open_bracket_offset + 1] == b"["
+    assert tb[ids[l.close_bracket_pos]][l.close_bracket_offset:l.close_bracket_offset + 1] == b"]"
+    assert tb[ids[l.open_paren_pos]][l.open_paren_offset:l.open_paren_offset + 1] == b"("
+    assert tb[ids[l.close_paren_pos]][l.close_paren_offset:l.close_paren_offset + 1] == b")"
+    assert l.link_text_tokens == ids[l.open_bracket_pos:l.close_bracket_pos + 1]
+    assert l.target_tokens == ids[l.open_paren_pos:l.close_paren_pos + 1]
+    # the link ends inside the token holding ")": pushing that token is what reports it
+    det = LinkDetector.for_tokenizer(GPT2)
+    reported_at = [i for i, t in enumerate(ids) if det.push(t) is not None]
+    assert reported_at == [l.close_paren_pos]
 
 
 def test_rules(native_impl):
@@ -77,6 +108,14 @@ def test_rules(native_impl):
     assert found("[t](" + "(" * 32 + ")" * 33) == [("t", "(" * 32 + ")" * 32, False)]
     assert found("[t](a\\)b)") == [("t", "a\\)b", False)]
     assert found("[x\n\n[y](z)") == [("y", "z", False)]
+    assert found("[x\n\n y](z)") == []                       # a blank line ends the text
+    assert found("[a [b](c\nd](e)") == [("a [b](c\nd", "e", False)]   # the failed target is text again
+    assert found("[a](b)[c](d)") == [("a", "b", False), ("c", "d", False)]
+    assert found("[a] (b)") == [] and found("[a]\n(b)") == []
+    assert found(r"\\[a](b)") == [("a", "b", False)]           # an escaped backslash does not escape "["
+    assert found(r"[a\](b)") == [] and found(r"[a\]](b)") == [(r"a\]", "b", False)]
+    assert found("[t](a b (c) d)") == [("t", "a b (c) d", False)]
+    assert found(r"!\[x](y)") == []
 
 
 def test_works_for_all_tokenizers(native_impl):
@@ -131,6 +170,18 @@ def test_pathological_inputs_stay_bounded(native_impl):
     det.reset()
     assert [l.target for l in det.push_many(list(b"[" * 1000 + b"a](b)"))] == ["b"]
     assert det.push_many(list(b"[" + b"x" * 100 + b"](y)")) == []  # text over max_text_bytes
+    assert det.push_many(list(b"[a](" + b"y" * 100 + b")")) == []  # target over max_target_bytes
+    assert [l.target for l in det.push_many(list(b"[a](b)"))] == ["b"]
+    # tokens without bytes cannot hold a link open forever: the span bound abandons it
+    eos = 256
+    det.reset()
+    assert det.push_many([ord("["), *[eos] * 10_000, ord("]"), ord("("), ord("b"), ord(")")]) == []
+    det.reset()
+    assert det.push_many(list(b"[a](") + [eos] * 10_000 + [ord(")")]) == []
+    assert not det.inside_target
+    det.reset()
+    assert [l.target_tokens for l in det.push_many(list(b"[a](") + [eos] * 5 + [ord(")")])] == [
+        [ord("(")] + [eos] * 5 + [ord(")")]]
 
 
 def test_batch_streams_are_independent(native_impl):
@@ -161,3 +212,17 @@ def test_bad_inputs(native_impl):
         LinkDetector(["a", "b"])
     with pytest.raises(ValueError, match="one id per stream"):
         BatchLinkDetector(ByteTokenizer().token_bytes, 2).push([1, 2, 3])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        BatchLinkDetector(ByteTokenizer().token_bytes, 2).push([1, 999])
+    with pytest.raises(ValueError, match="rows: stream indices"):
+        BatchLinkDetector(ByteTokenizer().token_bytes, 2).reset([2])
+    with pytest.raises(ValueError, match="batch_size"):
+        BatchLinkDetector(ByteTokenizer().token_bytes, 0)
+    with pytest.raises(TypeError, match="token_id"):
+        det.push(1.0)
+    with pytest.raises(ValueError, match="max_text_bytes"):
+        LinkDetector(ByteTokenizer().token_bytes, max_text_bytes=-1)
+    with pytest.raises(ValueError, match="expected a 1-d"):
+        det.push_many(np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="vocabulary is empty"):
+        LinkDetector([])

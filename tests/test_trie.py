@@ -8,6 +8,10 @@ from craft_kernels.native import _dispatch
 from craft_kernels.native.trie import _ARRAYS
 
 seqs_st = st.lists(st.lists(st.integers(0, 6), min_size=0, max_size=5), max_size=30)
+# token ranges that take each sort path of the C++ build: packed 64-bit keys, per-position counting
+# sort (9 bits x up to 9 positions > 64 bits), comparison sort (31-bit tokens)
+wide_st = st.sampled_from([6, 300, 2**31 - 1]).flatmap(
+    lambda hi: st.lists(st.lists(st.sampled_from([0, 1, 2, hi // 2, hi]), min_size=0, max_size=9), max_size=40))
 
 
 def _build(impl, seqs, ids=None):
@@ -29,6 +33,43 @@ def test_cpp_matches_reference_and_a_dict(seqs, probe):
     assert sorted(a.items_with_prefix(probe).tolist()) == under
     lp = max((k for k in range(len(probe) + 1) if any(s[:k] == probe[:k] for s in seqs)), default=0)
     assert a.longest_prefix(probe) == (lp if seqs else 0)
+
+
+@settings(max_examples=80, deadline=None)
+@given(wide_st, st.booleans())
+def test_build_paths_match_reference(seqs, fixed):
+    if fixed and seqs:  # an (M, L) array: pad every sequence to one length with a real token
+        width = max(map(len, seqs))
+        seqs = [s + [0] * (width - len(s)) for s in seqs]
+        arg = np.array(seqs, dtype=np.int64).reshape(len(seqs), width)
+    else:
+        arg = seqs
+    ids = list(range(100, 100 + len(seqs)))
+    a, b = _build("cpp", arg, ids), _build("python", arg, ids)
+    for name in _ARRAYS:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+        assert getattr(a, name).dtype == getattr(b, name).dtype, name
+    for i, s in enumerate(seqs):
+        assert 100 + i in a.lookup(s).tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(seqs_st, st.lists(st.lists(st.integers(0, 6), max_size=4), max_size=8), st.sampled_from([None, 0, 1, 3]))
+def test_batched_lookups_match_single_queries(seqs, probes, limit):
+    for impl in ("cpp", "python"):
+        with _dispatch.use(impl):
+            t = Trie(seqs)
+            off, items = t.items_with_prefixes(probes, limit=limit)
+            assert len(off) == len(probes) + 1
+            for q, p in enumerate(probes):
+                assert items[off[q]:off[q + 1]].tolist() == t.items_with_prefix(p, limit=limit).tolist()
+            states, used = t.walk(probes)
+            for q, p in enumerate(probes):
+                assert used[q] == t.longest_prefix(p)
+                walked = t.advance(t.root_states(1), p[:1]) if used[q] else t.root_states(1)
+                for tok in p[1:used[q]]:
+                    walked = t.advance(walked, [tok])
+                assert states[q] == walked[0]
 
 
 @settings(max_examples=60, deadline=None)
@@ -64,12 +105,51 @@ def test_semantic_ids_with_collisions_save_load(native_impl, tmp_path):
     t = Trie(codes, item_ids=[100, 101, 102, 103])
     assert sorted(t.lookup([3, 1, 4, 1]).tolist()) == [100, 101]
     t.save(str(tmp_path / "trie"))
+    t.save(str(tmp_path / "trie") + "/")  # a trailing slash names the same directory; saving again replaces it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trie"]
     u = Trie.load(str(tmp_path / "trie"), mmap=True)
     assert isinstance(u.child_tokens, np.memmap)
     assert sorted(u.lookup([3, 1, 4, 1]).tolist()) == [100, 101]
     assert u.items_with_prefix([3, 1], limit=2).tolist() == t.items_with_prefix([3, 1], limit=2).tolist()
     s = u.advance(u.root_states(1), [3])
     assert u.allowed(s)[0].tolist() == [1]
+
+
+def _expected_masked(t, logits, states):
+    out = logits.clone()
+    out[~torch.from_numpy(t.allowed_mask(states, logits.shape[1]))] = float("-inf")
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_apply_to_logits_dtypes_and_layouts(native_impl, dtype):
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 40, size=(200, 3))
+    t = Trie(codes)
+    states = t.advance(t.root_states(7), codes[:7, 0])
+    states = np.array([0, *states[:5], states[5]])  # root (many children) and depth-1 states
+    base = torch.randn(7, 37).to(dtype)  # V=37 < 40: children >= V are ignored
+    want = _expected_masked(t, base, states)
+    got = base.clone()
+    empty = t.apply_to_logits(got, states, on_empty="keep")
+    assert torch.equal(got, want) and empty.dtype == torch.bool and empty.shape == (7,)
+    wide = torch.randn(37, 7).to(dtype).t()  # non-contiguous rows: the mask path
+    want = _expected_masked(t, wide, states)
+    t.apply_to_logits(wide, states, on_empty="keep")
+    assert torch.equal(wide, want)
+    strided = torch.randn(14, 37).to(dtype)[::2]  # row stride 2*V, unit column stride: the direct path
+    want = _expected_masked(t, strided, states)
+    t.apply_to_logits(strided, states, on_empty="keep")
+    assert torch.equal(strided, want)
+
+
+def test_apply_to_logits_children_beyond_vocab_count_as_empty(native_impl):
+    t = Trie([[1, 50], [2, 60]])
+    s = t.advance(t.root_states(2), [1, 2])
+    logits = torch.zeros(2, 10)
+    empty = t.apply_to_logits(logits, s, on_empty="eos", eos_id=9)
+    assert empty.tolist() == [True, True]
+    assert torch.isfinite(logits).sum(1).tolist() == [1, 1] and torch.isfinite(logits[:, 9]).all()
 
 
 def test_apply_to_logits_policies(native_impl):
@@ -108,3 +188,37 @@ def test_bad_inputs(native_impl):
         t.apply_to_logits(torch.zeros(1, 3), [0], on_empty="skip")
     with pytest.raises(FileNotFoundError, match="not a saved Trie"):
         Trie.load("/nonexistent")
+    with pytest.raises(ValueError, match="tokens must be < 2"):
+        Trie([[2**31]])
+    with pytest.raises(ValueError, match="eos_id"):
+        t.apply_to_logits(torch.zeros(1, 3), [-1], on_empty="eos", eos_id=3)
+    with pytest.raises(ValueError, match="one per logits row"):
+        t.apply_to_logits(torch.zeros(2, 3), [0])
+    with pytest.raises(ValueError, match="float tensor"):
+        t.apply_to_logits(torch.zeros(1, 3, dtype=torch.long), [0])
+    with pytest.raises(ValueError, match=r"states: node ids must be in"):
+        t.allowed_mask(np.array([3], dtype=np.int64), 4)
+    with pytest.raises(ValueError, match="limit"):
+        t.items_with_prefix([1], limit=-1)
+    with pytest.raises(ValueError, match=r"\(M, L\)"):
+        Trie(np.zeros((2, 2, 2), dtype=np.int64))
+
+
+def test_corrupt_saved_trie_raises(native_impl, tmp_path):
+    t = Trie([[1, 2], [1, 3], [4]])
+    t.save(tmp_path / "t")
+    nodes = np.load(tmp_path / "t" / "child_nodes.npy")
+    nodes[1] = 99  # an edge to a node that does not exist
+    np.save(tmp_path / "t" / "child_nodes.npy", nodes)
+    with pytest.raises(ValueError, match="corrupt"):
+        Trie.load(tmp_path / "t")
+    np.save(tmp_path / "t" / "child_nodes.npy", nodes.astype(np.int64))
+    with pytest.raises(ValueError, match="expected 1-d int32"):
+        Trie.load(tmp_path / "t")
+
+
+def test_empty_and_single_sequence_tries(native_impl):
+    t = Trie([])
+    assert t.n_nodes == 1 and t.lookup([]).tolist() == [] and t.allowed_mask([0], 3).tolist() == [[False] * 3]
+    t = Trie([[]], item_ids=[7])  # the empty sequence is an item at the root
+    assert t.lookup([]).tolist() == [7] and t.is_terminal([0]).tolist() == [True]

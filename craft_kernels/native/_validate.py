@@ -11,7 +11,21 @@ def int_array(x, name: str, ndim: int = 1) -> np.ndarray:
         raise TypeError(f"{name}: expected an integer array, got dtype {a.dtype}; convert with np.asarray(..., dtype=np.int64)")
     if a.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-d array, got shape {a.shape}")
+    if a.dtype == np.uint64 and a.size and a.max() > _I64_MAX:
+        raise ValueError(f"{name}: value {int(a.max())} does not fit in int64; ids and offsets must be < 2**63")
     return np.ascontiguousarray(a, dtype=np.int64)
+
+
+_I64_MAX = np.iinfo(np.int64).max
+
+
+def int64_scalar(x, name: str) -> int:
+    """`x` as a Python int that fits in int64 (token ids such as `pad_id`, which may be negative, e.g. -100)."""
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
+    if not -_I64_MAX - 1 <= int(x) <= _I64_MAX:
+        raise ValueError(f"{name}: {x} does not fit in int64")
+    return int(x)
 
 
 def offsets_array(x, name: str, total: int | None = None) -> np.ndarray:
@@ -35,6 +49,8 @@ def positive_int(x, name: str, minimum: int = 1) -> int:
         raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
     if x < minimum:
         raise ValueError(f"{name}: must be >= {minimum}, got {x}")
+    if x > _I64_MAX:
+        raise ValueError(f"{name}: {x} does not fit in int64")
     return int(x)
 
 

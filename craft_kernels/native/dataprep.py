@@ -4,7 +4,7 @@ Conventions. A *unit* (a word, a sentence, …) is a slice of a flat array given
 unit ``u`` is ``tokens[offsets[u]:offsets[u+1]]``; ``offsets`` starts at 0, never decreases and
 ends at ``len(tokens)``. A nested batch is ``tokens`` plus ``level_offsets = [words, sentences,
 paragraphs, …]`` where ``level_offsets[0]`` indexes tokens and ``level_offsets[l]`` indexes the
-units of level ``l-1``. All outputs are int64 NumPy arrays (``cu_seqlens`` int32, as flash
+units of level ``l-1``. All outputs are int64 NumPy arrays (``cu_seqlens`` int32 when it fits, as flash
 attention wants). Each op has a pure-Python reference (``*_reference``) — the specification — and
 runs in C++ unless ``CRAFT_NATIVE=python``.
 """
@@ -15,7 +15,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from craft_kernels.native import _dispatch
-from craft_kernels.native._validate import ids_in_range, int_array, offsets_array, positive_int
+from craft_kernels.native._validate import ids_in_range, int64_scalar, int_array, offsets_array, positive_int
 
 
 # --------------------------------------------------------------------------- pad_units
@@ -36,14 +36,15 @@ def pad_units(tokens, offsets, width: int, pad_id: int, truncate: bool = False) 
     tokens = int_array(tokens, "tokens")
     offsets = offsets_array(offsets, "offsets", len(tokens))
     width = positive_int(width, "width")
+    pad_id = int64_scalar(pad_id, "pad_id")
     lengths = np.diff(offsets)
     if not truncate and lengths.size and lengths.max() > width:
         u = int(np.argmax(lengths))
         raise ValueError(f"offsets: unit {u} has {lengths[u]} ids, longer than width={width}; "
                          "raise width or pass truncate=True")
     if _dispatch.use_cpp():
-        return _dispatch.ext().pad_units(tokens, offsets, width, int(pad_id))
-    return pad_units_reference(tokens.tolist(), offsets.tolist(), width, int(pad_id))
+        return _dispatch.ext().pad_units(tokens, offsets, width, pad_id)
+    return pad_units_reference(tokens.tolist(), offsets.tolist(), width, pad_id)
 
 
 # --------------------------------------------------------------------------- greedy_join
@@ -97,9 +98,9 @@ def greedy_join(lengths, budget: int, join_cost: int = 1) -> Groups:
 # --------------------------------------------------------------------------- join_pad
 class JoinPadded(NamedTuple):
     """Output of :func:`join_pad`. ``ids``, ``unit_index``, ``position`` are ``(n_groups, budget)``;
-    ``unit_index``/``position`` are -1 on join and pad positions; ``cu_seqlens`` (int32,
-    ``n_groups + 1``) are the cumulative content lengths of the rows (pads excluded);
-    ``group_offsets`` index the (possibly split) units of each row."""
+    ``unit_index``/``position`` are -1 on join and pad positions; ``cu_seqlens`` (``n_groups + 1``;
+    int32, or int64 once the rows hold 2**31 positions or more) are the cumulative content lengths
+    of the rows (pads excluded); ``group_offsets`` index the (possibly split) units of each row."""
     ids: np.ndarray
     unit_index: np.ndarray
     position: np.ndarray
@@ -151,6 +152,7 @@ def join_pad(tokens, offsets, budget: int, join_id: int, pad_id: int, split_long
     tokens = int_array(tokens, "tokens")
     offsets = offsets_array(offsets, "offsets", len(tokens))
     budget = positive_int(budget, "budget")
+    join_id, pad_id = int64_scalar(join_id, "join_id"), int64_scalar(pad_id, "pad_id")
     n = len(offsets) - 1
     if split_long:
         if _dispatch.use_cpp():
@@ -161,11 +163,13 @@ def join_pad(tokens, offsets, budget: int, join_id: int, pad_id: int, split_long
         _check_budget(np.diff(offsets), budget, "offsets")
         unit_ids, pos0 = np.arange(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     if _dispatch.use_cpp():
-        ids, unit, pos, cu, go = _dispatch.ext().join_pad(tokens, offsets, unit_ids, pos0, budget, int(join_id), int(pad_id))
+        ids, unit, pos, cu, go = _dispatch.ext().join_pad(tokens, offsets, unit_ids, pos0, budget, join_id, pad_id)
     else:
-        ids, unit, pos, cu, go = join_pad_reference(tokens.tolist(), offsets.tolist(), budget, int(join_id),
-                                                    int(pad_id), unit_ids.tolist(), pos0.tolist())
-    return JoinPadded(ids, unit, pos, cu.astype(np.int32), go)
+        ids, unit, pos, cu, go = join_pad_reference(tokens.tolist(), offsets.tolist(), budget, join_id,
+                                                    pad_id, unit_ids.tolist(), pos0.tolist())
+    # int32 as flash attention wants, unless the batch holds 2**31 or more positions (never wrap silently)
+    cu_dtype = np.int32 if cu[-1] <= np.iinfo(np.int32).max else np.int64
+    return JoinPadded(ids, unit, pos, cu.astype(cu_dtype), go)
 
 
 # --------------------------------------------------------------------------- flatten_level
