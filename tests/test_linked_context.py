@@ -47,16 +47,19 @@ class Harness:
         before = set(ctx.active_documents())
         protected = set(ctx.ancestors(cur))
         op = rng.choice(["append", "append", "child", "corpus", "back", "evict", "replace"])
+        self.queryable = False  # True when the last thing done was placing tokens of the current document
         try:
             if op == "append" and ctx.room_in_document() > 0:
                 slots, rope = ctx.append(self._tokens(rng.randint(1, min(4, ctx.room_in_document()))))
                 self._write(cur, slots, rope)
+                self.queryable = True
             elif op == "child" and len(ctx.active_documents()) < ctx.max_documents:
                 i = ctx.add_document(f"doc{len(ctx.docs)}", cur, tokens=self._tokens(rng.randint(1, 3)))
                 ctx.link(cur, i)
                 if ctx.can_fit(len(ctx.docs[i].tokens), protect=[i]):
                     self._write(i, *ctx.place(i))
                     protected.add(i)
+                    self.queryable = True
             elif op == "corpus" and len(ctx.active_documents()) < ctx.max_documents:
                 i = ctx.add_document(f"doc{len(ctx.docs)}", cur, source="corpus", tokens=self._tokens(rng.randint(1, 12)))
                 ctx.link(cur, i)
@@ -122,9 +125,9 @@ class Harness:
                     links[d.mask_id, ctx.docs[j].mask_id] = True
         if ctx.mask_kind == "cross_doc_link":
             assert torch.equal(ctx.mask.links, links)
-        cur = ctx.docs[ctx.current]
-        last = max((s for s, i in enumerate(docs) if i == cur.index), default=None)
-        if last is not None and ctx.mask._last.numel() and int(ctx.mask._last[-1]) == last:
+        if getattr(self, "queryable", False):  # the step's mask for the token just placed
+            last = ctx.length - 1
+            assert docs[last] == ctx.current
             full = torch.full((ctx.max_context_length,), -1, dtype=torch.int64)
             full[: ctx.length] = torch.tensor(mids, dtype=torch.int64)
             dense = doc_dense_mask(full[None], ctx.mask_kind, links[None] if ctx.mask_kind == "cross_doc_link" else None)
