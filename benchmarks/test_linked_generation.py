@@ -1,7 +1,8 @@
 """Linked-document generation: KV cache + incremental document mask vs recomputing the whole packed
 context every token (``NaiveLinkedGenerator``), same documents, same run.
 
-Scenario: a GPT-2-vocabulary LanguageModel (``tiny`` / ``small`` preset, random weights), a root
+Scenario: a LanguageModel (``tiny`` with the byte tokenizer, ``tiny`` / ``small`` with GPT-2's
+vocabulary; random weights), a root
 document that links to three documents generated on the way (links found by the real
 LinkDetector; a logits processor scripts the text so both generators take the same path, greedy).
 Both run on 1 torch thread (batch-1 decoding of a small model gains nothing from more threads and
@@ -50,13 +51,18 @@ def run_once(cls, model, tok, cfg, scripts):
         return gen.run(tok.encode(PROMPT))
 
 
-@pytest.mark.parametrize("preset, words", [("tiny", 24), ("small", 12)])
-def test_linked_generation_tokens_per_second(benchmark, preset, words):
-    tok = get_tokenizer("gpt2")
+@pytest.mark.parametrize("preset, tokenizer, words, cache", [
+    ("tiny", "byte", 6, 512),  # what `craft train` builds by default (byte tokenizer, 258 ids)
+    ("tiny", "gpt2", 24, None),  # 50257 ids: the output head (6.4M weights) dominates each step
+    ("small", "gpt2", 12, None),
+])
+def test_linked_generation_tokens_per_second(benchmark, preset, tokenizer, words, cache):
+    tok = get_tokenizer(tokenizer)
     torch.manual_seed(0)
     model = LanguageModel(ModelConfig.preset(preset, vocab_size=tok.vocab_size)).eval()
     scripts = scenario(tok, words)
-    cfg = resolve_config(model, tok, GenerationConfig(temperature=0.0, max_new_tokens=10_000, max_link_depth=1))
+    cfg = resolve_config(model, tok, GenerationConfig(temperature=0.0, max_new_tokens=10_000, max_link_depth=1,
+                                                      max_context_length=cache))
     threads = torch.get_num_threads()
 
     torch.set_num_threads(1)
@@ -74,7 +80,7 @@ def test_linked_generation_tokens_per_second(benchmark, preset, words):
         torch.set_num_threads(threads)
     assert [d.tokens.tolist() for d in naive.get_all_documents()] == [d.tokens.tolist() for d in ref.get_all_documents()]
     info = benchmark.extra_info
-    info.update(preset=preset, params=model.num_parameters(), sampled_tokens=n_tokens,
+    info.update(preset=preset, tokenizer=tokenizer, cache_slots=cfg.max_context_length, params=model.num_parameters(), sampled_tokens=n_tokens,
                 context_tokens=int(sum(len(d.tokens) for d in ref.get_all_documents())),
                 tokens_per_s=round(n_tokens / t_fast, 1), baseline_tokens_per_s=round(n_tokens / t_naive, 1),
                 speedup_vs_baseline=round(t_naive / t_fast, 2), fast_s=round(t_fast, 4), baseline_s=round(t_naive, 4),
