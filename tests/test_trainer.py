@@ -10,6 +10,7 @@ from craft.training import (
     CHECKPOINT_KEYS, TrainConfig, Trainer, latest_checkpoint, load_checkpoint, load_model, save_checkpoint,
     warmup_cosine,
 )
+from craft_kernels._backend import bf16_is_fast
 from tests._training_helpers import SMALL_MODEL, write_corpus
 
 
@@ -64,7 +65,8 @@ def test_resume_continues_exactly(corpus, tmp_path):
 
 
 def test_checkpoint_contents_and_load_model(corpus, tmp_path):
-    tr = Trainer(config(max_steps=4, checkpoint_every=2, keep_checkpoints=1), corpus, tmp_path / "run")
+    tr = Trainer(config(max_steps=4, checkpoint_every=2, keep_checkpoints=1, tensorboard=True), corpus,
+                 tmp_path / "run")
     tr.train()
     ckpts = sorted((tmp_path / "run" / "checkpoints").iterdir())
     assert [p.name for p in ckpts] == ["step_00000004.pt"]  # pruned to keep_checkpoints, no temp files left
@@ -84,6 +86,7 @@ def test_checkpoint_contents_and_load_model(corpus, tmp_path):
     train = [r for r in log if r["event"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3, 4] and all(r["tokens_per_sec"] > 0 for r in train)
     assert isinstance(next(r for r in log if r["event"] == "sample")["text"], str)
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "run" / "tb").iterdir())
 
 
 def test_gradient_accumulation_matches_one_big_batch(corpus, tmp_path):
@@ -118,6 +121,7 @@ def test_warmup_cosine_schedule():
 def test_bf16_autocast_runs(corpus, tmp_path):
     tr = Trainer(config(max_steps=2, precision="bf16", sample_every=0), corpus, tmp_path / "bf")
     assert tr.use_bf16
+    assert Trainer(config(precision="auto"), corpus, tmp_path / "auto").use_bf16 == bf16_is_fast("cpu")
     out = tr.train()
     assert math.isfinite(out["loss"]) and next(tr.model.parameters()).dtype == torch.float32
 
