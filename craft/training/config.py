@@ -1,0 +1,103 @@
+"""TrainConfig: everything a training run needs besides the corpus and the output folder."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+# fields that may change when a run is resumed (they do not change what a step computes)
+RUN_FIELDS = frozenset({"max_steps", "max_minutes", "eval_every", "eval_windows", "sample_every", "sample_tokens",
+                        "sample_prompt", "sample_temperature", "checkpoint_every", "keep_checkpoints", "log_every",
+                        "progress", "tensorboard", "compile", "device"})
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :class:`craft.training.Trainer`.
+
+    Batch size comes from memory budgets, not a sequence count: ``tokens_per_step`` tokens (all
+    processes together) are consumed per optimizer step, in forward passes of at most
+    ``micro_batch_tokens`` tokens per process; the trainer derives the micro-batch (sequences per
+    forward) and the gradient-accumulation count from them (see :meth:`batch_layout`).
+
+    ``precision``: ``auto`` (bf16 autocast where ``craft_kernels._backend.bf16_is_fast``), ``bf16``
+    or ``fp32``. The learning rate warms up linearly for ``warmup_steps``, then follows a cosine
+    down to ``lr * min_lr_ratio`` at ``max_steps``; ``max_minutes`` (optional) also stops the run
+    without changing the schedule.
+    """
+
+    preset: str = "tiny"
+    model_overrides: dict = field(default_factory=dict)
+    tokenizer: str = "byte"
+    seq_len: int | None = None  # None: the model's context_length
+    tokens_per_step: int = 8192
+    micro_batch_tokens: int = 8192
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    max_steps: int = 200
+    max_minutes: float | None = None
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0
+    precision: str = "auto"
+    compile: bool = False
+    eval_every: int = 100
+    eval_windows: int = 32
+    eval_fraction: float = 0.02
+    sample_every: int = 100
+    sample_tokens: int = 200
+    sample_prompt: str = "# "
+    sample_temperature: float = 0.8
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        ints = {"tokens_per_step": 1, "micro_batch_tokens": 1, "warmup_steps": 0, "max_steps": 1, "eval_every": 0,
+                "eval_windows": 1, "sample_every": 0, "sample_tokens": 1, "checkpoint_every": 0,
+                "keep_checkpoints": 1, "log_every": 1, "seed": 0}
+        for name, lo in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+        if self.seq_len is not None and (isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int)
+                                         or self.seq_len < 1):
+            raise ValueError(f"seq_len: expected a positive int or None, got {self.seq_len!r}")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("lr, min_lr_ratio: expected lr > 0 and 0 <= min_lr_ratio <= 1")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes: expected a positive number or None, got {self.max_minutes!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision: expected 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+        if self.tokenizer not in ("byte", "char", "gpt2"):
+            raise ValueError(f"tokenizer: expected 'byte', 'char' or 'gpt2', got {self.tokenizer!r}")
+        if not self.grad_clip >= 0 or not self.weight_decay >= 0:
+            raise ValueError("grad_clip, weight_decay: expected numbers >= 0")
+
+    def batch_layout(self, seq_len: int, world_size: int = 1) -> tuple[int, int]:
+        """(micro_batch, accum_steps): sequences per forward per process and forwards per step, so
+        that ``micro_batch * accum_steps * world_size * seq_len`` is ``tokens_per_step`` rounded up
+        to whole sequences (and to a multiple of the process count)."""
+        seqs = max(1, -(-self.tokens_per_step // seq_len))
+        per_rank = max(1, -(-seqs // world_size))
+        micro = max(1, min(per_rank, self.micro_batch_tokens // seq_len))
+        accum = -(-per_rank // micro)
+        return micro, accum
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"train config: unknown keys {unknown}")
+        return cls(**d)
