@@ -80,7 +80,7 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
         out = x.argmax(-1)
         empty = ~torch.isfinite(x).any(-1) if not torch.isfinite(x).all() else None
     else:
-        x = torch.nan_to_num(x / temperature, nan=float("-inf"), posinf=float("inf"))
+        x = torch.nan_to_num(x / temperature, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
         if top_k is not None:
             x = top_k_filter(x, top_k)
         if top_p is not None:
@@ -89,7 +89,8 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
         probs = torch.softmax(x.masked_fill(empty[:, None], 0.0), dim=-1)
         out = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     if empty is not None and bool(empty.any()):
-        out = torch.where(empty, torch.nan_to_num(fb.float(), nan=float("-inf")).argmax(-1), out)
+        top = torch.nan_to_num(fb.float(), nan=float("-inf"), posinf=float("inf"), neginf=float("-inf")).argmax(-1)
+        out = torch.where(empty, top, out)
     return out
 
 

@@ -34,7 +34,7 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 20
-    max_steps: int = 300
+    max_steps: int = 200
     max_minutes: float | None = None
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.95)

@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -150,7 +151,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            net = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+            with warnings.catch_warnings():  # the buffers (rotary frequencies) are identical on every rank
+                warnings.simplefilter("ignore", FutureWarning)
+                net = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
         self.ddp_model = net
         self.forward_model = torch.compile(net) if config.compile else net
         self.callbacks = list(callbacks)
@@ -292,9 +295,9 @@ class Trainer:
             b = self._batch(idx[a * self.micro_batch:(a + 1) * self.micro_batch])
             sync = a == self.accum_steps - 1 or self.world_size == 1
             ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
-            with ctx, self._autocast():
-                _, loss = self.forward_model(b["tokens"], b["doc_ids"], b["targets"])
             with ctx:
+                with self._autocast():
+                    _, loss = self.forward_model(b["tokens"], b["doc_ids"], b["targets"])
                 (loss / self.accum_steps).backward()
             loss_sum += loss.detach().float()
         clip = self.config.grad_clip
