@@ -114,6 +114,7 @@ def test_python_impl_is_the_reference():
     (dict(mask=torch.ones(2, 3)), "mask: expected a bool tensor"),
     (dict(mode="fire"), "mode: expected 'clamp' or 'carry'"),
     (dict(eps=1.0), "eps: expected"),
+    (dict(eps=0.0), "eps: expected"),
 ])
 def test_bad_inputs(kw, match):
     args = dict(results=torch.zeros(2, 3, 4), return_probs=torch.full((2, 3), 0.5))
