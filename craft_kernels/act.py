@@ -95,7 +95,7 @@ def _fill(w: torch.Tensor, idx: torch.Tensor, S: int) -> torch.Tensor:
     """(B, S): the probability poured into each slot, from piece weights w (B, N, 2) at idx (B, N, 2)."""
     B, N = w.shape[:2]
     safe = torch.where(idx < 0, S, idx).reshape(B, 2 * N)
-    return w.new_zeros(B, S + 1).scatter_add(1, safe, w.reshape(B, 2 * N))[:, :S]
+    return w.new_zeros(B, S + 1).scatter_add(1, safe, w.reshape(B, 2 * N))[:, :S].contiguous()
 
 
 def _fwd_torch(x, r, h, m, eps, carry):

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -121,3 +125,46 @@ def test_bad_inputs(kw, match):
     args.update(kw)
     with pytest.raises((ValueError, TypeError), match=match):
         act_accumulate(**args)
+
+
+def test_non_contiguous_inputs():
+    x, r, h, m = _inputs(4, 6, 30, 10, True, True)
+    xt, rt, ht, mt = x.transpose(0, 1).contiguous().transpose(0, 1)[::2, :, ::3], r[::2], h.t().contiguous().t()[::2], m[::2]
+    a = act_accumulate(xt, rt, ht, mt, mode="carry")
+    b = act_accumulate_reference(xt.contiguous(), rt.contiguous(), ht.contiguous(), mt, mode="carry")
+    for f in a._fields:
+        torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=1e-12, atol=1e-12, msg=f)
+
+
+def test_custom_op_registration():
+    x, r, h, m = _inputs(6, 3, 9, 4, True, True)
+    # schema, autograd registration and the fake kernel; opcheck's aot_dispatch_dynamic check cannot
+    # return an unbacked size (S) as a graph output, which test_compiles_fullgraph covers instead
+    torch.library.opcheck(torch.ops.craft.act_fwd.default, (x.requires_grad_(), r.requires_grad_(), h, m, 1e-6, True),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize("mode", ["clamp", "carry"])
+def test_compiles_fullgraph(mode):
+    def f(x, r, h, m):
+        o = act_accumulate(x, r, h, m, mode=mode)
+        return o.slots.sum(1) * 2, o.slot_fill.sum(-1), o.clamped_probs, o.halting, o.n_slots
+
+    x, r, h, m = _inputs(8, 4, 30, 8, True, True)
+    x.requires_grad_(), r.requires_grad_(), h.requires_grad_()
+    torch._dynamo.reset()
+    a = torch.compile(f, fullgraph=True)(x, r, h, m)
+    b = f(x, r, h, m)
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q)
+    loss = lambda o: o[0].sum() + (o[1] * 3).sum() + (o[2] ** 2).sum() + o[3].sum()  # noqa: E731
+    for p, q in zip(torch.autograd.grad(loss(a), (x, r, h)), torch.autograd.grad(loss(b), (x, r, h))):
+        torch.testing.assert_close(p, q)
+
+
+def test_triton_kernels_under_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", CRAFT_KERNELS_IMPL="triton")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "tests/interpreted/check_act_triton.py"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and "failed" not in r.stdout
