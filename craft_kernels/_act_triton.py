@@ -32,10 +32,10 @@ def act_fwd(x_ptr, r_ptr, h_ptr, m_ptr, thr_ptr, slots_ptr, w_ptr, idx_ptr, tape
     zero = thr * 0
     cum = zero
     halt = zero
-    s = tl.zeros((), dtype=tl.int64)
+    s = b * 0  # int64 slot counter
     acc = tl.zeros((BLOCK_D,), dtype=ACC)  # fp32 (fp64 for fp64 results)
     for n in range(N):
-        nn = tl.full((), n, tl.int64)
+        nn = b * 0 + n  # int64 step
         active = tl.load(m_ptr + b * smb + nn * smn) != 0
         r = tl.load(r_ptr + b * srb + nn * srn).to(thr.dtype)
         h = tl.load(h_ptr + b * shb + nn * shn).to(thr.dtype)

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from craft_kernels._backend import kernels_impl
+from craft_kernels._backend import interpreter_on, kernels_impl
 from craft_kernels.native import _dispatch
 
 
@@ -155,7 +155,12 @@ def tl_dtype(dt: torch.dtype):
 
 
 def _use_triton(t: torch.Tensor) -> bool:
-    return kernels_impl(t.device) == "triton"
+    if kernels_impl(t.device) != "triton":
+        return False
+    if t.device.type == "cpu" and not interpreter_on():
+        raise RuntimeError("CRAFT_KERNELS_IMPL=triton on CPU needs TRITON_INTERPRET=1 (set before importing "
+                           "craft_kernels); unset CRAFT_KERNELS_IMPL to use the CPU path")
+    return True
 
 
 @torch.library.custom_op("craft::act_fwd", mutates_args=())

@@ -19,7 +19,7 @@ import functools
 import torch
 from torch import nn
 
-from craft_kernels._backend import kernels_impl, triton_version
+from craft_kernels._backend import interpreter_on, kernels_impl, triton_version
 
 _SMALL = 1 << 15
 
@@ -116,7 +116,12 @@ def _compiled(which: str):
 
 
 def _use_triton(t: torch.Tensor) -> bool:
-    return kernels_impl(t.device) == "triton"
+    if kernels_impl(t.device) != "triton":
+        return False
+    if t.device.type == "cpu" and not interpreter_on():
+        raise RuntimeError("CRAFT_KERNELS_IMPL=triton on CPU needs TRITON_INTERPRET=1 (set before importing "
+                           "craft_kernels); unset CRAFT_KERNELS_IMPL to use the CPU path")
+    return True
 
 
 @torch.library.custom_op("craft::swiglu_fwd", mutates_args=())

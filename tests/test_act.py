@@ -168,3 +168,10 @@ def test_triton_kernels_under_interpreter():
                         "tests/interpreted/check_act_triton.py"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert " passed" in r.stdout and "failed" not in r.stdout
+
+
+def test_forcing_triton_on_cpu_without_interpreter_says_how(monkeypatch):
+    monkeypatch.setenv("CRAFT_KERNELS_IMPL", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        act_accumulate(torch.randn(1, 2, 3), torch.full((1, 2), 0.5))
