@@ -103,16 +103,17 @@ def _fwd_torch(x, r, h, m, eps, carry):
     w, idx, tape, halt, closed = ext.act_scan_forward(
         r.detach().double().cpu().numpy(), h.detach().double().cpu().numpy(),
         m.cpu().numpy().astype("uint8"), float(eps), bool(carry))
-    dev = x.device
-    w = torch.from_numpy(w).to(dev, x.dtype)
+    dev, sd = x.device, _scan_dtype(x.dtype)
+    w = torch.from_numpy(w).to(dev, sd)
     idx = torch.from_numpy(idx).to(dev)
     B, N, D = x.shape
     S = _n_slots_opened(idx)
     safe = torch.where(idx < 0, S, idx)  # a dummy slot S collects the missing pieces
-    slots = x.new_zeros(B, S + 1, D)
+    xs = x.to(sd)  # fp16/bf16 are poured with fp32 accumulation
+    slots = xs.new_zeros(B, S + 1, D)
     for k in range(2 if carry else 1):  # piece 0: where the step starts; piece 1: carry mode's excess
-        slots.scatter_add_(1, safe[..., k, None].expand(B, N, D), w[..., k, None] * x)
-    return (slots[:, :S].contiguous(), w, idx, torch.from_numpy(tape).to(dev),
+        slots.scatter_add_(1, safe[..., k, None].expand(B, N, D), w[..., k, None] * xs)
+    return (slots[:, :S].to(x.dtype).contiguous(), w, idx, torch.from_numpy(tape).to(dev),
             torch.from_numpy(halt).to(dev, x.dtype), torch.from_numpy(closed).to(dev))
 
 
@@ -145,7 +146,7 @@ def _fwd_triton(x, r, h, m, eps, carry):
             *m8.stride(), slots.stride(0), slots.stride(1),
             CARRY=int(carry), ACC=tl_dtype(sd), BLOCK_D=bd)
     S = _n_slots_opened(idx)
-    return slots[:, :S].contiguous(), w.to(x.dtype), idx, tape, halt.to(x.dtype), closed
+    return slots[:, :S].contiguous(), w, idx, tape, halt.to(x.dtype), closed
 
 
 def tl_dtype(dt: torch.dtype):
@@ -167,18 +168,18 @@ def _use_triton(t: torch.Tensor) -> bool:
 def _act_fwd(results: torch.Tensor, return_probs: torch.Tensor, halting_probs: torch.Tensor, mask: torch.Tensor,
              eps: float, carry: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                torch.Tensor, torch.Tensor]:
-    """-> slots (B,S,D), slot_fill (B,S), w (B,N,2) piece weights, idx (B,N,2) int64 piece slots (-1: none),
+    """-> slots (B,S,D), slot_fill (B,S), w (B,N,2) piece weights (fp32; fp64 for fp64 results), idx (B,N,2) int64 piece slots (-1: none),
     tape (B,N) uint8 branch decisions, halting (B,), n_slots (B,) int64."""
     fwd = _fwd_triton if _use_triton(results) else _fwd_torch
     slots, w, idx, tape, halt, closed = fwd(results, return_probs, halting_probs, mask, eps, carry)
-    return slots, _fill(w, idx, slots.shape[1]), w, idx, tape, halt, closed
+    return slots, _fill(w, idx, slots.shape[1]).to(results.dtype), w, idx, tape, halt, closed
 
 
 @_act_fwd.register_fake
 def _(results, return_probs, halting_probs, mask, eps, carry):
     B, N, D = results.shape
     S = torch.library.get_ctx().new_dynamic_size()
-    return (results.new_empty(B, S, D), results.new_empty(B, S), results.new_empty(B, N, 2),
+    return (results.new_empty(B, S, D), results.new_empty(B, S), results.new_empty(B, N, 2, dtype=_scan_dtype(results.dtype)),
             results.new_empty(B, N, 2, dtype=torch.int64), results.new_empty(B, N, dtype=torch.uint8),
             results.new_empty(B), results.new_empty(B, dtype=torch.int64))
 
@@ -186,14 +187,17 @@ def _(results, return_probs, halting_probs, mask, eps, carry):
 def _bwd_torch(gslots, gw, ghalt, x, w, idx, tape, carry):
     B, N, D = x.shape
     S = gslots.shape[1]
-    gs = torch.cat([gslots, gslots.new_zeros(B, 1, D)], 1)
+    sd = w.dtype
+    gs = torch.cat([gslots.to(sd), gslots.new_zeros(B, 1, D, dtype=sd)], 1)
     safe = torch.where(idx < 0, S, idx)
-    gx = torch.zeros_like(x)
-    gw = gw.clone()
+    xs = x.to(sd)
+    gx = xs.new_zeros(x.shape)
+    gw = gw.to(sd, copy=True)
     for k in range(2 if carry else 1):
         g = gs.gather(1, safe[..., k, None].expand(B, N, D))
         gx += w[..., k, None] * g
-        gw[..., k] += (g * x).sum(-1)
+        gw[..., k] += (g * xs).sum(-1)
+    gx = gx.to(x.dtype)
     gr, gh = _dispatch.ext().act_scan_backward(
         tape.cpu().numpy(), gw.detach().double().cpu().numpy(), ghalt.detach().double().cpu().numpy(), bool(carry))
     return gx, torch.from_numpy(gr).to(x.device), torch.from_numpy(gh).to(x.device)
@@ -224,16 +228,19 @@ def _bwd_triton(gslots, gw, ghalt, x, w, idx, tape, carry):
 @torch.library.custom_op("craft::act_bwd", mutates_args=())
 def _act_bwd(gslots: torch.Tensor, gw: torch.Tensor, ghalt: torch.Tensor, results: torch.Tensor, w: torch.Tensor,
              idx: torch.Tensor, tape: torch.Tensor, carry: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of (slots, piece weights w, halting) -> (results, return_probs, halting_probs)."""
+    """Gradients of (slots (B,S,D), piece weights w (B,N,2), halting (B,)) -> (results (B,N,D) contiguous,
+    return_probs (B,N), halting_probs (B,N)); the last two in fp32 (fp64 for fp64 results)."""
     bwd = _bwd_triton if _use_triton(results) else _bwd_torch
     gx, gr, gh = bwd(gslots, gw, ghalt, results, w, idx, tape, carry)
-    return gx, gr.to(results.dtype), gh.to(results.dtype)
+    sd = _scan_dtype(results.dtype)  # probabilities' gradients stay in fp32 (fp64) even for fp16/bf16 results
+    return gx, gr.to(sd), gh.to(sd)
 
 
 @_act_bwd.register_fake
 def _(gslots, gw, ghalt, results, w, idx, tape, carry):
     B, N, _ = results.shape
-    return torch.empty_like(results), results.new_empty(B, N), results.new_empty(B, N)
+    sd = _scan_dtype(results.dtype)
+    return results.new_empty(results.shape), results.new_empty(B, N, dtype=sd), results.new_empty(B, N, dtype=sd)
 
 
 def _setup(ctx, inputs, output):
@@ -253,7 +260,7 @@ def _backward(ctx, gslots, gfill, gw, _gidx, _gtape, ghalt, _gclosed):
     gw = torch.zeros_like(w) if gw is None else gw
     if gfill is not None:  # slot_fill[s] = sum of the pieces poured into s
         gf = torch.cat([gfill, gfill.new_zeros(B, 1)], 1)
-        gw = gw + gf.gather(1, torch.where(idx < 0, S, idx).reshape(B, 2 * N)).reshape(B, N, 2)
+        gw = gw + gf.to(w.dtype).gather(1, torch.where(idx < 0, S, idx).reshape(B, 2 * N)).reshape(B, N, 2)
     ghalt = results.new_zeros(B) if ghalt is None else ghalt
     gx, gr, gh = _act_bwd(gslots.contiguous(), gw.contiguous(), ghalt.contiguous(), results, w, idx, tape, ctx.carry)
     return gx, gr.to(ctx.dtypes[0]), gh.to(ctx.dtypes[1]), None, None, None
@@ -275,7 +282,7 @@ def act_accumulate(results: torch.Tensor, return_probs: torch.Tensor, halting_pr
     h = halting_probs if halting_probs is not None else torch.zeros_like(return_probs)
     m = mask if mask is not None else torch.ones(B, N, dtype=torch.bool, device=results.device)
     slots, fill, w, idx, _tape, halting, closed = _act_fwd(results, return_probs, h, m, float(eps), mode == "carry")
-    return ACTOutput(slots, fill, closed, w.sum(-1), idx[..., 0], halting >= 1 - eps, halting)
+    return ACTOutput(slots, fill, closed, w.sum(-1).to(results.dtype), idx[..., 0], halting >= 1 - eps, halting)
 
 
 def act_accumulate_reference(results, return_probs, halting_probs=None, mask=None, eps=1e-6, mode="clamp") -> ACTOutput:

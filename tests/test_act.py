@@ -175,3 +175,21 @@ def test_forcing_triton_on_cpu_without_interpreter_says_how(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         act_accumulate(torch.randn(1, 2, 3), torch.full((1, 2), 0.5))
+
+
+def test_bfloat16_results_with_float32_probs():
+    # bf16 storage: slots are one bf16 rounding (2^-8 relative) of a float64-exact pour; d return_probs is a
+    # dot product over D=16 of bf16-rounded slot gradients, so its error is ~ sqrt(D) * 2^-8 * |terms|
+    x, r, h, m = _inputs(12, 3, 25, 16, True, True)
+    xb = x.to(torch.bfloat16).requires_grad_()
+    rf, hf = r.float().requires_grad_(), h.float()
+    rd = rf.detach().double().requires_grad_()
+    o = act_accumulate(xb, rf, hf, m)
+    ref = act_accumulate_reference(xb.detach().double(), rd, hf.double(), m)
+    assert o.slots.dtype == torch.bfloat16
+    torch.testing.assert_close(o.slots.double(), ref.slots, rtol=8e-3, atol=1e-2)
+    torch.testing.assert_close(o.clamped_probs.double(), ref.clamped_probs, rtol=2**-8, atol=2**-9)  # stored as bf16
+    w = torch.randn(ref.slots.shape, dtype=torch.float64)
+    gr = torch.autograd.grad((o.slots.double() * w).sum(), rf)[0]
+    assert gr.dtype == torch.float32
+    torch.testing.assert_close(gr.double(), torch.autograd.grad((ref.slots * w).sum(), rd)[0], rtol=2e-2, atol=4 * 2**-8)
