@@ -144,12 +144,12 @@ def _fwd_triton(x, r, h, m, eps, carry):
         K.act_fwd[(B, triton.cdiv(max(D, 1), bd))](
             x, r, h, m8, thr, slots, w, idx, tape, halt, closed, N, D, *x.stride(), *r.stride(), *h.stride(),
             *m8.stride(), slots.stride(0), slots.stride(1),
-            CARRY=int(carry), ACC=tl_dtype(sd), BLOCK_D=bd)
+            CARRY=int(carry), ACC=_tl_dtype(sd), BLOCK_D=bd)
     S = _n_slots_opened(idx)
     return slots[:, :S].contiguous(), w, idx, tape, halt.to(x.dtype), closed
 
 
-def tl_dtype(dt: torch.dtype):
+def _tl_dtype(dt: torch.dtype):
     import triton.language as tl
 
     return tl.float64 if dt == torch.float64 else tl.float32
@@ -168,8 +168,8 @@ def _use_triton(t: torch.Tensor) -> bool:
 def _act_fwd(results: torch.Tensor, return_probs: torch.Tensor, halting_probs: torch.Tensor, mask: torch.Tensor,
              eps: float, carry: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                torch.Tensor, torch.Tensor]:
-    """-> slots (B,S,D), slot_fill (B,S), w (B,N,2) piece weights (fp32; fp64 for fp64 results), idx (B,N,2) int64 piece slots (-1: none),
-    tape (B,N) uint8 branch decisions, halting (B,), n_slots (B,) int64."""
+    """-> slots (B,S,D), slot_fill (B,S), w (B,N,2) piece weights (fp32; fp64 for fp64 results),
+    idx (B,N,2) int64 piece slots (-1: none), tape (B,N) uint8 branch decisions, halting (B,), n_slots (B,) int64."""
     fwd = _fwd_triton if _use_triton(results) else _fwd_torch
     slots, w, idx, tape, halt, closed = fwd(results, return_probs, halting_probs, mask, eps, carry)
     return slots, _fill(w, idx, slots.shape[1]).to(results.dtype), w, idx, tape, halt, closed
@@ -179,7 +179,8 @@ def _act_fwd(results: torch.Tensor, return_probs: torch.Tensor, halting_probs: t
 def _(results, return_probs, halting_probs, mask, eps, carry):
     B, N, D = results.shape
     S = torch.library.get_ctx().new_dynamic_size()
-    return (results.new_empty(B, S, D), results.new_empty(B, S), results.new_empty(B, N, 2, dtype=_scan_dtype(results.dtype)),
+    return (results.new_empty(B, S, D), results.new_empty(B, S),
+            results.new_empty(B, N, 2, dtype=_scan_dtype(results.dtype)),
             results.new_empty(B, N, 2, dtype=torch.int64), results.new_empty(B, N, dtype=torch.uint8),
             results.new_empty(B), results.new_empty(B, dtype=torch.int64))
 
@@ -216,7 +217,7 @@ def _bwd_triton(gslots, gw, ghalt, x, w, idx, tape, carry):
     part = torch.zeros(B, N, 2, nb, dtype=sd, device=x.device)
     if B and N:
         K.act_pour_bwd[(B * N, nb)](gslots, x, w, idx, gx, part, N, D, nb, *gslots.stride(), *x.stride(),
-                                    gx.stride(0), gx.stride(1), ACC=tl_dtype(sd), BLOCK_D=bd)
+                                    gx.stride(0), gx.stride(1), ACC=_tl_dtype(sd), BLOCK_D=bd)
     gw = (gw.to(sd) + part.sum(-1).to(sd)).contiguous()
     gr = torch.empty(B, N, dtype=sd, device=x.device)
     gh = torch.empty(B, N, dtype=sd, device=x.device)
