@@ -193,3 +193,24 @@ def test_bfloat16_results_with_float32_probs():
     gr = torch.autograd.grad((o.slots.double() * w).sum(), rf)[0]
     assert gr.dtype == torch.float32
     torch.testing.assert_close(gr.double(), torch.autograd.grad((ref.slots * w).sum(), rd)[0], rtol=2e-2, atol=4 * 2**-8)
+
+
+@pytest.mark.parametrize("by_matmul", [False, True])
+@pytest.mark.parametrize("mode", ["clamp", "carry"])
+def test_both_cpu_pour_paths_match_reference(monkeypatch, by_matmul, mode):
+    from craft_kernels import act as act_mod
+
+    monkeypatch.setattr(act_mod, "_pour_by_matmul", lambda B, N, D, S: by_matmul and S > 0)
+    x, r, h, m = _inputs(21, 4, 40, 6, True, True)
+    x[~m] = float("nan")  # masked steps must never touch the slots, whatever they hold
+    leaves = [t.clone().requires_grad_() for t in (x, r, h)]
+    a = act_accumulate(*leaves, m, mode=mode)
+    b = act_accumulate_reference(*leaves, m, mode=mode)
+    for f in a._fields:
+        torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=1e-12, atol=1e-12, msg=f)
+    wts = [torch.randn(t.shape, dtype=torch.float64) for t in _outputs(a)]
+    loss = lambda o: sum((t * w).sum() for t, w in zip(_outputs(o), wts))  # noqa: E731
+    ga = torch.autograd.grad(loss(a), leaves)
+    gb = torch.autograd.grad(loss(b), leaves)
+    for p, q in zip(ga, gb):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12, equal_nan=True)
