@@ -70,26 +70,45 @@ def act_loop_over_n(results, r, h, eps=1e-6):
     return slots, halt
 
 
+def act_carry_cumsum(results, r):
+    """Carry mode without halting, fully vectorised: slot boundaries are where cumsum(r) crosses an
+    integer (continuous integrate-and-fire); each step splits into at most two pieces."""
+    B, N, D = results.shape
+    c1 = torch.cumsum(r, 1)
+    c0 = c1 - r
+    s0 = torch.floor(c0.detach()).long()
+    first = torch.minimum(c1, s0 + 1.0) - c0  # the part of r before the next integer
+    rest = r - first
+    S = int(torch.floor(c1.detach()[:, -1]).max()) + 2
+    slots = results.new_zeros(B, S, D)
+    slots = slots.scatter_add(1, s0[..., None].expand(B, N, D), first[..., None] * results)
+    slots = slots.scatter_add(1, (s0 + 1)[..., None].expand(B, N, D), rest[..., None] * results)
+    return slots
+
+
 @pytest.mark.parametrize("B, N, D", [(64, 128, 256), (8, 1024, 512)])
-@pytest.mark.parametrize("baseline", ["python_loop_reference", "torch_loop_over_n"])
+@pytest.mark.parametrize("baseline", ["python_loop_reference", "torch_loop_over_n", "vectorised_cumsum_carry"])
 def test_act_fwd_bwd(compare, B, N, D, baseline):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, N, D, generator=g, requires_grad=True)
     r = (torch.rand(B, N, generator=g) * 0.9 + 0.05).requires_grad_()
-    h = (torch.rand(B, N, generator=g) * 0.2).requires_grad_()
+    h = (torch.rand(B, N, generator=g) * 0.2).requires_grad_() if baseline != "vectorised_cumsum_carry" else None
+    mode = "carry" if baseline == "vectorised_cumsum_carry" else "clamp"
 
     def ours():
-        o = act_accumulate(x, r, h)
+        o = act_accumulate(x, r, h, mode=mode)
         (o.slots.sum() + o.halting.sum()).backward()
 
     def base():
         if baseline == "python_loop_reference":
             o = act_accumulate_reference(x, r, h)
             (o.slots.sum() + o.halting.sum()).backward()
-        else:
+        elif baseline == "torch_loop_over_n":
             slots, halt = act_loop_over_n(x, r, h)
             (slots.sum() + halt.sum()).backward()
+        else:
+            act_carry_cumsum(x, r).sum().backward()
 
     reps = 1 if baseline == "python_loop_reference" else 3
     compare(ours, base, units=B * N, unit_name="steps", baseline_reps=reps, rounds=5, baseline_kind=baseline,
-            shape=f"B={B},N={N},D={D}")
+            mode=mode, shape=f"B={B},N={N},D={D}")

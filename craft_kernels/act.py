@@ -12,12 +12,19 @@ remainder fills and closes the slot (halting updates as in 4) and the excess ope
 (integrate-and-fire), so every step's full probability is used; ``slot_index[n]`` is the slot
 where the step started. Since ``p < 1``, a step touches at most two slots.
 
-Implementation: the scalar recurrence (B x N) runs in C++ (``craft_kernels._C.act_scan_*``),
-forward and reverse, recording its branch decisions; results are then poured into slots with one
-``scatter_add`` per piece, so gradients reach ``results``, ``return_probs`` and ``halting_probs``
-exactly as autograd through the sequential definition would (clamps included). On CUDA the B x N
-scalars make one round trip to the host; results stay on the device. ``CRAFT_NATIVE=python`` uses
-:func:`act_accumulate_reference`, the plain sequential definition.
+Paths (``craft_kernels._backend.kernels_impl``; CRAFT_KERNELS_IMPL=torch|triton forces one):
+- ``triton`` (CUDA default; CPU under ``TRITON_INTERPRET=1``): one program per (row, block of D)
+  scans N in registers and pours into a register accumulator; the backward pass is one parallel
+  pouring kernel plus a per-row reverse scan (craft_kernels/_act_triton.py). No host sync inside.
+- ``torch`` (CPU default): the scalar recurrence (B x N) runs in C++ (``craft_kernels._C.act_scan_*``,
+  one pass per row, forward and reverse, recording its branch decisions); results are poured into
+  slots with ``scatter_add`` — no Python loop over N anywhere.
+Both record the branch decisions, so gradients reach ``results``, ``return_probs`` and
+``halting_probs`` exactly as autograd through the sequential definition would (clamps included).
+Both are the ``torch.library`` custom ops ``craft::act_fwd`` / ``craft::act_bwd`` (the number of
+slots S is a data-dependent size in the fake kernel), so ``torch.compile(fullgraph=True)`` traces
+through them. ``CRAFT_NATIVE=python`` uses :func:`act_accumulate_reference`, the plain sequential
+definition.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from typing import NamedTuple
 
 import torch
 
+from craft_kernels._backend import interpreter_on, kernels_impl
 from craft_kernels.native import _dispatch
 
 
@@ -46,70 +54,263 @@ def _check(results, return_probs, halting_probs, mask, eps, mode):
         raise TypeError(f"results: expected a floating dtype, got {results.dtype}")
     if not isinstance(return_probs, torch.Tensor) or tuple(return_probs.shape) != (B, N):
         raise ValueError(f"return_probs: expected shape ({B}, {N}), got {getattr(return_probs, 'shape', None)}")
+    if not return_probs.is_floating_point():
+        raise TypeError(f"return_probs: expected a floating dtype, got {return_probs.dtype}")
     if mode not in ("clamp", "carry"):
         raise ValueError(f"mode: expected 'clamp' or 'carry', got {mode!r}")
-    if not 0 <= eps < 1:
-        raise ValueError(f"eps: expected 0 <= eps < 1, got {eps}")
+    if not 1e-12 <= eps < 1:  # eps = 0: rounding of cum + (1 - cum) could leave a full slot open
+        raise ValueError(f"eps: expected 1e-12 <= eps < 1, got {eps}")
     if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (B, N) or mask.dtype != torch.bool):
         raise ValueError(f"mask: expected a bool tensor of shape ({B}, {N})")
+    if halting_probs is not None:
+        if not isinstance(halting_probs, torch.Tensor) or tuple(halting_probs.shape) != (B, N):
+            raise ValueError(f"halting_probs: expected shape ({B}, {N}), got {getattr(halting_probs, 'shape', None)}")
+        if not halting_probs.is_floating_point():
+            raise TypeError(f"halting_probs: expected a floating dtype, got {halting_probs.dtype}")
+    for name, t in (("return_probs", return_probs), ("halting_probs", halting_probs), ("mask", mask)):
+        if t is not None and t.device != results.device:
+            raise ValueError(f"{name}: expected device {results.device} (results' device), got {t.device}")
+    if torch.compiler.is_compiling():  # value checks would read data and break the graph
+        return
     act = mask if mask is not None else torch.ones_like(return_probs, dtype=torch.bool)
     rp = return_probs.detach()[act]
     if rp.numel() and not bool(((rp > 0) & (rp < 1)).all()):
         raise ValueError("return_probs: every unmasked value must lie in (0, 1); squash logits with torch.sigmoid")
     if halting_probs is not None:
-        if not isinstance(halting_probs, torch.Tensor) or tuple(halting_probs.shape) != (B, N):
-            raise ValueError(f"halting_probs: expected shape ({B}, {N}), got {getattr(halting_probs, 'shape', None)}")
         hp = halting_probs.detach()[act]
         if hp.numel() and not bool(((hp >= 0) & (hp <= 1)).all()):
             raise ValueError("halting_probs: every unmasked value must lie in [0, 1]")
 
 
-class _Scan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, r, h, mask, eps, carry):
-        ext = _dispatch.ext()
-        w, slot, tape, halt, closed = ext.act_scan_forward(
-            r.detach().double().cpu().numpy(), h.detach().double().cpu().numpy(),
-            mask.cpu().numpy().astype("uint8"), float(eps), bool(carry))
-        ctx.tape, ctx.carry = tape, carry
-        ctx.set_materialize_grads(True)
-        to = dict(device=r.device)
-        w_t = torch.from_numpy(w).to(dtype=r.dtype, **to)
-        halt_t = torch.from_numpy(halt).to(dtype=r.dtype, **to)
-        slot_t = torch.from_numpy(slot).to(**to)
-        closed_t = torch.from_numpy(closed).to(**to)
-        ctx.mark_non_differentiable(slot_t, closed_t)
-        return w_t, halt_t, slot_t, closed_t
+def _scan_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
-    @staticmethod
-    def backward(ctx, gw, ghalt, _gs, _gc):
-        gr, gh = _dispatch.ext().act_scan_backward(
-            ctx.tape, gw.detach().double().cpu().numpy(), ghalt.detach().double().cpu().numpy(), ctx.carry)
-        dev, dt = gw.device, gw.dtype
-        return torch.from_numpy(gr).to(dev, dt), torch.from_numpy(gh).to(dev, dt), None, None, None
+
+def _n_slots_opened(idx: torch.Tensor) -> int:
+    """S: the most slots any row opened (one host read of a scalar)."""
+    return int(idx.max()) + 1 if idx.numel() else 0
+
+
+def _fill(w: torch.Tensor, idx: torch.Tensor, S: int) -> torch.Tensor:
+    """(B, S): the probability poured into each slot, from piece weights w (B, N, 2) at idx (B, N, 2)."""
+    B, N = w.shape[:2]
+    safe = torch.where(idx < 0, S, idx).reshape(B, 2 * N)
+    return w.new_zeros(B, S + 1).scatter_add(1, safe, w.reshape(B, 2 * N))[:, :S].contiguous()
+
+
+def _pour_by_matmul(B: int, N: int, D: int, S: int) -> bool:
+    """Pour with one bmm by a dense (B, S+1, N) assignment matrix when it is no bigger than results and
+    S is small: 2(S+1) flops per element at matmul speed beat scatter_add's ~0.1 G elements/s on CPU."""
+    return 0 < S < min(D, 256)
+
+
+def _assignment(w: torch.Tensor, safe: torch.Tensor, S: int, carry: bool) -> torch.Tensor:
+    """(B, S, N): A[b, s, n] = the weight step n pours into slot s (pieces at the dummy slot S dropped)."""
+    B, N = w.shape[:2]
+    a = w.new_zeros(B, S + 1, N)
+    for k in range(2 if carry else 1):
+        a.scatter_add_(1, safe[:, None, :, k], w[:, None, :, k])
+    return a[:, :S]
+
+
+def _fwd_torch(x, r, h, m, eps, carry):
+    ext = _dispatch.ext()
+    w, idx, tape, halt, closed = ext.act_scan_forward(
+        r.detach().double().cpu().numpy(), h.detach().double().cpu().numpy(),
+        m.cpu().numpy().astype("uint8"), float(eps), bool(carry))
+    dev, sd = x.device, _scan_dtype(x.dtype)
+    w = torch.from_numpy(w).to(dev, sd)
+    idx = torch.from_numpy(idx).to(dev)
+    B, N, D = x.shape
+    S = _n_slots_opened(idx)
+    safe = torch.where(idx < 0, S, idx)  # a dummy slot S collects the missing pieces
+    xs = x.to(sd)  # fp16/bf16 are poured with fp32 accumulation
+    if _pour_by_matmul(B, N, D, S):
+        if not bool(m.all()):  # masked steps have weight 0, but 0 * inf/nan would not be 0
+            xs = xs.masked_fill(~m[..., None], 0)
+        slots = torch.bmm(_assignment(w, safe, S, carry), xs)
+    else:
+        slots = xs.new_zeros(B, S + 1, D)
+        for k in range(2 if carry else 1):  # piece 0: where the step starts; piece 1: carry mode's excess
+            slots.scatter_add_(1, safe[..., k, None].expand(B, N, D), w[..., k, None] * xs)
+    return (slots[:, :S].to(x.dtype).contiguous(), w, idx, torch.from_numpy(tape).to(dev),
+            torch.from_numpy(halt).to(dev, x.dtype), torch.from_numpy(closed).to(dev))
+
+
+def _block_d(D: int) -> int:
+    import triton
+
+    return min(1024, max(16, triton.next_power_of_2(max(D, 1))))
+
+
+def _fwd_triton(x, r, h, m, eps, carry):
+    import triton
+
+    from craft_kernels import _act_triton as K
+
+    B, N, D = x.shape
+    sd = _scan_dtype(x.dtype)
+    dev = x.device
+    slots = x.new_zeros(B, N + 1, D)  # at most N slots open (p < 1); sliced to S below
+    w = torch.zeros(B, N, 2, dtype=sd, device=dev)
+    idx = torch.full((B, N, 2), -1, dtype=torch.int64, device=dev)
+    tape = torch.zeros(B, N, dtype=torch.uint8, device=dev)
+    halt = torch.zeros(B, dtype=sd, device=dev)
+    closed = torch.zeros(B, dtype=torch.int64, device=dev)
+    thr = torch.tensor(1 - eps, dtype=sd, device=dev)
+    m8 = m.view(torch.uint8)
+    if B and N:
+        bd = _block_d(D)
+        K.act_fwd[(B, triton.cdiv(max(D, 1), bd))](
+            x, r, h, m8, thr, slots, w, idx, tape, halt, closed, N, D, *x.stride(), *r.stride(), *h.stride(),
+            *m8.stride(), slots.stride(0), slots.stride(1),
+            CARRY=int(carry), ACC=_tl_dtype(sd), BLOCK_D=bd)
+    S = _n_slots_opened(idx)
+    return slots[:, :S].contiguous(), w, idx, tape, halt.to(x.dtype), closed
+
+
+def _tl_dtype(dt: torch.dtype):
+    import triton.language as tl
+
+    return tl.float64 if dt == torch.float64 else tl.float32
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    if kernels_impl(t.device) != "triton":
+        return False
+    if t.device.type == "cpu" and not interpreter_on():
+        raise RuntimeError("CRAFT_KERNELS_IMPL=triton on CPU needs TRITON_INTERPRET=1 (set before importing "
+                           "craft_kernels); unset CRAFT_KERNELS_IMPL to use the CPU path")
+    return True
+
+
+@torch.library.custom_op("craft::act_fwd", mutates_args=())
+def _act_fwd(results: torch.Tensor, return_probs: torch.Tensor, halting_probs: torch.Tensor, mask: torch.Tensor,
+             eps: float, carry: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                               torch.Tensor, torch.Tensor]:
+    """-> slots (B,S,D), slot_fill (B,S), w (B,N,2) piece weights (fp32; fp64 for fp64 results),
+    idx (B,N,2) int64 piece slots (-1: none), tape (B,N) uint8 branch decisions, halting (B,), n_slots (B,) int64."""
+    fwd = _fwd_triton if _use_triton(results) else _fwd_torch
+    slots, w, idx, tape, halt, closed = fwd(results, return_probs, halting_probs, mask, eps, carry)
+    return slots, _fill(w, idx, slots.shape[1]).to(results.dtype), w, idx, tape, halt, closed
+
+
+@_act_fwd.register_fake
+def _(results, return_probs, halting_probs, mask, eps, carry):
+    B, N, D = results.shape
+    S = torch.library.get_ctx().new_dynamic_size()
+    return (results.new_empty(B, S, D), results.new_empty(B, S),
+            results.new_empty(B, N, 2, dtype=_scan_dtype(results.dtype)),
+            results.new_empty(B, N, 2, dtype=torch.int64), results.new_empty(B, N, dtype=torch.uint8),
+            results.new_empty(B), results.new_empty(B, dtype=torch.int64))
+
+
+def _bwd_torch(gslots, gw, ghalt, x, w, idx, tape, carry):
+    B, N, D = x.shape
+    S = gslots.shape[1]
+    sd = w.dtype
+    safe = torch.where(idx < 0, S, idx)
+    xs = x.to(sd)
+    gw = gw.to(sd, copy=True)
+    if _pour_by_matmul(B, N, D, S):
+        gs = gslots.to(sd)
+        gx = torch.bmm(_assignment(w, safe, S, carry).transpose(1, 2), gs)
+        dots = torch.bmm(gs, xs.transpose(1, 2))  # (B, S, N): <d slots[s], results[n]>
+        for k in range(2 if carry else 1):  # absent pieces read slot S-1: their gw is never used
+            gw[..., k] += dots.gather(1, safe[:, None, :, k].clamp(max=S - 1)).squeeze(1)
+    else:
+        gs = torch.cat([gslots.to(sd), gslots.new_zeros(B, 1, D, dtype=sd)], 1)
+        gx = xs.new_zeros(x.shape)
+        for k in range(2 if carry else 1):
+            g = gs.gather(1, safe[..., k, None].expand(B, N, D))
+            gx += w[..., k, None] * g
+            gw[..., k] += (g * xs).sum(-1)
+    gx = gx.to(x.dtype)
+    gr, gh = _dispatch.ext().act_scan_backward(
+        tape.cpu().numpy(), gw.detach().double().cpu().numpy(), ghalt.detach().double().cpu().numpy(), bool(carry))
+    return gx, torch.from_numpy(gr).to(x.device), torch.from_numpy(gh).to(x.device)
+
+
+def _bwd_triton(gslots, gw, ghalt, x, w, idx, tape, carry):
+    import triton
+
+    from craft_kernels import _act_triton as K
+
+    B, N, D = x.shape
+    sd = _scan_dtype(x.dtype)
+    bd = _block_d(D)
+    nb = triton.cdiv(max(D, 1), bd)
+    gx = torch.empty(B, N, D, dtype=x.dtype, device=x.device)
+    part = torch.zeros(B, N, 2, nb, dtype=sd, device=x.device)
+    if B and N:
+        K.act_pour_bwd[(B * N, nb)](gslots, x, w, idx, gx, part, N, D, nb, *gslots.stride(), *x.stride(),
+                                    gx.stride(0), gx.stride(1), ACC=_tl_dtype(sd), BLOCK_D=bd)
+    gw = (gw.to(sd) + part.sum(-1).to(sd)).contiguous()
+    gr = torch.empty(B, N, dtype=sd, device=x.device)
+    gh = torch.empty(B, N, dtype=sd, device=x.device)
+    if B and N:
+        K.act_scan_bwd[(B,)](tape, gw, ghalt.to(sd).contiguous(), gr, gh, N, CARRY=int(carry))
+    return gx, gr, gh
+
+
+@torch.library.custom_op("craft::act_bwd", mutates_args=())
+def _act_bwd(gslots: torch.Tensor, gw: torch.Tensor, ghalt: torch.Tensor, results: torch.Tensor, w: torch.Tensor,
+             idx: torch.Tensor, tape: torch.Tensor, carry: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of (slots (B,S,D), piece weights w (B,N,2), halting (B,)) -> (results (B,N,D) contiguous,
+    return_probs (B,N), halting_probs (B,N)); the last two in fp32 (fp64 for fp64 results)."""
+    bwd = _bwd_triton if _use_triton(results) else _bwd_torch
+    gx, gr, gh = bwd(gslots, gw, ghalt, results, w, idx, tape, carry)
+    sd = _scan_dtype(results.dtype)  # probabilities' gradients stay in fp32 (fp64) even for fp16/bf16 results
+    return gx, gr.to(sd), gh.to(sd)
+
+
+@_act_bwd.register_fake
+def _(gslots, gw, ghalt, results, w, idx, tape, carry):
+    B, N, _ = results.shape
+    sd = _scan_dtype(results.dtype)
+    return results.new_empty(results.shape), results.new_empty(B, N, dtype=sd), results.new_empty(B, N, dtype=sd)
+
+
+def _setup(ctx, inputs, output):
+    results, return_probs, halting_probs, _mask, _eps, carry = inputs
+    _slots, _fill_, w, idx, tape, _halt, _closed = output
+    ctx.save_for_backward(results, w, idx, tape)
+    ctx.carry = carry
+    ctx.dtypes = (return_probs.dtype, halting_probs.dtype)
+
+
+def _backward(ctx, gslots, gfill, gw, _gidx, _gtape, ghalt, _gclosed):
+    results, w, idx, tape = ctx.saved_tensors
+    B, N, D = results.shape
+    if gslots is None:
+        gslots = results.new_zeros(B, gfill.shape[1] if gfill is not None else 0, D)
+    S = gslots.shape[1]
+    gw = torch.zeros_like(w) if gw is None else gw
+    if gfill is not None:  # slot_fill[s] = sum of the pieces poured into s
+        gf = torch.cat([gfill, gfill.new_zeros(B, 1)], 1)
+        gw = gw + gf.to(w.dtype).gather(1, torch.where(idx < 0, S, idx).reshape(B, 2 * N)).reshape(B, N, 2)
+    ghalt = results.new_zeros(B) if ghalt is None else ghalt
+    gx, gr, gh = _act_bwd(gslots.contiguous(), gw.contiguous(), ghalt.contiguous(), results, w, idx, tape, ctx.carry)
+    return gx, gr.to(ctx.dtypes[0]), gh.to(ctx.dtypes[1]), None, None, None
+
+
+_act_fwd.register_autograd(_backward, setup_context=_setup)
 
 
 def act_accumulate(results: torch.Tensor, return_probs: torch.Tensor, halting_probs: torch.Tensor | None = None,
                    mask: torch.Tensor | None = None, eps: float = 1e-6, mode: str = "clamp") -> ACTOutput:
-    """Pour ``results (B, N, D)`` into slots by ``return_probs (B, N)`` in (0, 1), with optional
-    ``halting_probs (B, N)`` in [0, 1] and ``mask (B, N)`` bool. See the module docstring for the rule."""
+    """Pour ``results (B, N, D)`` (fp16/bf16/fp32/fp64) into slots by ``return_probs (B, N)`` in (0, 1),
+    with optional ``halting_probs (B, N)`` in [0, 1] and ``mask (B, N)`` bool. See the module docstring
+    for the rule and :class:`ACTOutput` for the shapes. Differentiable in results, return_probs and
+    halting_probs."""
     _check(results, return_probs, halting_probs, mask, eps, mode)
-    if not _dispatch.use_cpp():
+    if not _dispatch.use_cpp() and not _use_triton(results):
         return act_accumulate_reference(results, return_probs, halting_probs, mask, eps, mode)
-    B, N, D = results.shape
+    B, N, _ = results.shape
     h = halting_probs if halting_probs is not None else torch.zeros_like(return_probs)
     m = mask if mask is not None else torch.ones(B, N, dtype=torch.bool, device=results.device)
-    w, halting, slot, closed = _Scan.apply(return_probs, h, m, eps, mode == "carry")
-    S = int(slot.max()) + 1 if slot.numel() else 0
-    idx = torch.where(slot < 0, S, slot)  # (B, N, 2); a dummy slot S collects nothing real
-    w = w.to(results.dtype)
-    slots = results.new_zeros(B, S + 1, D)
-    fill = w.new_zeros(B, S + 1)
-    for k in range(2):  # piece 0: where the step starts, piece 1: what carry mode spills over
-        slots = slots.scatter_add(1, idx[..., k, None].expand(B, N, D), w[..., k, None] * results)
-        fill = fill.scatter_add(1, idx[..., k], w[..., k])
-    clamped = w.sum(-1)
-    return ACTOutput(slots[:, :S], fill[:, :S], closed, clamped, slot[..., 0], halting >= 1 - eps, halting)
+    slots, fill, w, idx, _tape, halting, closed = _act_fwd(results, return_probs, h, m, float(eps), mode == "carry")
+    return ACTOutput(slots, fill, closed, w.sum(-1).to(results.dtype), idx[..., 0], halting >= 1 - eps, halting)
 
 
 def act_accumulate_reference(results, return_probs, halting_probs=None, mask=None, eps=1e-6, mode="clamp") -> ACTOutput:

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -114,9 +118,99 @@ def test_python_impl_is_the_reference():
     (dict(mask=torch.ones(2, 3)), "mask: expected a bool tensor"),
     (dict(mode="fire"), "mode: expected 'clamp' or 'carry'"),
     (dict(eps=1.0), "eps: expected"),
+    (dict(eps=0.0), "eps: expected"),
 ])
 def test_bad_inputs(kw, match):
     args = dict(results=torch.zeros(2, 3, 4), return_probs=torch.full((2, 3), 0.5))
     args.update(kw)
     with pytest.raises((ValueError, TypeError), match=match):
         act_accumulate(**args)
+
+
+def test_non_contiguous_inputs():
+    x, r, h, m = _inputs(4, 6, 30, 10, True, True)
+    xt, rt, ht, mt = x.transpose(0, 1).contiguous().transpose(0, 1)[::2, :, ::3], r[::2], h.t().contiguous().t()[::2], m[::2]
+    a = act_accumulate(xt, rt, ht, mt, mode="carry")
+    b = act_accumulate_reference(xt.contiguous(), rt.contiguous(), ht.contiguous(), mt, mode="carry")
+    for f in a._fields:
+        torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=1e-12, atol=1e-12, msg=f)
+
+
+def test_custom_op_registration():
+    x, r, h, m = _inputs(6, 3, 9, 4, True, True)
+    # schema, autograd registration and the fake kernel; opcheck's aot_dispatch_dynamic check cannot
+    # return an unbacked size (S) as a graph output, which test_compiles_fullgraph covers instead
+    torch.library.opcheck(torch.ops.craft.act_fwd.default, (x.requires_grad_(), r.requires_grad_(), h, m, 1e-6, True),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize("mode", ["clamp", "carry"])
+def test_compiles_fullgraph(mode):
+    def f(x, r, h, m):
+        o = act_accumulate(x, r, h, m, mode=mode)
+        return o.slots.sum(1) * 2, o.slot_fill.sum(-1), o.clamped_probs, o.halting, o.n_slots
+
+    x, r, h, m = _inputs(8, 4, 30, 8, True, True)
+    x.requires_grad_(), r.requires_grad_(), h.requires_grad_()
+    torch._dynamo.reset()
+    a = torch.compile(f, fullgraph=True)(x, r, h, m)
+    b = f(x, r, h, m)
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q)
+    loss = lambda o: o[0].sum() + (o[1] * 3).sum() + (o[2] ** 2).sum() + o[3].sum()  # noqa: E731
+    for p, q in zip(torch.autograd.grad(loss(a), (x, r, h)), torch.autograd.grad(loss(b), (x, r, h))):
+        torch.testing.assert_close(p, q)
+
+
+def test_triton_kernels_under_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", CRAFT_KERNELS_IMPL="triton")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "tests/interpreted/check_act_triton.py"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and "failed" not in r.stdout
+
+
+def test_forcing_triton_on_cpu_without_interpreter_says_how(monkeypatch):
+    monkeypatch.setenv("CRAFT_KERNELS_IMPL", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        act_accumulate(torch.randn(1, 2, 3), torch.full((1, 2), 0.5))
+
+
+def test_bfloat16_results_with_float32_probs():
+    # bf16 storage: slots are one bf16 rounding (2^-8 relative) of a float64-exact pour; d return_probs is a
+    # dot product over D=16 of bf16-rounded slot gradients, so its error is ~ sqrt(D) * 2^-8 * |terms|
+    x, r, h, m = _inputs(12, 3, 25, 16, True, True)
+    xb = x.to(torch.bfloat16).requires_grad_()
+    rf, hf = r.float().requires_grad_(), h.float()
+    rd = rf.detach().double().requires_grad_()
+    o = act_accumulate(xb, rf, hf, m)
+    ref = act_accumulate_reference(xb.detach().double(), rd, hf.double(), m)
+    assert o.slots.dtype == torch.bfloat16
+    torch.testing.assert_close(o.slots.double(), ref.slots, rtol=8e-3, atol=1e-2)
+    torch.testing.assert_close(o.clamped_probs.double(), ref.clamped_probs, rtol=2**-8, atol=2**-9)  # stored as bf16
+    w = torch.randn(ref.slots.shape, dtype=torch.float64)
+    gr = torch.autograd.grad((o.slots.double() * w).sum(), rf)[0]
+    assert gr.dtype == torch.float32
+    torch.testing.assert_close(gr.double(), torch.autograd.grad((ref.slots * w).sum(), rd)[0], rtol=2e-2, atol=4 * 2**-8)
+
+
+@pytest.mark.parametrize("by_matmul", [False, True])
+@pytest.mark.parametrize("mode", ["clamp", "carry"])
+def test_both_cpu_pour_paths_match_reference(monkeypatch, by_matmul, mode):
+    from craft_kernels import act as act_mod
+
+    monkeypatch.setattr(act_mod, "_pour_by_matmul", lambda B, N, D, S: by_matmul and S > 0)
+    x, r, h, m = _inputs(21, 4, 40, 6, True, True)
+    x[~m] = float("nan")  # masked steps must never touch the slots, whatever they hold
+    leaves = [t.clone().requires_grad_() for t in (x, r, h)]
+    a = act_accumulate(*leaves, m, mode=mode)
+    b = act_accumulate_reference(*leaves, m, mode=mode)
+    for f in a._fields:
+        torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=1e-12, atol=1e-12, msg=f)
+    wts = [torch.randn(t.shape, dtype=torch.float64) for t in _outputs(a)]
+    loss = lambda o: sum((t * w).sum() for t, w in zip(_outputs(o), wts))  # noqa: E731
+    ga = torch.autograd.grad(loss(a), leaves)
+    gb = torch.autograd.grad(loss(b), leaves)
+    for p, q in zip(ga, gb):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12, equal_nan=True)
