@@ -1,5 +1,5 @@
 """Document masks: direct BlockMask vs create_block_mask, decode-step mask vs rebuild, CPU attention paths."""
-import time
+from conftest import best_time
 
 import pytest
 import torch
@@ -23,15 +23,6 @@ def _links(n_docs, B=1):
 
 
 _compiled_cbm = None
-
-
-def _best(fn, reps=3):
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def _compiled_create_block_mask():
@@ -123,7 +114,7 @@ def test_decode_step_block_mask_vs_rebuild(compare):
         return create_block_mask(lambda b, h, qi, kv: mm(b, h, qi + q, kv), 1, None, 1, st.max_len, device="cpu")
 
     assert torch.equal(step().to_dense(), rebuild().to_dense())
-    t_full = _best(lambda: doc_block_mask(ids[None], "cross_doc_link", links[None]), 3)
+    t_full = best_time(lambda: doc_block_mask(ids[None], "cross_doc_link", links[None]), 3)
     compare(step, rebuild, baseline_reps=5, rounds=50, T=st.max_len, n_docs=32, path="flex BlockMask",
             full_doc_block_mask_s=round(t_full, 6))
 

@@ -3,7 +3,6 @@ baseline of the same architecture (benchmarks/baseline_model.py) and against the
 matmul measured in the same run; decoding tokens/sec with the KV cache against recomputing the
 context and against Hugging Face transformers ``generate`` on a random Llama of the same shape."""
 import sys
-import time
 from pathlib import Path
 
 import pytest

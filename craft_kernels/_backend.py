@@ -58,6 +58,16 @@ def kernels_impl(device: torch.device | str | None = None) -> str:
     return "torch"
 
 
+def use_triton(t: torch.Tensor) -> bool:
+    """Whether a tensor kernel on ``t`` takes its Triton path; on CPU that needs the interpreter."""
+    if kernels_impl(t.device) != "triton":
+        return False
+    if t.device.type == "cpu" and not interpreter_on():
+        raise RuntimeError("CRAFT_KERNELS_IMPL=triton on CPU needs TRITON_INTERPRET=1 (set before importing "
+                           "craft_kernels); unset CRAFT_KERNELS_IMPL to use the CPU path")
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def triton_version() -> str | None:
     if importlib.util.find_spec("triton") is None:

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from craft_kernels._backend import interpreter_on, kernels_impl
+from craft_kernels._backend import use_triton
 from craft_kernels.native import _dispatch
 
 
@@ -175,22 +175,13 @@ def _tl_dtype(dt: torch.dtype):
     return tl.float64 if dt == torch.float64 else tl.float32
 
 
-def _use_triton(t: torch.Tensor) -> bool:
-    if kernels_impl(t.device) != "triton":
-        return False
-    if t.device.type == "cpu" and not interpreter_on():
-        raise RuntimeError("CRAFT_KERNELS_IMPL=triton on CPU needs TRITON_INTERPRET=1 (set before importing "
-                           "craft_kernels); unset CRAFT_KERNELS_IMPL to use the CPU path")
-    return True
-
-
 @torch.library.custom_op("craft::act_fwd", mutates_args=())
 def _act_fwd(results: torch.Tensor, return_probs: torch.Tensor, halting_probs: torch.Tensor, mask: torch.Tensor,
              eps: float, carry: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                torch.Tensor, torch.Tensor]:
     """-> slots (B,S,D), slot_fill (B,S), w (B,N,2) piece weights (fp32; fp64 for fp64 results),
     idx (B,N,2) int64 piece slots (-1: none), tape (B,N) uint8 branch decisions, halting (B,), n_slots (B,) int64."""
-    fwd = _fwd_triton if _use_triton(results) else _fwd_torch
+    fwd = _fwd_triton if use_triton(results) else _fwd_torch
     slots, w, idx, tape, halt, closed = fwd(results, return_probs, halting_probs, mask, eps, carry)
     return slots, _fill(w, idx, slots.shape[1]).to(results.dtype), w, idx, tape, halt, closed
 
@@ -258,7 +249,7 @@ def _act_bwd(gslots: torch.Tensor, gw: torch.Tensor, ghalt: torch.Tensor, result
              idx: torch.Tensor, tape: torch.Tensor, carry: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of (slots (B,S,D), piece weights w (B,N,2), halting (B,)) -> (results (B,N,D) contiguous,
     return_probs (B,N), halting_probs (B,N)); the last two in fp32 (fp64 for fp64 results)."""
-    bwd = _bwd_triton if _use_triton(results) else _bwd_torch
+    bwd = _bwd_triton if use_triton(results) else _bwd_torch
     gx, gr, gh = bwd(gslots, gw, ghalt, results, w, idx, tape, carry)
     sd = _scan_dtype(results.dtype)  # probabilities' gradients stay in fp32 (fp64) even for fp16/bf16 results
     return gx, gr.to(sd), gh.to(sd)
@@ -304,7 +295,7 @@ def act_accumulate(results: torch.Tensor, return_probs: torch.Tensor, halting_pr
     for the rule and :class:`ACTOutput` for the shapes. Differentiable in results, return_probs and
     halting_probs."""
     _check(results, return_probs, halting_probs, mask, eps, mode)
-    if not _dispatch.use_cpp() and not _use_triton(results):
+    if not _dispatch.use_cpp() and not use_triton(results):
         return act_accumulate_reference(results, return_probs, halting_probs, mask, eps, mode)
     B, N, _ = results.shape
     h = halting_probs if halting_probs is not None else torch.zeros_like(return_probs)

@@ -19,7 +19,7 @@ import functools
 import torch
 from torch import nn
 
-from craft_kernels._backend import interpreter_on, kernels_impl, triton_version
+from craft_kernels._backend import triton_version, use_triton
 
 _SMALL = 1 << 15
 
@@ -115,18 +115,9 @@ def _compiled(which: str):
         return fn
 
 
-def _use_triton(t: torch.Tensor) -> bool:
-    if kernels_impl(t.device) != "triton":
-        return False
-    if t.device.type == "cpu" and not interpreter_on():
-        raise RuntimeError("CRAFT_KERNELS_IMPL=triton on CPU needs TRITON_INTERPRET=1 (set before importing "
-                           "craft_kernels); unset CRAFT_KERNELS_IMPL to use the CPU path")
-    return True
-
-
 @torch.library.custom_op("craft::swiglu_fwd", mutates_args=())
 def _swiglu_fwd(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    if _use_triton(gate):
+    if use_triton(gate):
         out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
         _fwd_triton(gate, up, out)
         return out
@@ -142,7 +133,7 @@ def _(gate, up):
 
 @torch.library.custom_op("craft::swiglu_bwd", mutates_args=())
 def _swiglu_bwd(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if _use_triton(gate):
+    if use_triton(gate):
         dg = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
         du = torch.empty(up.shape, dtype=up.dtype, device=up.device)
         _bwd_triton(grad, gate, up, dg, du)

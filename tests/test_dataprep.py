@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 import craft_kernels as ck
-from craft_kernels.native import _dispatch, dataprep as dp
+from craft_kernels.native import _dispatch
 
 lengths_st = st.lists(st.integers(0, 12), max_size=40)
 

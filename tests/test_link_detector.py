@@ -1,4 +1,3 @@
-import glob
 import importlib.metadata
 import re
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from craft.data.titles import create_filename, normalize_title, title_matches_filename
+from craft.data.titles import create_filename, title_matches_filename
 from craft.generation.linked import DocumentCorpus, GeneratedDocument, GenerationConfig, GenerationResult
 from craft.generation.linked.result import topological_order
 from craft.tokenizers import get_tokenizer
