@@ -179,6 +179,8 @@ def _check(gate: torch.Tensor, up: torch.Tensor) -> None:
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` for any shape ``(..., F)``, fp32/fp16/bf16/fp64; output has gate's dtype."""
     _check(gate, up)
+    if gate.device.type == "cpu" and torch.compiler.is_compiling() and not use_triton(gate):
+        return _fwd_math(gate, up)
     return _swiglu_fwd(gate, up)
 
 
