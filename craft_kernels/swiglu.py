@@ -10,7 +10,10 @@ Paths (picked per call by ``craft_kernels._backend.kernels_impl``; CRAFT_KERNELS
   benchmarks/RESULTS.md); tensors under 32k elements use eager ops, where a compiled call's
   overhead would dominate.
 Both are registered as ``torch.library`` custom ops (``craft::swiglu_fwd``/``swiglu_bwd``) with
-fake kernels and autograd, so ``torch.compile(fullgraph=True)`` traces through them.
+fake kernels and autograd, so ``torch.compile(fullgraph=True)`` traces through them. Inside a
+graph compiled for CPU, :func:`swiglu` emits the plain math instead, so Inductor fuses it with its
+neighbours (and still recomputes sigmoid in backward): a tiny-model decode step took 0.80 ms with
+the opaque op and 0.56 ms fused.
 """
 from __future__ import annotations
 

@@ -94,6 +94,22 @@ def test_module_matches_llama_mlp_and_compiles_fullgraph():
     assert m.gate_up.weight.grad is not None and x.grad is not None
 
 
+def test_custom_op_compiles_fullgraph_and_passes_opcheck():
+    # on CPU a compiled model lets Inductor fuse the math itself; the registered op (what eager and
+    # CUDA graphs use) must still trace without a graph break and differentiate
+    g = torch.randn(5, 40, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(5, 40, dtype=torch.float64, requires_grad=True)
+    y = torch.compile(lambda a, b: torch.ops.craft.swiglu_fwd(a, b), fullgraph=True)(g, u)
+    ref_g, ref_u = g.detach().requires_grad_(), u.detach().requires_grad_()
+    ref = F.silu(ref_g) * ref_u
+    torch.testing.assert_close(y, ref)
+    y.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(g.grad, ref_g.grad)
+    torch.testing.assert_close(u.grad, ref_u.grad)
+    torch.library.opcheck(torch.ops.craft.swiglu_fwd.default, (torch.randn(3, 8), torch.randn(3, 8)))
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="shapes must match"):
         swiglu(torch.randn(2, 3), torch.randn(2, 4))
