@@ -157,7 +157,8 @@ def cmd_generate(args) -> int:
         gen.seed()
     for i in range(args.num_samples):
         out = model.generate(torch.tensor([ids]), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                             top_k=args.top_k, top_p=args.top_p, eos_id=tok.eos_id, generator=gen)
+                             top_k=args.top_k, top_p=args.top_p, eos_id=tok.eos_id, generator=gen,
+                             compile=args.compile)
         text = tok.decode([t for t in out[0, len(ids):].tolist() if t != tok.eos_id])
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")
@@ -252,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--num-samples", type=int, default=1)
     g.add_argument("--device", default="cpu")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (a few seconds once; ~3x faster per token after)")
     _add_linked_generate_options(g)
     g.set_defaults(fn=cmd_generate)
 

@@ -34,7 +34,7 @@ def compiled_decode_one_token(mode: str | None = None):
     return torch.compile(decode_one_token, mode=mode, dynamic=False)
 
 
-def _decode_fn(compile):
+def select_decode_step(compile):
     if compile is False or compile is None:
         return decode_one_token
     if compile is True:
@@ -70,7 +70,7 @@ def generate_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temper
         raise ValueError(f"prompt_ids: ids must lie in [0, vocab_size={V})")
     if eos_id is not None and not 0 <= int(eos_id) < V:
         raise ValueError(f"eos_id: expected an id in [0, {V}), got {eos_id!r}")
-    step = _decode_fn(compile)
+    step = select_decode_step(compile)
     device = model.device
     prompt_ids = prompt_ids.to(device=device, dtype=torch.long)
     B, T = prompt_ids.shape

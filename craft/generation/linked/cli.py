@@ -46,6 +46,8 @@ def linked_options(args: argparse.Namespace) -> dict:
                 eviction_policy=args.eviction_policy, mask_kind=args.mask_kind,
                 constrain_links_to_corpus=args.constrain_links, allow_corpus_fallback=not args.no_corpus_fallback,
                 process_prompt_links=not args.no_prompt_links, num_threads=args.threads)
+    if getattr(args, "compile", False):
+        opts["compile"] = True
     for name in _SAMPLING:
         v = getattr(args, name, None)
         if v is not None:
