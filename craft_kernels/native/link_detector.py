@@ -27,8 +27,7 @@ no link is open; memory per stream is bounded by the limits above.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -42,10 +41,10 @@ MAX_OPENERS = 32
 MAX_DEPTH = 32
 
 
-@dataclass(frozen=True)
-class DetectedLink:
+class DetectedLink(NamedTuple):
     """A completed ``[text](target)``: token positions and byte offsets of ``[``, ``]``, ``(``, ``)``,
-    the text and target bytes, and the ids of the tokens holding them (both ends inclusive)."""
+    the text and target bytes, and the ids of the tokens holding them (both ends inclusive).
+    A named tuple: the cores' result tuples become links without copying a field."""
 
     open_bracket_pos: int
     close_bracket_pos: int
@@ -63,10 +62,8 @@ class DetectedLink:
 
     @classmethod
     def _from_tuple(cls, t: tuple) -> "DetectedLink":
-        """Fast construction from a core's tuple (fields in declaration order)."""
-        obj = object.__new__(cls)
-        obj.__dict__.update(zip(_FIELDS, t))
-        return obj
+        """From a core's tuple (fields in declaration order)."""
+        return _new_tuple(cls, t)
 
     @property
     def text(self) -> str:
@@ -77,7 +74,7 @@ class DetectedLink:
         return self.target_bytes.decode("utf-8", errors="replace")
 
 
-_FIELDS = tuple(DetectedLink.__dataclass_fields__)
+_new_tuple = tuple.__new__
 
 
 class _Opener:
@@ -350,7 +347,7 @@ class LinkDetector:
         a = _ids_arg(ids, self.vocab_size)
         if not self._checked:
             ids_in_range(a, "ids", self.vocab_size)
-        return [DetectedLink._from_tuple(t) for t in self._core.push_many(a)]
+        return [_new_tuple(DetectedLink, t) for t in self._core.push_many(a)]
 
     def reset(self) -> None:
         self._core.reset()
