@@ -6,6 +6,7 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from craft_kernels import DocMaskState, doc_attention, doc_block_mask, doc_dense_mask, doc_ids_from_cu_seqlens, doc_mask_mod
+from craft_kernels.native import _dispatch
 
 
 def _ids(T, n_docs, B=1):
@@ -121,8 +122,8 @@ def test_decode_step_block_mask_vs_rebuild(compare):
 
 @pytest.mark.parametrize("T", [256, 512, 1024, 2048])
 def test_cpu_attention_sdpa_vs_flex_eager(compare, T):
-    """doc_attention on CPU (SDPA + dense span mask, mask built inside) vs eager flex_attention with
-    our BlockMask (built outside the timing)."""
+    """doc_attention on CPU (the C++ span kernel at head_dim 64) vs eager flex_attention with our
+    BlockMask (built outside the timing); forward only."""
     torch.manual_seed(0)
     B, H, hd = 2, 8, 64
     q, k, v = (torch.randn(B, H, T, hd) for _ in range(3))
@@ -131,3 +132,26 @@ def test_cpu_attention_sdpa_vs_flex_eager(compare, T):
     compare(lambda: doc_attention(q, k, v, ids), lambda: flex_attention(q, k, v, block_mask=bm),
             units=B * T, unit_name="tokens", baseline_reps=1 if T >= 1024 else 3, rounds=5 if T < 2048 else 3,
             T=T, B=B, H=H, head_dim=hd, baseline_kind="flex_attention eager")
+
+
+@pytest.mark.parametrize("shape", [(64, 8, 256, 16), (16, 6, 512, 64)], ids=["tiny_64x8x256x16", "small_16x6x512x64"])
+@pytest.mark.parametrize("docs", [False, True], ids=["causal", "doc_causal"])
+def test_cpu_span_kernel_fwd_bwd_vs_sdpa(compare, shape, docs):
+    """Training attention (forward + backward, fp32): the C++ span kernel vs SDPA's CPU flash kernel,
+    is_causal without documents, the dense span mask with 8 documents per row (the Python twin)."""
+    torch.manual_seed(0)
+    B, H, T, hd = shape
+    q, k, v = (torch.randn(B, H, T, hd, requires_grad=True) for _ in range(3))
+    go = torch.randn(B, H, T, hd)
+    ids = _ids(T, 8, B) if docs else None
+
+    def run(impl):
+        def step():
+            with _dispatch.use(impl):
+                out = doc_attention(q, k, v, ids, kind="doc_causal")
+            torch.autograd.grad(out, (q, k, v), go)
+        return step
+
+    compare(run("cpp"), run("python"), units=B * T, unit_name="tokens", baseline_reps=3, rounds=5,
+            shape="x".join(map(str, shape)), docs=8 if docs else 1,
+            baseline_kind="sdpa + dense span mask" if docs else "sdpa is_causal")

@@ -1,7 +1,8 @@
 """What this machine offers (extension, Triton, CUDA, interpreter, bf16-capable CPU) and which path each op takes.
 
 Environment variables that force a path:
-  CRAFT_NATIVE=python|cpp          native ops (pad_units, join_pad, build_dvt, LinkDetector, Trie)
+  CRAFT_NATIVE=python|cpp          native ops (pad_units, join_pad, build_dvt, LinkDetector, Trie,
+                                   CPU span attention)
   CRAFT_KERNELS_IMPL=torch|triton  tensor kernels (swiglu, act_accumulate) regardless of device
 """
 from __future__ import annotations
@@ -138,7 +139,9 @@ def backend_info() -> dict:
             "native (pad_units, join_pad, build_dvt, LinkDetector, Trie)": native,
             "swiglu": kernels_impl(dev),
             "act_accumulate": kernels_impl(dev),
-            "doc_attention": "flex_attention (compiled)" if cuda else "sdpa + dense span mask",
+            "doc_attention": "flex_attention (compiled)" if cuda else (
+                "C++ span kernel (causal, doc_causal; head_dim 16/32/64/128), else sdpa + dense span mask"
+                if native == "cpp" else "sdpa + dense span mask"),
         },
     }
 

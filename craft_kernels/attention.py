@@ -1,9 +1,11 @@
 """doc_attention: attention restricted by document spans (and links), one call for CPU and CUDA.
 
 CUDA: compiled FlexAttention with a BlockMask built directly from the ids (:func:`doc_block_mask`).
-CPU: SDPA with the dense span mask (FlexAttention has no CPU backward in torch 2.13, and SDPA with
-a dense mask is faster there; see benchmarks/test_doc_masks.py). Rows with nothing to attend to
-(padding) give zeros on every path, never NaN, in forward and backward.
+CPU: ``causal``/``doc_causal`` go to the C++ span-attention kernel (:mod:`craft_kernels.span_attention`)
+when the extension is selected and the head dim is 16/32/64/128; other kinds (and
+``CRAFT_NATIVE=python``) use SDPA with the dense span mask (FlexAttention has no CPU backward in
+torch 2.13, and SDPA with a dense mask is faster there; see benchmarks/test_doc_masks.py). Rows with
+nothing to attend to (padding) give zeros on every path, never NaN, in forward and backward.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from craft_kernels.doc_masks import _check_kind, doc_block_mask, doc_dense_mask
+from craft_kernels.span_attention import span_attention, supports as span_supports
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,6 +67,9 @@ def doc_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: to
     _check(q, k, v, doc_ids, block_mask)
     B, H, T, _ = q.shape
     gqa = k.shape[1] != H
+    spans = kind == "doc_causal" or (kind == "causal" and doc_ids is None)
+    if spans and links is None and span_supports(q):
+        return span_attention(q, k, v, doc_ids, scale)  # CPU: the C++ kernel (see span_attention.py)
     if doc_ids is None and block_mask is None and links is None and kind != "cross_doc_link":
         if kind in ("causal", "doc_causal"):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)

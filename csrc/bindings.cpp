@@ -25,4 +25,5 @@ PYBIND11_MODULE(_C, m) {
     craft::bind_link_detector(m);
     craft::bind_trie(m);
     craft::bind_act_scan(m);
+    craft::bind_span_attention(m);
 }

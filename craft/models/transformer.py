@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from craft_kernels import SwiGLUMLP, doc_attention
+from craft_kernels.span_attention import supports as span_supports
 from craft.generation.kv_cache import KVCache
 from craft.models.base import GenerativeModel
 from craft.models.config import ModelConfig
@@ -68,11 +69,14 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 def sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention of the whole sequence, q (B, H, T, hd), k/v (B, H_kv, T, hd) → (B, H, T, hd)
-    in q's dtype; within each document when ``doc_ids`` (B, T) is given (``doc_attention``).
+    in q's dtype; within each document when ``doc_ids`` (B, T) is given.
 
-    On CPU, fp16/bf16 inputs are attended in fp32 with autocast off: the CPU flash kernel's
-    half-precision backward is the slow part (measured fwd+bwd at 64x8x256x16 on the dev CPU: 143 ms
+    On CPU this is ``doc_attention``'s C++ span kernel (fp32 math) where it applies. Otherwise, on
+    CPU, fp16/bf16 inputs go through SDPA in fp32 with autocast off: the CPU flash kernel's
+    half-precision backward is its slow part (measured fwd+bwd at 64x8x256x16 on the dev CPU: 143 ms
     bf16 vs 86 ms fp32 causal, 206 vs 120 ms with document masks; equal at head_dim 64)."""
+    if span_supports(q):
+        return doc_attention(q, k, v, doc_ids, kind="doc_causal")
     dtype = q.dtype
     upcast = q.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)
     if upcast:

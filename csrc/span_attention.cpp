@@ -1,0 +1,425 @@
+// Causal attention inside document spans on CPU, fp32, forward and backward.
+//
+// Query i of batch row b attends the keys j <= i of its document: ids[b, j] == ids[b, i] (ids < 0 are
+// padding: an empty row, output 0, lse -inf, no gradient). Keys are scanned from the document's first
+// position, so packed documents (contiguous runs) cost only their causal window; ids that recur
+// after other documents are still masked exactly. Small head dims (16..128) are where
+// the CPU flash kernel of SDPA is weakest: its per-block GEMM calls have K = head_dim. Here a block of
+// R query rows is scored against 16 keys at a time with the keys transposed (one FMA per query row and
+// head-dim element, accumulators in registers), softmax uses a branch-free exp that vectorises, and
+// P@V / the gradient scatters run over contiguous head-dim rows. Threads split the B*H heads (each
+// thread owns its heads' dK/dV: no atomics). GIL released. Reference: craft_kernels/attention.py.
+#include <pybind11/numpy.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bindings.h"
+
+namespace py = pybind11;
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+namespace craft {
+namespace {
+
+using i64 = int64_t;
+constexpr int L = 16;  // keys per score chunk (one AVX-512 register of fp32)
+constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__clang__)
+#define CRAFT_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CRAFT_MULTIVERSION
+#endif
+
+// 16 fp32 lanes (GCC/Clang vector extensions: one AVX-512 register, two AVX2 ones, four NEON/SSE ones).
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));  // unaligned loads and stores
+typedef int32_t v16iu __attribute__((vector_size(64), aligned(4)));
+
+inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
+inline void store(float* p, v16 x) { *reinterpret_cast<v16u*>(p) = x; }
+inline v16i loadi(const int32_t* p) { return *reinterpret_cast<const v16iu*>(p); }
+inline v16 splat(float x) { return v16{} + x; }
+
+// exp(x) for x <= 0 (softmax arguments), relative error < 2e-7; arguments below -87 give ~1.6e-38.
+// 2^n * p(r), x = n ln2 + r, |r| <= ln2/2, degree-6 Taylor polynomial; branch-free.
+inline v16 exp_neg(v16 x) {
+    x = x < -87.f ? splat(-87.f) : x;
+    x = x > 0.f ? splat(0.f) : x;
+    const v16 n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest (1.5 * 2^23)
+    const v16 r = x - n * 0.693145751953125f - n * 1.42860682030941723e-6f;
+    v16 p = splat(1.f / 720);
+    p = p * r + 1.f / 120;
+    p = p * r + 1.f / 24;
+    p = p * r + 1.f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    const v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
+    return p * (v16)bits;
+}
+
+inline float hmax(v16 x) {
+    float m = x[0];
+    for (int l = 1; l < L; ++l) m = std::max(m, x[l]);
+    return m;
+}
+
+inline float hsum(v16 x) {
+    float s = 0.f;
+    for (int l = 0; l < L; ++l) s += x[l];
+    return s;
+}
+
+struct Geometry {
+    i64 heads, H, T;  // heads = B * H
+};
+
+// One (batch, head) problem: row-major q/k/v (T, HD); kT/vT (HD, Tp) transposed, zero-padded; ids
+// padded with -2 up to Tp (never equal to a real id or padding's -1 check: padding rows are empty).
+template <int HD>
+struct Head {
+    static constexpr int M = HD / L;            // registers per head-dim row
+    static constexpr int R = HD <= 16 ? 8 : 4;  // query rows per block (their accumulators stay in registers)
+    i64 T, Tp;
+    std::vector<float> kT, vT;
+    std::vector<int32_t> ids;
+
+    explicit Head(i64 T_) : T(T_), Tp((T_ + L - 1) / L * L + L), kT(HD * Tp), vT(HD * Tp), ids(Tp) {}
+
+    void transpose(const float* x, std::vector<float>& xT) const {
+        for (int d = 0; d < HD; ++d) {
+            float* row = xT.data() + d * Tp;
+            for (i64 j = 0; j < T; ++j) row[j] = x[j * HD + d];
+            std::fill(row + T, row + Tp, 0.f);
+        }
+    }
+
+    void set_ids(const int32_t* id) {
+        std::copy(id, id + T, ids.begin());
+        std::fill(ids.begin() + T, ids.end(), -2);
+    }
+
+    // s[rr * Tp + j] = rows[rr] . xT[:, lo + j] for j in [0, n) rounded up to L.
+    void scores(const float (&rows)[R][HD], const std::vector<float>& xT, i64 lo, i64 n, float* s) const {
+        for (i64 jb = 0; jb < n; jb += L) {
+            v16 acc[R] = {};
+            for (int d = 0; d < HD; ++d) {
+                const v16 kr = load(xT.data() + d * Tp + lo + jb);
+                for (int rr = 0; rr < R; ++rr) acc[rr] += rows[rr][d] * kr;
+            }
+            for (int rr = 0; rr < R; ++rr) store(s + rr * Tp + jb, acc[rr]);
+        }
+    }
+
+    // Lanes of chunk jb (keys lo + jb ..) inside the window [a, e) and of document di: all ones, else 0.
+    // A pure window (one contiguous document) needs no id test and no mask away from its two edges.
+    v16i window_mask(i64 jb, i64 a, i64 e, int32_t di, i64 lo, bool pure) const {
+        const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+        if (pure && jb >= a && jb + L <= e) return v16i{} - 1;
+        const v16i j = lane + static_cast<int32_t>(jb);
+        v16i ok = (j >= static_cast<int32_t>(a)) & (j < static_cast<int32_t>(e));
+        if (!pure) ok &= loadi(ids.data() + lo + jb) == di;
+        return ok;
+    }
+
+    // p = exp(s - shift) inside the window, 0 outside, in place; returns the sum.
+    float exp_window(float* s, i64 n, i64 a, i64 e, int32_t di, float shift, i64 lo, bool pure) const {
+        v16 sum = {};
+        for (i64 jb = 0; jb < n; jb += L) {
+            const v16i ok = window_mask(jb, a, e, di, lo, pure);
+            const v16 p = (v16)((v16i)exp_neg(load(s + jb) - shift) & ok);
+            store(s + jb, p);
+            sum += p;
+        }
+        return hsum(sum);
+    }
+
+    float window_max(const float* s, i64 n, i64 a, i64 e, int32_t di, i64 lo, bool pure) const {
+        const v16i ninf = (v16i)splat(NEG_INF);
+        v16 m = splat(NEG_INF);
+        for (i64 jb = 0; jb < n; jb += L) {
+            const v16i ok = window_mask(jb, a, e, di, lo, pure);
+            const v16 x = (v16)(((v16i)load(s + jb) & ok) | (ninf & ~ok));
+            m = x > m ? x : m;
+        }
+        return hmax(m);
+    }
+};
+
+// Rows i0..i0+r-1 see keys in [lo, i0 + r): lo16 = lo rounded down to L, n = keys scanned from lo16.
+inline void block_range(const i64* st, i64 i0, int r, i64& lo16, i64& n) {
+    i64 lo = i0 + r;
+    for (int rr = 0; rr < r; ++rr) lo = std::min<i64>(lo, st[i0 + rr]);
+    lo16 = lo / L * L;
+    n = i0 + r - lo16;
+}
+
+template <int HD>
+CRAFT_MULTIVERSION void forward_heads(const float* q, const float* k, const float* v, const int32_t* ids,
+                                      const i64* first, const uint8_t* pure, float scale, Geometry g, float* out, float* lse, i64 h0,
+                                      i64 step) {
+    constexpr int M = HD / L, R = Head<HD>::R;
+    const i64 T = g.T;
+    Head<HD> h(T);
+    std::vector<float> s(static_cast<size_t>(R * h.Tp));
+    for (i64 bh = h0; bh < g.heads; bh += step) {
+        const i64 b = bh / g.H, base = bh * T * HD;
+        const float *qh = q + base, *vh = v + base;
+        const int32_t* id = ids + b * T;
+        const i64* st = first + b * T;
+        const uint8_t* pu = pure + b * T;
+        h.transpose(k + base, h.kT);
+        h.set_ids(id);
+        for (i64 i0 = 0; i0 < T; i0 += R) {
+            const int r = static_cast<int>(std::min<i64>(R, T - i0));
+            i64 lo16, n;
+            block_range(st, i0, r, lo16, n);
+            float qs[R][HD] = {};
+            for (int rr = 0; rr < r; ++rr)
+                for (int d = 0; d < HD; ++d) qs[rr][d] = qh[(i0 + rr) * HD + d] * scale;
+            h.scores(qs, h.kT, lo16, n, s.data());
+            for (int rr = 0; rr < R; ++rr) {
+                float* pr = s.data() + rr * h.Tp;
+                const i64 i = i0 + rr;
+                if (rr >= r || st[i] > i) {  // past the end, or padding: no keys
+                    std::fill(pr, pr + (n + L - 1) / L * L, 0.f);
+                    if (rr < r) lse[bh * T + i] = NEG_INF;
+                    continue;
+                }
+                const i64 a = st[i] - lo16, e = i - lo16 + 1;
+                const bool pure = pu[i];
+                const float m = h.window_max(pr, n, a, e, id[i], lo16, pure);
+                const float sum = h.exp_window(pr, n, a, e, id[i], m, lo16, pure);
+                const float inv = 1.f / sum;
+                for (i64 j = a; j < e; ++j) pr[j] *= inv;
+                lse[bh * T + i] = m + std::log(sum);
+            }
+            v16 o[R][M] = {};
+            for (i64 j = 0; j < n; ++j) {
+                const float* vj = vh + (lo16 + j) * HD;
+                v16 vr[M];
+                for (int c = 0; c < M; ++c) vr[c] = load(vj + c * L);
+                for (int rr = 0; rr < R; ++rr) {
+                    const float pj = s[rr * h.Tp + j];
+                    for (int c = 0; c < M; ++c) o[rr][c] += pj * vr[c];
+                }
+            }
+            for (int rr = 0; rr < r; ++rr)
+                for (int c = 0; c < M; ++c) store(out + base + (i0 + rr) * HD + c * L, o[rr][c]);
+        }
+    }
+}
+
+template <int HD>
+CRAFT_MULTIVERSION void backward_heads(const float* q, const float* k, const float* v, const float* out,
+                                       const float* dout, const float* lse, const int32_t* ids, const i64* first,
+                                       const uint8_t* pure, float scale, Geometry g, float* dq, float* dk, float* dv, i64 h0, i64 step) {
+    constexpr int M = HD / L, R = Head<HD>::R;
+    const i64 T = g.T;
+    Head<HD> h(T);
+    std::vector<float> p(static_cast<size_t>(R * h.Tp)), ds(static_cast<size_t>(R * h.Tp));
+    for (i64 bh = h0; bh < g.heads; bh += step) {
+        const i64 b = bh / g.H, base = bh * T * HD;
+        const float *qh = q + base, *kh = k + base, *oh = out + base, *doh = dout + base;
+        float *dqh = dq + base, *dkh = dk + base, *dvh = dv + base;
+        const int32_t* id = ids + b * T;
+        const i64* st = first + b * T;
+        const uint8_t* pu = pure + b * T;
+        h.transpose(kh, h.kT);
+        h.transpose(v + base, h.vT);
+        h.set_ids(id);
+        std::fill(dkh, dkh + T * HD, 0.f);
+        std::fill(dvh, dvh + T * HD, 0.f);
+        for (i64 i0 = 0; i0 < T; i0 += R) {
+            const int r = static_cast<int>(std::min<i64>(R, T - i0));
+            i64 lo16, n;
+            block_range(st, i0, r, lo16, n);
+            float qs[R][HD] = {}, dos[R][HD] = {}, delta[R] = {};
+            for (int rr = 0; rr < r; ++rr) {
+                const i64 i = i0 + rr;
+                float dsum = 0.f;
+                for (int d = 0; d < HD; ++d) {
+                    qs[rr][d] = qh[i * HD + d] * scale;
+                    dos[rr][d] = doh[i * HD + d];
+                    dsum += dos[rr][d] * oh[i * HD + d];
+                }
+                delta[rr] = dsum;
+            }
+            h.scores(qs, h.kT, lo16, n, p.data());    // scaled scores
+            h.scores(dos, h.vT, lo16, n, ds.data());  // dP = dO . v
+            for (int rr = 0; rr < R; ++rr) {
+                float *pr = p.data() + rr * h.Tp, *dr = ds.data() + rr * h.Tp;
+                const i64 i = i0 + rr;
+                const i64 nn = (n + L - 1) / L * L;
+                if (rr >= r || st[i] > i) {
+                    std::fill(pr, pr + nn, 0.f);
+                    std::fill(dr, dr + nn, 0.f);
+                    continue;
+                }
+                h.exp_window(pr, n, st[i] - lo16, i - lo16 + 1, id[i], lse[bh * T + i], lo16, pu[i]);
+                for (i64 jb = 0; jb < nn; jb += L)  // dS = P * (dP - delta), w.r.t. the scaled scores
+                    store(dr + jb, load(pr + jb) * (load(dr + jb) - delta[rr]));
+            }
+            v16 dqs[R][M] = {}, qv[R][M], dov[R][M];
+            for (int rr = 0; rr < R; ++rr)
+                for (int c = 0; c < M; ++c) {
+                    qv[rr][c] = load(qs[rr] + c * L);
+                    dov[rr][c] = load(dos[rr] + c * L);
+                }
+            for (i64 j = 0; j < n; ++j) {
+                const i64 key = lo16 + j;
+                v16 kr[M], dka[M] = {}, dva[M] = {};
+                for (int c = 0; c < M; ++c) kr[c] = load(kh + key * HD + c * L);
+                for (int rr = 0; rr < R; ++rr) {
+                    const float pj = p[rr * h.Tp + j], dsj = ds[rr * h.Tp + j];
+                    for (int c = 0; c < M; ++c) {
+                        dqs[rr][c] += dsj * kr[c];
+                        dka[c] += dsj * qv[rr][c];  // qs carries the scale: dK = scale * dS^T Q
+                        dva[c] += pj * dov[rr][c];
+                    }
+                }
+                for (int c = 0; c < M; ++c) {
+                    store(dkh + key * HD + c * L, load(dkh + key * HD + c * L) + dka[c]);
+                    store(dvh + key * HD + c * L, load(dvh + key * HD + c * L) + dva[c]);
+                }
+            }
+            for (int rr = 0; rr < r; ++rr)
+                for (int c = 0; c < M; ++c) store(dqh + (i0 + rr) * HD + c * L, dqs[rr][c] * scale);
+        }
+    }
+}
+
+template <class Fn>
+void run_threads(i64 heads, int n_threads, Fn fn) {
+    const i64 nt = std::max<i64>(1, std::min<i64>(n_threads, heads));
+    if (nt == 1) {
+        fn(0, 1);
+        return;
+    }
+    std::vector<std::thread> pool;
+    pool.reserve(static_cast<size_t>(nt - 1));
+    for (i64 t = 1; t < nt; ++t) pool.emplace_back(fn, t, nt);
+    fn(0, nt);
+    for (auto& th : pool) th.join();
+}
+
+Geometry check(const F32& q, const F32& k, const F32& v, const I32& ids) {
+    if (q.ndim() != 4) throw py::value_error("q: expected (B, H, T, head_dim) float32");
+    for (const F32* x : {&k, &v})
+        for (int d = 0; d < 4; ++d)
+            if (x->ndim() != 4 || x->shape(d) != q.shape(d))
+                throw py::value_error("k, v: expected the shape of q (repeat grouped K/V heads first)");
+    if (ids.ndim() != 2 || ids.shape(0) != q.shape(0) || ids.shape(1) != q.shape(2))
+        throw py::value_error("ids: expected (B, T) int32 document ids (-1 = padding)");
+    return Geometry{q.shape(0) * q.shape(1), q.shape(1), q.shape(2)};
+}
+
+// first[b, i]: the first position of ids[b, i]'s document in row b (i + 1 for padding: an empty window);
+// pure[b, i]: every position of that window belongs to the document (it has not been interrupted).
+std::vector<i64> first_positions(const int32_t* ids, i64 B, i64 T, std::vector<uint8_t>& pure) {
+    std::vector<i64> first(static_cast<size_t>(B * T));
+    pure.assign(static_cast<size_t>(B * T), 1);
+    std::vector<std::pair<int32_t, i64>> seen;  // (id, first position), few documents per row
+    for (i64 b = 0; b < B; ++b) {
+        seen.clear();
+        const int32_t* id = ids + b * T;
+        for (i64 i = 0; i < T; ++i) {
+            i64 f = i + 1;
+            if (id[i] >= 0) {
+                if (i > 0 && id[i] == id[i - 1]) {
+                    f = first[static_cast<size_t>(b * T + i - 1)];
+                    pure[static_cast<size_t>(b * T + i)] = pure[static_cast<size_t>(b * T + i - 1)];
+                } else {
+                    f = i;
+                    for (const auto& s : seen)
+                        if (s.first == id[i]) f = s.second;
+                    if (f == i)
+                        seen.emplace_back(id[i], i);
+                    else
+                        pure[static_cast<size_t>(b * T + i)] = 0;  // the document resumes after another
+                }
+            }
+            first[static_cast<size_t>(b * T + i)] = f;
+        }
+    }
+    return first;
+}
+
+template <class F>
+void dispatch_hd(i64 hd, F f) {
+    switch (hd) {
+        case 16: f(std::integral_constant<int, 16>{}); break;
+        case 32: f(std::integral_constant<int, 32>{}); break;
+        case 64: f(std::integral_constant<int, 64>{}); break;
+        case 128: f(std::integral_constant<int, 128>{}); break;
+        default: throw py::value_error("head_dim: " + std::to_string(hd) + " is not one of 16, 32, 64, 128");
+    }
+}
+
+py::tuple span_attention_forward(F32 q, F32 k, F32 v, I32 ids, float scale, int n_threads) {
+    const Geometry g = check(q, k, v, ids);
+    const i64 hd = q.shape(3);
+    F32 out({q.shape(0), q.shape(1), q.shape(2), q.shape(3)});
+    F32 lse({q.shape(0), q.shape(1), q.shape(2)});
+    const float *pq = q.data(), *pk = k.data(), *pv = v.data();
+    const int32_t* pi = ids.data();
+    float *po = out.mutable_data(), *pl = lse.mutable_data();
+    dispatch_hd(hd, [&](auto c) {
+        constexpr int HD = decltype(c)::value;
+        py::gil_scoped_release nogil;
+        std::vector<uint8_t> pure;
+        const std::vector<i64> first = first_positions(pi, q.shape(0), g.T, pure);
+        run_threads(g.heads, n_threads, [&](i64 t, i64 nt) {
+            forward_heads<HD>(pq, pk, pv, pi, first.data(), pure.data(), scale, g, po, pl, t, nt);
+        });
+    });
+    return py::make_tuple(out, lse);
+}
+
+py::tuple span_attention_backward(F32 q, F32 k, F32 v, F32 out, F32 dout, F32 lse, I32 ids, float scale,
+                                  int n_threads) {
+    const Geometry g = check(q, k, v, ids);
+    check(out, dout, dout, ids);
+    if (lse.ndim() != 3 || lse.shape(0) != q.shape(0) || lse.shape(1) != q.shape(1) || lse.shape(2) != q.shape(2))
+        throw py::value_error("lse: expected (B, H, T) from the forward");
+    const i64 hd = q.shape(3);
+    F32 dq({q.shape(0), q.shape(1), q.shape(2), hd}), dk({q.shape(0), q.shape(1), q.shape(2), hd}),
+        dv({q.shape(0), q.shape(1), q.shape(2), hd});
+    const float *pq = q.data(), *pk = k.data(), *pv = v.data(), *po = out.data(), *pdo = dout.data(),
+                *pl = lse.data();
+    const int32_t* pi = ids.data();
+    float *pdq = dq.mutable_data(), *pdk = dk.mutable_data(), *pdv = dv.mutable_data();
+    dispatch_hd(hd, [&](auto c) {
+        constexpr int HD = decltype(c)::value;
+        py::gil_scoped_release nogil;
+        std::vector<uint8_t> pure;
+        const std::vector<i64> first = first_positions(pi, q.shape(0), g.T, pure);
+        run_threads(g.heads, n_threads, [&](i64 t, i64 nt) {
+            backward_heads<HD>(pq, pk, pv, po, pdo, pl, pi, first.data(), pure.data(), scale, g, pdq, pdk, pdv, t, nt);
+        });
+    });
+    return py::make_tuple(dq, dk, dv);
+}
+
+}  // namespace
+
+void bind_span_attention(py::module_& m) {
+    m.def("span_attention_forward", &span_attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),
+          py::arg("ids"), py::arg("scale"), py::arg("n_threads"),
+          "(out (B,H,T,hd), lse (B,H,T)) of causal attention within documents ids (B,T) int32 (-1 = padding); fp32.");
+    m.def("span_attention_backward", &span_attention_backward, py::arg("q"), py::arg("k"), py::arg("v"),
+          py::arg("out"), py::arg("dout"), py::arg("lse"), py::arg("ids"), py::arg("scale"), py::arg("n_threads"),
+          "(dq, dk, dv) of span_attention_forward.");
+}
+
+}  // namespace craft

@@ -1,0 +1,130 @@
+"""The C++ span-attention kernel (CPU) against a float64 plain-PyTorch reference, forward and
+backward: head dims 16..128, odd lengths, documents with padding, documents that resume after
+another one, grouped-query heads, non-contiguous views, empty batches, fp16/bf16 inputs; its
+routing from doc_attention and the model; torch.compile and opcheck."""
+import pytest
+import torch
+
+from craft_kernels import doc_attention, doc_dense_mask
+from craft_kernels.native import _dispatch
+from craft_kernels.span_attention import span_attention
+from test_attention import reference_attention
+
+# fp32 kernel math (accumulation over <= 128 keys): outputs and gradients within 2e-5 of float64
+TOL = {torch.float32: dict(rtol=1e-4, atol=2e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+       torch.float16: dict(rtol=2e-3, atol=2e-3)}
+
+
+def _ids(B, T, pattern):
+    if pattern is None:
+        return None
+    if pattern == "packed":  # three documents and trailing padding
+        row = [0] * (T // 3) + [1] * (T // 3) + [2] * (T // 6) + [-1] * (T - T // 3 * 2 - T // 6)
+    elif pattern == "resumed":  # document 0 resumes after document 1: the window is not one run
+        row = [0] * (T // 4) + [1] * (T // 4) + [0] * (T - 2 * (T // 4))
+    elif pattern == "padding_first":
+        row = [-1] * (T // 2) + [5] * (T - T // 2)
+    else:
+        raise ValueError(pattern)
+    return torch.tensor([row] * B)
+
+
+def _check(B, H, Hkv, T, hd, pattern, dtype=torch.float32, transpose=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if transpose:  # (B, T, H, hd) storage seen as (B, H, T, hd): non-contiguous views
+        q = torch.randn(B, T, H, hd, generator=g).to(dtype).transpose(1, 2)
+        k = torch.randn(B, T, Hkv, hd, generator=g).to(dtype).transpose(1, 2)
+        v = torch.randn(B, T, Hkv, hd, generator=g).to(dtype).transpose(1, 2)
+    else:
+        q = torch.randn(B, H, T, hd, generator=g).to(dtype)
+        k = torch.randn(B, Hkv, T, hd, generator=g).to(dtype)
+        v = torch.randn(B, Hkv, T, hd, generator=g).to(dtype)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    ids = _ids(B, T, pattern)
+    out = span_attention(q, k, v, ids)
+    assert out.dtype == dtype and out.shape == (B, H, T, hd)
+    mask = doc_dense_mask(torch.zeros(B, T, dtype=torch.long) if ids is None else ids, "doc_causal")
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))  # the same (rounded) inputs
+    ref = reference_attention(q64, k64, v64, mask)
+    go = torch.randn(out.shape, generator=g).to(dtype)
+    grads = torch.autograd.grad(out, (q, k, v), go)
+    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), go.double())
+    tol = TOL[dtype]
+    torch.testing.assert_close(out.double(), ref, **tol)
+    for name, a, b in zip("qkv", grads, ref_grads):
+        torch.testing.assert_close(a.double(), b, **tol, msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("hd", [16, 32, 64, 128])
+@pytest.mark.parametrize("T", [1, 5, 37, 70])
+@pytest.mark.parametrize("pattern", [None, "packed", "resumed"])
+def test_matches_float64_reference(hd, T, pattern):
+    _check(2, 3, 3, T, hd, pattern if T >= 4 else None)
+
+
+@pytest.mark.parametrize("case", ["gqa", "transposed", "padding_first", "long"])
+def test_layouts_and_edges(case):
+    if case == "gqa":
+        _check(2, 4, 2, 45, 32, "packed")
+    elif case == "transposed":
+        _check(2, 3, 3, 33, 16, "packed", transpose=True)
+    elif case == "padding_first":
+        _check(1, 2, 2, 20, 16, "padding_first")  # padding rows: zeros out, zero gradients, no NaN
+    else:
+        _check(1, 2, 2, 300, 16, "resumed", seed=3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_computed_in_fp32(dtype):
+    _check(2, 2, 2, 40, 16, "packed", dtype=dtype)
+
+
+def test_empty_batch():
+    q = torch.randn(0, 2, 7, 16, requires_grad=True)
+    out = span_attention(q, q, q)
+    assert out.shape == (0, 2, 7, 16)
+    out.sum().backward()
+    assert q.grad.shape == q.shape
+
+
+def test_doc_attention_routes_here_and_matches_python_twin():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 4, 50, 16, generator=g) for _ in range(3))
+    ids = _ids(2, 50, "packed")
+    with _dispatch.use("cpp"):
+        fast = doc_attention(q, k, v, ids, kind="doc_causal")
+        causal = doc_attention(q, k, v, None, kind="causal")
+    with _dispatch.use("python"):  # SDPA with the dense span mask
+        slow = doc_attention(q, k, v, ids, kind="doc_causal")
+        causal_ref = doc_attention(q, k, v, None, kind="causal")
+    torch.testing.assert_close(fast, slow, **TOL[torch.float32])
+    torch.testing.assert_close(causal, causal_ref, **TOL[torch.float32])
+
+
+def test_unsupported_head_dim():
+    q = torch.randn(1, 2, 9, 24)
+    with pytest.raises(ValueError, match="q: span_attention needs"):
+        span_attention(q, q, q)
+    out = doc_attention(q, q, q, None, kind="doc_causal")  # falls back to SDPA
+    torch.testing.assert_close(out.double(), reference_attention(q, q, q, doc_dense_mask(
+        torch.zeros(1, 9, dtype=torch.long), "doc_causal")), **TOL[torch.float32])
+
+
+def test_bad_ids_shape_is_a_clear_error():
+    q = torch.randn(1, 2, 9, 16)
+    with pytest.raises(ValueError, match="ids: expected"):
+        torch.ops.craft.span_attention_fwd(q, q, q, torch.zeros(1, 8, dtype=torch.int32), 0.25)
+
+
+def test_compiles_fullgraph_and_passes_opcheck():
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 2, 33, 16, generator=g, requires_grad=True) for _ in range(3))
+    ids = _ids(2, 33, "packed")
+    fn = torch.compile(lambda a, b, c: span_attention(a, b, c, ids), fullgraph=True)
+    out = fn(q, k, v)
+    ref = span_attention(q, k, v, ids)
+    torch.testing.assert_close(out, ref)
+    gq = torch.autograd.grad(out.sum(), q)[0]
+    torch.testing.assert_close(gq, torch.autograd.grad(ref.sum(), q)[0])
+    torch.library.opcheck(torch.ops.craft.span_attention_fwd.default,
+                          (q.detach(), k.detach(), v.detach(), ids.int(), 0.25))
