@@ -188,6 +188,7 @@ CRAFT_MULTIVERSION void forward_heads(const float* q, const float* k, const floa
             for (int rr = 0; rr < r; ++rr)
                 for (int d = 0; d < HD; ++d) qs[rr][d] = qh[(i0 + rr) * HD + d] * scale;
             h.scores(qs, h.kT, lo16, n, s.data());
+            float inv[R] = {};
             for (int rr = 0; rr < R; ++rr) {
                 float* pr = s.data() + rr * h.Tp;
                 const i64 i = i0 + rr;
@@ -200,8 +201,7 @@ CRAFT_MULTIVERSION void forward_heads(const float* q, const float* k, const floa
                 const bool pure = pu[i];
                 const float m = h.window_max(pr, n, a, e, id[i], lo16, pure);
                 const float sum = h.exp_window(pr, n, a, e, id[i], m, lo16, pure);
-                const float inv = 1.f / sum;
-                for (i64 j = a; j < e; ++j) pr[j] *= inv;
+                inv[rr] = 1.f / sum;  // applied to the output row: P stays unnormalised
                 lse[bh * T + i] = m + std::log(sum);
             }
             v16 o[R][M] = {};
@@ -215,7 +215,7 @@ CRAFT_MULTIVERSION void forward_heads(const float* q, const float* k, const floa
                 }
             }
             for (int rr = 0; rr < r; ++rr)
-                for (int c = 0; c < M; ++c) store(out + base + (i0 + rr) * HD + c * L, o[rr][c]);
+                for (int c = 0; c < M; ++c) store(out + base + (i0 + rr) * HD + c * L, o[rr][c] * inv[rr]);
         }
     }
 }
