@@ -75,6 +75,31 @@ struct TokenTables {
         }
     }
     i64 vocab() const { return static_cast<i64>(kind.size()); }
+
+    // A Python list of token ids, the int objects cached per id (links repeat few distinct ids; GIL held).
+    py::list id_list(const std::vector<i64>& ids) const {
+        if (ints.empty()) ints.assign(kind.size(), nullptr);
+        PyObject* list = PyList_New(static_cast<py::ssize_t>(ids.size()));
+        if (!list) throw py::error_already_set();
+        for (size_t k = 0; k < ids.size(); ++k) {
+            PyObject*& o = ints[static_cast<size_t>(ids[k])];
+            if (!o && !(o = PyLong_FromLongLong(ids[k]))) {
+                Py_DECREF(list);
+                throw py::error_already_set();
+            }
+            Py_INCREF(o);
+            PyList_SET_ITEM(list, static_cast<py::ssize_t>(k), o);
+        }
+        return py::reinterpret_steal<py::list>(list);
+    }
+
+    TokenTables(const TokenTables&) = delete;
+    TokenTables& operator=(const TokenTables&) = delete;
+    ~TokenTables() {
+        for (PyObject* o : ints) Py_XDECREF(o);  // destroyed with its core, under the GIL
+    }
+
+    mutable std::vector<PyObject*> ints;
 };
 
 struct Limits {
@@ -93,9 +118,9 @@ struct Link {
     std::vector<i64> text_ids, target_ids;
 };
 
-py::tuple link_tuple(const Link& l) {
+py::tuple link_tuple(const Link& l, const TokenTables& tt) {
     return py::make_tuple(l.ob, l.cb, l.op, l.cp, l.obo, l.cbo, l.opo, l.cpo, py::bytes(l.text), py::bytes(l.target),
-                          l.image, l.text_ids, l.target_ids);
+                          l.image, tt.id_list(l.text_ids), tt.id_list(l.target_ids));
 }
 
 // One stream's state machine (see the rules in link_detector.py's module docstring).
@@ -373,7 +398,7 @@ class LinkDetectorCore {
             for (i64 i = 0; i < n; ++i) s_.push(*tt_, lim_, p[i], out);
         }
         py::list res;
-        for (const auto& l : out) res.append(link_tuple(l));
+        for (const auto& l : out) res.append(link_tuple(l, *tt_));
         return res;
     }
 
@@ -382,7 +407,7 @@ class LinkDetectorCore {
         out_.clear();
         s_.push(*tt_, lim_, t, out_);
         if (out_.empty()) return py::none();
-        return link_tuple(out_.back());
+        return link_tuple(out_.back(), *tt_);
     }
 
    private:
@@ -419,7 +444,7 @@ class BatchLinkDetectorCore {
         py::list res(static_cast<size_t>(b));
         for (i64 r = 0; r < b; ++r) {
             const auto& o = out_[static_cast<size_t>(r)];
-            res[static_cast<size_t>(r)] = o.empty() ? py::object(py::none()) : py::object(link_tuple(o.back()));
+            res[static_cast<size_t>(r)] = o.empty() ? py::object(py::none()) : py::object(link_tuple(o.back(), *tt_));
         }
         return res;
     }
