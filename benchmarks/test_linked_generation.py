@@ -60,6 +60,7 @@ def run_once(cls, model, tok, cfg, scripts, compile=False):
 
 @pytest.mark.parametrize("preset, tokenizer, words, cache", [
     ("tiny", "byte", 6, 512),  # what `craft train` builds by default (byte tokenizer, 258 ids)
+    ("small", "byte", 6, 512),
     ("tiny", "gpt2", 24, None),  # 50257 ids: the output head (6.4M weights) dominates each step
     ("small", "gpt2", 12, None),
 ])

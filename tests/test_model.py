@@ -146,6 +146,21 @@ def test_forward_step_matches_full_forward(n_kv_heads):
             torch.testing.assert_close(step, full[:, a:b], atol=1e-5, rtol=1e-5)
 
 
+def test_decoding_head_follows_weights_at_setup_cache():
+    """forward_step's transposed copy of the output weight is refreshed by every setup_cache (the
+    generators call it first), e.g. after a training step changed the weights."""
+    m = make()
+    x = torch.randint(0, V, (1, 6))
+    m.setup_cache(1, 8)
+    with torch.no_grad():
+        m.output.weight.mul_(-2.0)  # an update after the cache was set up
+        m.setup_cache(1, 8)  # same size: the cache is kept, the head copy refreshed in place
+        step = m.forward_step(x, torch.arange(6))
+    torch.testing.assert_close(step, m(x), atol=1e-5, rtol=1e-5)
+    m.clear_cache()
+    assert m._head_t.numel() == 0
+
+
 def test_forward_step_explicit_mask_and_rope_pos():
     """A document written after another, masked to see only itself, matches its own forward."""
     m = make()

@@ -153,6 +153,7 @@ class LanguageModel(GenerativeModel):
         inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("_slots", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("_head_t", torch.zeros(0), persistent=False)  # output weight (dim, V) for decoding
         self.reset_parameters()
 
     @torch.no_grad()
@@ -176,7 +177,12 @@ class LanguageModel(GenerativeModel):
     def _logits(self, x, cos, sin, doc_ids=None, input_pos=None, mask=None):
         for layer in self.layers:
             x = layer(x, cos, sin, doc_ids, input_pos, mask)
-        return self.output(self.norm(x))
+        h = self.norm(x)
+        if input_pos is not None and self._head_t.numel():
+            # decoding: the (dim, V) copy made by setup_cache; on CPU a one-row product streams it ~3x
+            # faster than Linear's (V, dim) layout (1.3 vs 3.8 ms at 50257 x 128, one thread)
+            return h @ self._head_t
+        return self.output(h)
 
     def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None, targets: torch.Tensor | None = None):
         """tokens (B, T) int; doc_ids (B, T) int (-1 = padding) restricts attention to each document;
@@ -206,6 +212,7 @@ class LanguageModel(GenerativeModel):
         (batch_size, n_kv_heads, max_seq_len, head_dim) in ``dtype`` (default: the parameters')."""
         dtype = self.dtype if dtype is None else dtype
         device = self.device if device is None else torch.device(device)
+        self._refresh_decode_head()
         c = self.layers[0].attention.kv_cache
         if (c is not None and c.k_cache.shape[0] == batch_size and c.max_seq_len == max_seq_len
                 and c.k_cache.dtype == dtype and c.k_cache.device == device):
@@ -215,11 +222,23 @@ class LanguageModel(GenerativeModel):
             layer.attention.kv_cache = KVCache(batch_size, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, device)
         self._slots = torch.arange(max_seq_len, device=device)
 
+    @torch.no_grad()
+    def _refresh_decode_head(self) -> None:
+        """Copies the output weight, transposed, into ``_head_t`` (in place when the shape, dtype and
+        device still match, so a compiled decode step keeps its buffer)."""
+        w = self.output.weight
+        t = self._head_t
+        if t.shape == (w.shape[1], w.shape[0]) and t.dtype == w.dtype and t.device == w.device:
+            t.copy_(w.t())
+        else:
+            self._head_t = w.detach().t().contiguous()
+
     def clear_cache(self) -> None:
-        """Frees the KV caches."""
+        """Frees the KV caches (and the decoding copy of the output weight)."""
         for layer in self.layers:
             layer.attention.kv_cache = None
         self._slots = torch.zeros(0, dtype=torch.long, device=self.inv_freq.device)
+        self._head_t = torch.zeros(0, device=self.inv_freq.device)
 
     @property
     def cache_len(self) -> int:
@@ -237,7 +256,8 @@ class LanguageModel(GenerativeModel):
                      rope_pos: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, T) at cache slots ``input_pos`` (T,) long → logits (B, T, V).
 
-        Writes their keys/values into the cache. ``mask`` bool broadcastable to (B, 1, T, max_seq_len)
+        Writes their keys/values into the cache. The logits use the output weight as of the last
+        ``setup_cache`` (a transposed copy; call it again after changing the weights). ``mask`` bool broadcastable to (B, 1, T, max_seq_len)
         (True = may attend; None = slots <= input_pos); ``rope_pos`` (T,) positions for the rotary
         embeddings (default: ``input_pos``).
         """
