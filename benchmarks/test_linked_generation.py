@@ -62,7 +62,7 @@ def run_once(cls, model, tok, cfg, scripts, compile=False):
     ("tiny", "byte", 6, 512),  # what `craft train` builds by default (byte tokenizer, 258 ids)
     ("small", "byte", 6, 512),
     ("tiny", "gpt2", 24, None),  # 50257 ids: the output head (6.4M weights) dominates each step
-    ("small", "gpt2", 12, None),
+    ("small", "gpt2", 24, None),  # the same documents as tiny-gpt2
 ])
 def test_linked_generation_tokens_per_second(benchmark, preset, tokenizer, words, cache):
     tok = get_tokenizer(tokenizer)
