@@ -152,6 +152,11 @@ class LanguageModel(GenerativeModel):
         hd = config.head_dim
         inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # angles of positions 0..context_length-1, computed once: a compiled forward reads them
+        # instead of recomputing cos/sin inside every fused rope kernel
+        cos, sin = rope_angles(torch.arange(config.context_length), inv_freq)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("_slots", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("_head_t", torch.zeros(0), persistent=False)  # output weight (dim, V) for decoding
         self.reset_parameters()
@@ -194,7 +199,10 @@ class LanguageModel(GenerativeModel):
             raise ValueError(f"doc_ids: expected shape (B={B}, T={T}) like tokens, got {tuple(doc_ids.shape)}")
         if targets is not None and tuple(targets.shape) != (B, T):
             raise ValueError(f"targets: expected shape (B={B}, T={T}) like tokens, got {tuple(targets.shape)}")
-        cos, sin = rope_angles(torch.arange(T, device=tokens.device), self.inv_freq)
+        if T <= self.rope_cos.shape[0]:
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        else:
+            cos, sin = rope_angles(torch.arange(T, device=tokens.device), self.inv_freq)
         logits = self._logits(self.tok_embeddings(tokens), cos, sin, doc_ids)
         if targets is None:
             return logits
