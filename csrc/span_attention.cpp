@@ -366,6 +366,18 @@ void dispatch_hd(i64 hd, F f) {
     }
 }
 
+// Runs fn(head-dim constant, first, pure, thread, n_threads) on n_threads threads with the GIL
+// released, after computing the document windows of ids (B, T).
+template <class F>
+void run_heads(i64 hd, const int32_t* ids, i64 B, const Geometry& g, int n_threads, F fn) {
+    dispatch_hd(hd, [&](auto c) {
+        py::gil_scoped_release nogil;
+        std::vector<uint8_t> pure;
+        const std::vector<i64> first = first_positions(ids, B, g.T, pure);
+        run_threads(g.heads, n_threads, [&](i64 t, i64 nt) { fn(c, first.data(), pure.data(), t, nt); });
+    });
+}
+
 py::tuple span_attention_forward(F32 q, F32 k, F32 v, I32 ids, float scale, int n_threads) {
     const Geometry g = check(q, k, v, ids);
     const i64 hd = q.shape(3);
@@ -374,14 +386,8 @@ py::tuple span_attention_forward(F32 q, F32 k, F32 v, I32 ids, float scale, int 
     const float *pq = q.data(), *pk = k.data(), *pv = v.data();
     const int32_t* pi = ids.data();
     float *po = out.mutable_data(), *pl = lse.mutable_data();
-    dispatch_hd(hd, [&](auto c) {
-        constexpr int HD = decltype(c)::value;
-        py::gil_scoped_release nogil;
-        std::vector<uint8_t> pure;
-        const std::vector<i64> first = first_positions(pi, q.shape(0), g.T, pure);
-        run_threads(g.heads, n_threads, [&](i64 t, i64 nt) {
-            forward_heads<HD>(pq, pk, pv, pi, first.data(), pure.data(), scale, g, po, pl, t, nt);
-        });
+    run_heads(hd, pi, q.shape(0), g, n_threads, [&](auto c, const i64* first, const uint8_t* pure, i64 t, i64 nt) {
+        forward_heads<decltype(c)::value>(pq, pk, pv, pi, first, pure, scale, g, po, pl, t, nt);
     });
     return py::make_tuple(out, lse);
 }
@@ -399,14 +405,8 @@ py::tuple span_attention_backward(F32 q, F32 k, F32 v, F32 out, F32 dout, F32 ls
                 *pl = lse.data();
     const int32_t* pi = ids.data();
     float *pdq = dq.mutable_data(), *pdk = dk.mutable_data(), *pdv = dv.mutable_data();
-    dispatch_hd(hd, [&](auto c) {
-        constexpr int HD = decltype(c)::value;
-        py::gil_scoped_release nogil;
-        std::vector<uint8_t> pure;
-        const std::vector<i64> first = first_positions(pi, q.shape(0), g.T, pure);
-        run_threads(g.heads, n_threads, [&](i64 t, i64 nt) {
-            backward_heads<HD>(pq, pk, pv, po, pdo, pl, pi, first.data(), pure.data(), scale, g, pdq, pdk, pdv, t, nt);
-        });
+    run_heads(hd, pi, q.shape(0), g, n_threads, [&](auto c, const i64* first, const uint8_t* pure, i64 t, i64 nt) {
+        backward_heads<decltype(c)::value>(pq, pk, pv, po, pdo, pl, pi, first, pure, scale, g, pdq, pdk, pdv, t, nt);
     });
     return py::make_tuple(dq, dk, dv);
 }
