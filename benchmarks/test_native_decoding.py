@@ -93,8 +93,11 @@ class DictTrie:
                 node = node.setdefault(t, {})
             node.setdefault(None, []).append(i)
 
-    def allowed_mask(self, nodes, vocab):
-        mask = np.zeros((len(nodes), vocab), dtype=bool)
+    def allowed_mask(self, nodes, vocab, out=None, prev=None):
+        """A fresh mask, or ``out`` refilled after clearing what ``prev`` (its nodes) set."""
+        mask = np.zeros((len(nodes), vocab), dtype=bool) if out is None else out
+        for r, n in enumerate(prev or ()):
+            mask[r, [k for k in n if k is not None]] = False
         for r, n in enumerate(nodes):
             mask[r, [k for k in n if k is not None]] = True
         return mask
@@ -113,27 +116,40 @@ def test_trie_build_1m_items(compare, codes):
             rounds=3)
 
 
+@pytest.mark.parametrize("reuse", [False, True], ids=["fresh_mask", "reused_mask"])
 @pytest.mark.parametrize("vocab", [256, 50257])
-def test_trie_allowed_mask_and_advance_batch_256(compare, codes, vocab):
+def test_trie_allowed_mask_and_advance_batch_256(compare, codes, vocab, reuse):
+    """4 decoding steps of 256 beams: allowed_mask then advance. ``reused_mask``: both sides refill
+    one (256, V) array, clearing only the previous step's entries (``allowed_mask(out=)``), so a
+    step costs O(allowed) instead of allocating and zeroing 256 x V bytes."""
     trie, dtrie = Trie(codes), DictTrie(codes)
     tokens = codes[:256]
+    buf, dbuf = np.zeros((256, vocab), dtype=bool), np.zeros((256, vocab), dtype=bool)
 
     def ours():
         s = trie.root_states(256)
+        mask = buf
         for d in range(4):
-            trie.allowed_mask(s, vocab)
+            mask = trie.allowed_mask(s, vocab, out=mask) if reuse else trie.allowed_mask(s, vocab)
             s = trie.advance(s, tokens[:, d])
         return s
 
     def base():
-        n = [dtrie.root] * 256
+        n, prev = [dtrie.root] * 256, None
         for d in range(4):
-            dtrie.allowed_mask(n, vocab)
+            if reuse:
+                dtrie.allowed_mask(n, vocab, out=dbuf, prev=prev)
+                prev = n
+            else:
+                dtrie.allowed_mask(n, vocab)
             n = dtrie.advance(n, tokens[:, d])
+        if reuse:
+            dtrie.allowed_mask([{}] * 256, vocab, out=dbuf, prev=prev)  # leave it clear for the next call
         return n
 
     assert ours().min() >= 0
-    compare(ours, base, units=256 * 4, unit_name="beam_steps", baseline_reps=3, rounds=5, vocab=vocab)
+    compare(ours, base, units=256 * 4, unit_name="beam_steps", baseline_reps=3, rounds=5, vocab=vocab,
+            mask="reused (out=)" if reuse else "fresh")
 
 
 def test_trie_apply_to_logits_batch_256_vocab_50257(compare, codes):

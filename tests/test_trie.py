@@ -81,13 +81,17 @@ def test_batched_decoding_follows_only_existing_sequences(seqs, seed):
             t = Trie(seqs)
             states = t.root_states(4)
             prefixes = [[] for _ in range(4)]
+            reused = np.ones((4, 8), dtype=bool)  # a foreign array first: cleared whole
             for _ in range(6):
-                mask = t.allowed_mask(states, 8)
+                reused = t.allowed_mask(states, 8, out=reused)  # then refilled, clearing only what it set
+                mask = reused.copy()
                 for r in range(4):
                     allowed = {tuple(s[len(prefixes[r]):len(prefixes[r]) + 1]) for s in seqs
                                if s[:len(prefixes[r])] == prefixes[r] and len(s) > len(prefixes[r])} if states[r] >= 0 else set()
                     assert set(np.flatnonzero(mask[r]).tolist()) == {a[0] for a in allowed}
                     assert [x.tolist() for x in t.allowed(states[r:r + 1])][0] == sorted(a[0] for a in allowed)
+                assert np.array_equal(t.allowed_mask(states, 8), mask)  # a fresh array agrees
+                reused = t.allowed_mask(states, 8, out=reused)  # registered again (cleared whole: a fresh call came between)
                 tokens = rng.integers(0, 8, size=4)
                 states = t.advance(states, tokens)
                 for r in range(4):
@@ -168,6 +172,14 @@ def test_apply_to_logits_policies(native_impl):
     kept = logits.clone()
     t.apply_to_logits(kept, states, on_empty="keep")
     assert torch.isfinite(kept[2]).all()
+
+
+def test_allowed_mask_out_errors():
+    t = Trie([[1, 2], [1, 3]])
+    with pytest.raises(ValueError, match=r"out: expected a bool array of shape \(2, 4\)"):
+        t.allowed_mask(t.root_states(2), 4, out=np.zeros((2, 5), dtype=bool))
+    with pytest.raises(ValueError, match="out: expected a bool array"):
+        t.allowed_mask(t.root_states(2), 4, out=np.zeros((2, 4), dtype=np.int64))
 
 
 def test_bad_inputs(native_impl):

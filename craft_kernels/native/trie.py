@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import shutil
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -102,6 +103,7 @@ class Trie:
         for name in _ARRAYS:
             setattr(self, name, arrays[name])
         self._core = None
+        self._last_mask = None  # (weakref to the last allowed_mask array, the states it was filled for)
         if _dispatch.use_cpp():
             self._core = _dispatch.ext().TrieCore(*(arrays[n] for n in _ARRAYS), check)
 
@@ -250,16 +252,37 @@ class Trie:
         return [np.array(ct[co[v]:co[v + 1]], dtype=np.int64) if v >= 0 else np.zeros(0, dtype=np.int64)
                 for v in s.tolist()]
 
-    def allowed_mask(self, states, vocab_size: int) -> np.ndarray:
-        """bool (B, vocab_size): True where the token continues a sequence (tokens >= vocab_size are ignored)."""
+    def allowed_mask(self, states, vocab_size: int, out: np.ndarray | None = None) -> np.ndarray:
+        """bool (B, vocab_size): True where the token continues a sequence (tokens >= vocab_size are ignored).
+
+        ``out``: pass back the array the previous call returned (left as it was returned) to refill
+        it: only the entries that call set are cleared, so a decoding step writes O(allowed
+        children) per beam instead of B x vocab_size bytes. Any other bool (B, vocab_size) array
+        is cleared whole first."""
         s = self._states(states)
-        mask = np.zeros((len(s), positive_int(vocab_size, "vocab_size")), dtype=bool)
+        V = positive_int(vocab_size, "vocab_size")
+        if out is None:
+            mask = np.zeros((len(s), V), dtype=bool)
+        else:
+            if not isinstance(out, np.ndarray) or out.dtype != np.bool_ or out.shape != (len(s), V):
+                got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+                raise ValueError(f"out: expected a bool array of shape ({len(s)}, {V}), got {got}")
+            last = self._last_mask
+            if last is not None and last[0]() is out and last[1].shape == s.shape:
+                self._fill(last[1], out, False)
+            else:
+                out[...] = False
+            mask = out
+        self._fill(s, mask, True)
+        self._last_mask = (weakref.ref(mask), s.copy())
+        return mask
+
+    def _fill(self, s: np.ndarray, mask: np.ndarray, value: bool) -> None:
         if self._core is not None:
-            self._core.set_allowed(s, mask, True)
+            self._core.set_allowed(s, mask, value)
         else:
             for r, toks in enumerate(self.allowed(s)):
-                mask[r, toks[toks < vocab_size]] = True
-        return mask
+                mask[r, toks[toks < mask.shape[1]]] = value
 
     def advance(self, states, tokens) -> np.ndarray:
         """int64 (B,) next states after ``tokens (B,)``; -1 where the token leaves the trie or the state was dead."""
