@@ -178,8 +178,7 @@ def test_forcing_triton_on_cpu_without_interpreter_says_how(monkeypatch):
 
 
 def test_bfloat16_results_with_float32_probs():
-    # bf16 storage: slots are one bf16 rounding (2^-8 relative) of a float64-exact pour; d return_probs is a
-    # dot product over D=16 of bf16-rounded slot gradients, so its error is ~ sqrt(D) * 2^-8 * |terms|
+    # bf16 storage: slots are one bf16 rounding (2^-8 relative) of a float64-exact pour
     x, r, h, m = _inputs(12, 3, 25, 16, True, True)
     xb = x.to(torch.bfloat16).requires_grad_()
     rf, hf = r.float().requires_grad_(), h.float()
@@ -189,10 +188,16 @@ def test_bfloat16_results_with_float32_probs():
     assert o.slots.dtype == torch.bfloat16
     torch.testing.assert_close(o.slots.double(), ref.slots, rtol=8e-3, atol=1e-2)
     torch.testing.assert_close(o.clamped_probs.double(), ref.clamped_probs, rtol=2**-8, atol=2**-9)  # stored as bf16
-    w = torch.randn(ref.slots.shape, dtype=torch.float64)
+    w = torch.randn(ref.slots.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     gr = torch.autograd.grad((o.slots.double() * w).sum(), rf)[0]
     assert gr.dtype == torch.float32
-    torch.testing.assert_close(gr.double(), torch.autograd.grad((ref.slots * w).sum(), rd)[0], rtol=2e-2, atol=4 * 2**-8)
+    gref = torch.autograd.grad((ref.slots * w).sum(), rd)[0]
+    # the slots' gradient arrives rounded to bf16, so each term w[s, d] * x[n, d] of d r[n] is off by at
+    # most 2^-9 of its size: bound the error by that sum over every slot and dimension (a worst case;
+    # the largest error/bound seen over 300 draws of w was 0.40)
+    bound = 2**-9 * torch.einsum("bsd,bnd->bn", w.abs(), xb.detach().double().abs())
+    err = (gr.double() - gref).abs()
+    assert (err <= bound + 1e-7).all(), f"d return_probs off by {float((err / (bound + 1e-7)).max()):.2f}x the bound"
 
 
 @pytest.mark.parametrize("by_matmul", [False, True])
