@@ -225,3 +225,110 @@ def test_bad_inputs(native_impl):
         det.push_many(np.zeros((2, 2), dtype=np.int64))
     with pytest.raises(ValueError, match="vocabulary is empty"):
         LinkDetector([])
+
+
+# Tokens that change the escape / "!" / newline flags while nothing is open, so that a flag carried
+# across a run of idle tokens (and tokens without bytes) decides what the next "[" does.
+FLAG_ALPHABET = [b"", b"!", b"\\", b"\n", b"a", b"[", b"](", b")", b"\\\\", b"!\\", b"a\\", b"\n!", b"x]", b"(",
+                 b"\\[", b"![", b"b "]
+
+
+_F = {b: i for i, b in enumerate(FLAG_ALPHABET)}
+_LINK = [_F[b"["], _F[b"a"], _F[b"]("], _F[b"b "], _F[b")"]]   # a whole link, so most streams hold some
+_FLAG_STREAM = st.lists(st.one_of(st.lists(st.integers(0, len(FLAG_ALPHABET) - 1), max_size=4), st.just(_LINK)),
+                        max_size=30).map(lambda parts: [t for p in parts for t in p])
+
+
+@settings(max_examples=200, deadline=None)
+@given(_FLAG_STREAM, st.lists(st.integers(1, 9), max_size=30))
+def test_cpp_matches_reference_flags_and_chunks(ids, cuts):
+    """C++ pushed in random chunk sizes == the reference over the whole stream (the same DetectedLinks)."""
+    with _dispatch.use("python"):
+        want = LinkDetector(FLAG_ALPHABET).scan(ids)
+    with _dispatch.use("cpp"):
+        det = LinkDetector(FLAG_ALPHABET)
+        got, i = [], 0
+        for c in cuts:
+            got += det.push_many(np.array(ids[i:i + c], dtype=np.int64))
+            i += c
+        got += det.push_many(ids[i:])
+    assert got == want
+    assert all(type(l).__name__ == "DetectedLink" and isinstance(l.text, str) for l in got)
+
+
+@pytest.mark.parametrize("span", [63, 64, 65, 200, 1500])
+def test_long_links_keep_every_token(native_impl, span):
+    """Links spanning more tokens than the history starts with (it grows to the span bound)."""
+    tb = ByteTokenizer().token_bytes
+    text = b"intro [" + b"t" * span + b"](" + b"(g)" * (span // 3) + b") end"
+    ids = list(text)
+    det = LinkDetector(tb, max_text_bytes=2048, max_target_bytes=2048)
+    links = det.scan(ids)
+    assert len(links) == 1
+    l = links[0]
+    assert l.text_bytes == b"t" * span and l.target_bytes == b"(g)" * (span // 3)
+    assert l.link_text_tokens == ids[l.open_bracket_pos:l.close_bracket_pos + 1]
+    assert l.target_tokens == ids[l.open_paren_pos:l.close_paren_pos + 1]
+    assert len(l.link_text_tokens) == span + 2
+
+
+def test_long_stream_matches_reference_in_one_call():
+    """A stream long enough that the C++ core releases the GIL (>= 4096 tokens), whole and chunked."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, len(ALPHABET), size=50_000)
+    with _dispatch.use("python"):
+        want = LinkDetector(ALPHABET).scan(ids)
+    with _dispatch.use("cpp"):
+        det = LinkDetector(ALPHABET)
+        assert det.scan(ids) == want
+        det.reset()
+        assert [l for c in np.array_split(ids, 7) for l in det.push_many(c)] == want
+    assert len(want) > 100
+
+
+def test_id_inputs_of_every_kind(native_impl):
+    """Lists, other int dtypes, non-contiguous views and NumPy scalars give what int64 arrays give."""
+    tok = GPT2
+    ids = tok.encode("a [b](c) and ![d](e (f)) then [g](h).")
+    want = LinkDetector.for_tokenizer(tok).scan(np.array(ids, dtype=np.int64))
+    det = LinkDetector.for_tokenizer(tok)
+    assert det.scan(ids) == want
+    assert det.scan(np.array(ids, dtype=np.int32)) == want
+    assert det.scan(np.array(ids, dtype=np.uint16)) == want
+    assert det.scan(np.repeat(np.array(ids, dtype=np.int64), 2)[::2]) == want   # strided view
+    assert det.scan(tuple(ids)) == want
+    det.reset()
+    assert [l for l in (det.push(np.int64(t)) for t in ids) if l is not None] == want
+    det.reset()
+    assert [l for l in (det.push(np.uint16(t)) for t in ids) if l is not None] == want
+    assert det.push_many([]) == [] and det.push_many(np.zeros(0, dtype=np.int64)) == []
+
+
+def test_bad_token_ids(native_impl):
+    det = LinkDetector(ByteTokenizer().token_bytes)
+    for bad in (2 ** 64, -(2 ** 64), -1, det.vocab_size):
+        with pytest.raises(ValueError, match="token_id: .* outside the vocabulary"):
+            det.push(bad)
+    with pytest.raises(TypeError, match="token_id: expected an int, got bool"):
+        det.push(True)
+    with pytest.raises(TypeError, match="token_id: expected an int, got str"):
+        det.push("a")
+    with pytest.raises(TypeError, match="integer array"):
+        det.push_many(np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="expected a 1-d"):
+        det.push_many(5)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        det.push_many(np.array([1, 2 ** 40], dtype=np.int64)[::-1])
+    with pytest.raises(ValueError, match="does not fit in int64"):
+        det.push_many(np.array([2 ** 63 + 5], dtype=np.uint64))
+    batch = BatchLinkDetector(ByteTokenizer().token_bytes, 2)
+    with pytest.raises(ValueError, match=r"one id per stream, got \(1,\)"):
+        batch.push(np.array([1]))
+    with pytest.raises(TypeError, match="integer array"):
+        batch.push(["a", "b"])
+    # a failed call changes nothing: the stream goes on as if it had not happened
+    det.reset()
+    det.push_many(list(b"[a]("))
+    with pytest.raises(ValueError):
+        det.push_many([ord("b"), 999, ord(")")])
+    assert det.inside_target and [l.target for l in det.push_many(list(b"b)"))] == ["b"]

@@ -299,11 +299,11 @@ def _check_limits(max_text_bytes, max_target_bytes) -> tuple[int, int]:
     return positive_int(max_text_bytes, "max_text_bytes", 0), positive_int(max_target_bytes, "max_target_bytes", 0)
 
 
-def _ids_arg(ids, vocab: int, name: str = "ids") -> np.ndarray:
-    """1-d int64 ids; an int64 ndarray passes as is (the C++ core checks the range)."""
-    if type(ids) is np.ndarray and ids.dtype == np.int64 and ids.ndim == 1:
+def _ids_arg(ids) -> np.ndarray:
+    """1-d int64 ids (the C++ cores read a 1-d int64 array in place and call this for anything else)."""
+    if type(ids) is np.ndarray and ids.dtype == np.int64 and ids.ndim == 1 and ids.flags.c_contiguous:
         return ids
-    return int_array(ids, name)
+    return int_array(ids, "ids")
 
 
 def _token_id(token_id, vocab: int) -> int:
@@ -312,6 +312,11 @@ def _token_id(token_id, vocab: int) -> int:
     if not 0 <= token_id < vocab:
         raise ValueError(f"token_id: {token_id} is outside the vocabulary [0, {vocab})")
     return int(token_id)
+
+
+def _cpp_core(name, tb, *args):
+    """A C++ core that builds DetectedLink tuples itself and converts odd inputs with the checks above."""
+    return getattr(_dispatch.ext(), name)(tb, *args, MAX_OPENERS, MAX_DEPTH, DetectedLink, _ids_arg, _token_id)
 
 
 class LinkDetector:
@@ -329,11 +334,11 @@ class LinkDetector:
         mt, mg = _check_limits(max_text_bytes, max_target_bytes)
         self.vocab_size = len(tb)
         if _dispatch.use_cpp():
-            self._core = _dispatch.ext().LinkDetectorCore(tb, mt, mg, MAX_OPENERS, MAX_DEPTH)
-            self._checked = True  # the C++ core checks the id range itself
+            self._core = _cpp_core("LinkDetectorCore", tb, mt, mg)
+            # The core checks its arguments and returns DetectedLinks: call it without a Python frame.
+            self.push, self.push_many = self._core.push, self._core.push_many
         else:
             self._core = LinkDetectorReference(tb, mt, mg)
-            self._checked = False
 
     @classmethod
     def for_tokenizer(cls, tokenizer, **kw) -> "LinkDetector":
@@ -344,9 +349,8 @@ class LinkDetector:
         return None if t is None else DetectedLink._from_tuple(t)
 
     def push_many(self, ids) -> list[DetectedLink]:
-        a = _ids_arg(ids, self.vocab_size)
-        if not self._checked:
-            ids_in_range(a, "ids", self.vocab_size)
+        a = _ids_arg(ids)
+        ids_in_range(a, "ids", self.vocab_size)
         return [_new_tuple(DetectedLink, t) for t in self._core.push_many(a)]
 
     def reset(self) -> None:
@@ -405,22 +409,20 @@ class BatchLinkDetector:
         mt, mg = _check_limits(max_text_bytes, max_target_bytes)
         self.vocab_size = len(tb)
         if _dispatch.use_cpp():
-            self._core = _dispatch.ext().BatchLinkDetectorCore(tb, self.batch_size, mt, mg, MAX_OPENERS, MAX_DEPTH)
-            self._checked = True  # the C++ core checks the id range itself
+            self._core = _cpp_core("BatchLinkDetectorCore", tb, self.batch_size, mt, mg)
+            self.push = self._core.push  # checks the ids itself and returns DetectedLinks
         else:
             self._core = _BatchReference(tb, self.batch_size, mt, mg)
-            self._checked = False
 
     @classmethod
     def for_tokenizer(cls, tokenizer, batch_size: int, **kw) -> "BatchLinkDetector":
         return cls(tokenizer.token_bytes, batch_size, **kw)
 
     def push(self, ids) -> list[DetectedLink | None]:
-        a = _ids_arg(ids, self.vocab_size)
+        a = _ids_arg(ids)
         if a.shape != (self.batch_size,):
             raise ValueError(f"ids: expected shape ({self.batch_size},), one id per stream, got {a.shape}")
-        if self._checked is False:
-            ids_in_range(a, "ids", self.vocab_size)
+        ids_in_range(a, "ids", self.vocab_size)
         return [None if t is None else DetectedLink._from_tuple(t) for t in self._core.push(a)]
 
     def reset(self, rows=None) -> None:
