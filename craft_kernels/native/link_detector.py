@@ -327,6 +327,9 @@ class LinkDetector:
     ``push_many`` returns all), ``push_many(ids (n,) int) -> list[DetectedLink]``, ``reset()``,
     ``scan(ids)`` (reset, then every link in ``ids``), ``inside_target`` (True after ``](`` and before
     the closing ``)``) and ``current_target_bytes`` (the target so far, ``b""`` outside a target).
+
+    With the C++ core, ``push`` and ``push_many`` are the core's own methods (same checks, same
+    results): a 1-d int64 array is read in place, anything else is converted first.
     """
 
     def __init__(self, token_bytes: Sequence[bytes], max_text_bytes: int = 1024, max_target_bytes: int = 1024):
