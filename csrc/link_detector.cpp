@@ -2,8 +2,9 @@
 // craft_kernels/native/link_detector.py (LinkDetectorReference), rule for rule.
 //
 // What makes it fast:
-// - A run of tokens read while nothing is open costs one table lookup per token (TokenTables::idle
-//   holds how each token changes the escape / "!" / newline flags, or that it may open a link).
+// - A run of tokens read while nothing is open costs one bit test per token (TokenTables::opens: may
+//   it open a link?); the escape / "!" / newline flags after the run are replayed from
+//   TokenTables::idle, starting at the last token that resets them.
 // - The ids from the oldest open bracket on live in a ring that grows to the span bound and is
 //   trimmed by moving an index: no allocation per token.
 // - Completed links go to a flat arena reused across calls (LinkArena); they become DetectedLink
@@ -17,7 +18,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -450,16 +450,12 @@ class CoreBase {
     }
 
     i64 token_id(py::handle obj) const {
-        i64 t;
-        if (PyLong_CheckExact(obj.ptr())) {
-            int overflow = 0;
-            t = PyLong_AsLongLongAndOverflow(obj.ptr(), &overflow);
-            if (overflow) t = overflow > 0 ? tt_.vocab() : -1;
-        } else {
-            t = as_token_id_(obj, tt_.vocab()).cast<i64>();  // the Python checks: TypeError for floats, bools
-        }
-        if (t < 0 || t >= tt_.vocab())
-            throw py::value_error("token_id: " + std::to_string(t) + " is outside the vocabulary [0, " +
+        if (!PyLong_CheckExact(obj.ptr()))  // the Python checks: TypeError for floats and bools
+            return as_token_id_(obj, tt_.vocab()).cast<i64>();
+        int overflow = 0;
+        const i64 t = PyLong_AsLongLongAndOverflow(obj.ptr(), &overflow);
+        if (overflow || t < 0 || t >= tt_.vocab())
+            throw py::value_error("token_id: " + py::str(obj).cast<std::string>() + " is outside the vocabulary [0, " +
                                   std::to_string(tt_.vocab()) + ")");
         return t;
     }
