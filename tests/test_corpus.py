@@ -146,7 +146,14 @@ def test_ensure_pretokenized_rebuilds_only_on_change(folder, tmp_path):
 
 def test_builtin_corpus_from_python_docs(tmp_path, monkeypatch):
     monkeypatch.setenv("CRAFT_HOME", str(tmp_path / "home"))
+    hostile = tmp_path / "project"  # built from a folder holding a module named like a stdlib one
+    hostile.mkdir()
+    marker = tmp_path / "ran.txt"
+    for name in ("calendar", "json", "string"):
+        (hostile / f"{name}.py").write_text(f"open({str(marker)!r}, 'a').write({name!r})\n")
+    monkeypatch.chdir(hostile)
     path = builtin_corpus_dir()
+    assert not marker.exists(), f"the build ran code from the current folder: {marker.read_text()}"
     assert str(path).startswith(str(tmp_path / "home"))
     t = time.perf_counter()
     assert builtin_corpus_dir() == path and time.perf_counter() - t < 1.0  # cached

@@ -209,3 +209,24 @@ def test_atomic_write_never_follows_a_planted_symlink(tmp_path):
     assert not (out / "half.bin").exists() and not list(out.glob(".half.bin*"))
     (out / ".step_00000004.pt.abc123.tmp").write_bytes(b"stale")
     assert [p.name for p in remove_stale_temporaries(out, "step_*.pt")] == [".step_00000004.pt.abc123.tmp"]
+
+
+def test_linked_result_save_caps_file_names_and_ignores_planted_symlinks(tmp_path):
+    from craft.data.titles import MAX_STEM_CHARS, create_filename
+    from craft.generation.linked import GeneratedDocument, GenerationResult
+
+    long_title = "A very long link title " * 60  # 1380 characters: far past the 255-byte name limit
+    docs = [GeneratedDocument("Root", text="root [x](y)", is_root=True),
+            GeneratedDocument(long_title, text="long", parent_title="Root", depth=1),
+            GeneratedDocument(long_title + "!", text="longer", parent_title="Root", depth=1)]
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json.tmp").symlink_to(victim)
+    (out / (create_filename("Root") + ".md.tmp")).symlink_to(victim)
+    manifest = json.loads(GenerationResult.from_documents(docs).save(out).read_text())
+    assert victim.read_text() == "precious"
+    names = [m["filename"] for m in manifest["documents"]]
+    assert len(set(names)) == 3 and all(len(n) <= MAX_STEM_CHARS + 10 for n in names)
+    assert [(out / n).read_text() for n in names] == ["root [x](y)", "long", "longer"]

@@ -6,7 +6,9 @@ Pages (one ``.md`` file each, first line ``# Title``, links ``[text](Target Titl
 - one page per importable stdlib module (its docstring, links to its functions and classes),
 - one page per public function or class (signature, docstring, a link back to its module page).
 
-Modules are imported in a child process (``python -m craft.data.builtin OUT``), so their import
+Modules are imported in a child process (``python -P -m craft.data.builtin OUT``, started in the
+empty build folder: ``-P`` keeps the current folder off ``sys.path``, so a ``calendar.py`` in the
+folder craft was started from is never imported in place of the standard module), so their import
 side effects never touch the caller; modules with side effects on import (``antigravity``, ``this``,
 ``idlelib``, ``tkinter``, ``turtle*``, …) are skipped. The folder is cached under
 ``$CRAFT_HOME`` (default ``~/.cache/craft``) per Python version and built atomically (temp dir +
@@ -52,8 +54,9 @@ def builtin_corpus_dir(rebuild: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".builtin-", dir=path.parent))
     try:
-        proc = subprocess.run([sys.executable, "-m", "craft.data.builtin", str(tmp)], capture_output=True,
-                              text=True, stdin=subprocess.DEVNULL, env=_child_env(), timeout=600)
+        proc = subprocess.run([sys.executable, *_SAFE_PATH, "-m", "craft.data.builtin", str(tmp.resolve())],
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, env=_child_env(), cwd=tmp,
+                              timeout=600)
         if proc.returncode != 0:
             raise RuntimeError(f"building the built-in corpus failed: {proc.stderr.strip()[-2000:]}")
         if path.is_dir():  # rebuild, or another process finished first
@@ -68,11 +71,17 @@ def builtin_corpus_dir(rebuild: bool = False) -> Path:
     return path
 
 
+# -P (3.11+): no script folder / current folder at the front of sys.path; the child finds craft through
+# PYTHONPATH (set below to this checkout's root) and the standard library through its own paths
+_SAFE_PATH = ("-P",) if sys.version_info >= (3, 11) else ()
+
+
 def _child_env() -> dict:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONWARNINGS", "ignore")
+    env.pop("PYTHONSTARTUP", None)
     return env
 
 

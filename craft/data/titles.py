@@ -2,7 +2,10 @@
 
 ``create_filename("New Topic")`` -> ``"new_topic_<6 hex>"``: the normalized title plus the first six
 hex digits of the SHA-256 of the original title (deterministic across runs and machines), so two
-titles that normalize alike still get distinct files.
+titles that normalize alike still get distinct files. The normalized part is cut to
+:data:`MAX_STEM_CHARS` characters, so a stem plus an extension and a temporary-file prefix and
+suffix stays under the 255-byte file-name limit of common file systems, whatever the title's length
+(the hash is over the whole title, so long titles sharing a prefix still differ).
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import hashlib
 import re
 
 _HASH_LEN = 6
+#: most characters of the normalized title in a file name (ASCII, so bytes too)
+MAX_STEM_CHARS = 200
 _NOT_NAME = re.compile(r"[^a-z0-9_]")
 _HASH_SUFFIX = re.compile(r"_([0-9a-f]{%d})$" % _HASH_LEN)
 
@@ -25,7 +30,8 @@ def generate_title_hash(title: str) -> str:
 
 
 def create_filename(title: str) -> str:
-    return f"{normalize_title(title)}_{generate_title_hash(title)}"
+    """``<normalized title, at most MAX_STEM_CHARS characters>_<6 hex>`` (no extension)."""
+    return f"{normalize_title(title)[:MAX_STEM_CHARS]}_{generate_title_hash(title)}"
 
 
 def strip_hash(filename: str) -> str:

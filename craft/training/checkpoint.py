@@ -1,4 +1,5 @@
-"""Checkpoints: one ``torch.save`` dict per file, written atomically (temp file + ``os.replace``).
+"""Checkpoints: one ``torch.save`` dict per file, written atomically (:func:`craft.data.files.atomic_writer`:
+a temporary with a random name in the same folder, fsync, ``os.replace``).
 
 Keys: ``model`` (state_dict), ``model_config`` (dict), ``tokenizer`` (``to_dict``), ``train_config``
 (dict, ``seq_len`` resolved), ``optimizer``, ``scheduler``, ``rng`` (torch / python / cuda states),
@@ -7,13 +8,13 @@ Files are named ``step_XXXXXXXX.pt`` under ``<run>/checkpoints/``.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
 
 import torch
 
+from craft.data.files import atomic_writer
 from craft.models import LanguageModel, ModelConfig
 from craft.tokenizers import tokenizer_from_dict
 
@@ -33,16 +34,8 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
         raise ValueError(f"state: a checkpoint needs the keys {missing}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_writer(path) as f:
+        torch.save(state, f)
     return path
 
 

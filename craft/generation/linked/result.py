@@ -10,6 +10,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from craft.data.files import atomic_write
 from craft.data.titles import create_filename, normalize_title
 
 SOURCES = ("generated", "corpus")
@@ -191,15 +192,18 @@ class GenerationResult:
     def save(self, directory: str | os.PathLike) -> Path:
         """Writes ``<create_filename(title)>.md`` per document and ``manifest.json`` (config, stats,
         documents in order, link graph) into ``directory`` (created if needed). Returns the
-        manifest's path."""
+        manifest's path.
+
+        Each file is written atomically through a temporary with a random name in ``directory``
+        (:func:`craft.data.files.atomic_write`: a symlink planted there is replaced, never
+        followed); the manifest comes last, so a manifest always describes files that exist.
+        File names are capped (:data:`craft.data.titles.MAX_STEM_CHARS`) whatever a title's length.
+        Files of the same names are replaced; other files in ``directory`` are left alone."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         docs = self.get_all_documents()
         for d in docs:
-            text = d.text if d.text is not None else ""
-            tmp = out / (d.filename + ".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, out / d.filename)
+            atomic_write(out / d.filename, d.text if d.text is not None else "")
         manifest = {
             "format": 1,
             "root": self.root_document.title,
@@ -208,8 +212,4 @@ class GenerationResult:
             "generation_config": self.generation_config,
             "stats": self.stats,
         }
-        path = out / "manifest.json"
-        tmp = out / "manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
