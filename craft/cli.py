@@ -118,6 +118,11 @@ def cmd_train(args) -> int:
     config = TrainConfig(**fields)
     trainer = Trainer(config, corpus_dir, out, resume=args.resume)
     summary = trainer.train()
+    if summary["loss"] is None:  # resumed at or past max_steps: no step ran
+        print(f"nothing to train: the run in {out} is already at step {summary['steps']} (max_steps "
+              f"{config.max_steps if not args.resume else trainer.config.max_steps}); pass a larger --max-steps "
+              f"to continue; checkpoint {summary['checkpoint']}")
+        return 0
     ev = summary.get("eval_loss")
     print(f"done: step {summary['steps']}, loss {summary['loss']:.4f}"
           + (f", eval loss {ev:.4f}" if ev is not None else "")

@@ -141,3 +141,58 @@ def test_config_and_resume_errors(corpus, tmp_path):
         save_checkpoint({"model": {}}, tmp_path / "bad.pt")
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "nothing.pt")
+
+
+def test_second_ctrl_c_inside_the_update_still_resumes_exactly(corpus, tmp_path):
+    """Both Ctrl-Cs land right after optimizer.step() of step 3, before the step counter moves (a real
+    SIGINT from the optimizer's post-step hook): the checkpoint must hold step 3 whole."""
+    import signal
+
+    full = Trainer(config(sample_every=0), corpus, tmp_path / "full")
+    full.train()
+    part = Trainer(config(sample_every=0), corpus, tmp_path / "part")
+    calls = []
+
+    def two_ctrl_c(optimizer, args, kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+
+    part.optimizer.register_step_post_hook(two_ctrl_c)
+    with pytest.raises(KeyboardInterrupt, match="step 3"):
+        part.train()
+    state = load_checkpoint(latest_checkpoint(tmp_path / "part"))
+    assert state["step"] == 3 and state["data_position"]["index"] == 3 * part.global_batch
+    rest = Trainer(config(sample_every=0), corpus, tmp_path / "part", resume=True)
+    rest.train()
+    assert losses(part, rest) == losses(full)
+    for (n, a), b in zip(full.model.state_dict().items(), rest.model.state_dict().values()):
+        assert torch.equal(a, b), n
+
+
+def test_one_trainer_per_run_folder_and_stale_temporaries_are_removed(corpus, tmp_path):
+    from craft.training.trainer import RunFolderBusy
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    stale = ckpts / ".step_00000002.pt.k3j9x_q1.tmp"  # what a kill -9 mid-save leaves
+    stale.write_bytes(b"half a checkpoint")
+    keep = ckpts / "notes.txt"
+    keep.write_text("mine")
+    first = Trainer(config(max_steps=2, sample_every=0, eval_every=0), corpus, tmp_path / "run")
+    assert not stale.exists() and keep.read_text() == "mine"
+    with pytest.raises(RunFolderBusy, match="in use by another trainer"):
+        Trainer(config(max_steps=2), corpus, tmp_path / "run")
+    first.train()
+    second = Trainer(config(max_steps=3, sample_every=0, eval_every=0), corpus, tmp_path / "run", resume=True)
+    assert second.step == 2  # the lock is released when train() returns
+    del second
+
+
+def test_resume_of_a_finished_run_trains_nothing(corpus, tmp_path):
+    Trainer(config(max_steps=2, sample_every=0), corpus, tmp_path / "run").train()
+    again = Trainer(config(max_steps=2, sample_every=0), corpus, tmp_path / "run", resume=True)
+    summary = again.train()
+    assert summary["loss"] is None and summary["steps"] == 2
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000002.pt"]

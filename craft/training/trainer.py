@@ -6,8 +6,9 @@ and runs it in ``accum_steps`` forwards of ``micro_batch`` sequences. Losses, th
 the time limit are all-reduced once per step, so every process stops at the same step.
 
 Ctrl-C: the first SIGINT is noted and the run stops at the end of the current step, saves a
-checkpoint and raises KeyboardInterrupt; a second SIGINT interrupts at once (still saving the
-last completed step). ``resume`` continues from a checkpoint exactly: model, optimizer, scheduler,
+checkpoint and raises KeyboardInterrupt; a second SIGINT interrupts at once, still saving the last
+completed step: before the update it drops the partial step, and during the update (optimizer,
+schedule, step counter) it waits until the update is whole. ``resume`` continues from a checkpoint exactly: model, optimizer, scheduler,
 RNG states and data position are restored, so the losses after resuming are those of an
 uninterrupted run.
 """
@@ -27,6 +28,7 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from craft.data.files import remove_stale_temporaries
 from craft.data.packing import PackedSequences, WindowSampler, split_windows
 from craft.data.pretokenize import PretokenizedCorpus
 from craft.models import LanguageModel, ModelConfig
@@ -68,6 +70,53 @@ class SampleGeneration:
         trainer.write(f"[step {step}] sample: {text!r}")
 
 
+class RunFolderBusy(RuntimeError):
+    """Another process is training in this run folder (it holds ``<run>/.lock``)."""
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``<run>/.lock`` held while a trainer may write the folder, so
+    two trainers never interleave checkpoints and logs. The lock is the kernel's: it goes away with
+    the process (kill -9 included), so a stale lock file never blocks a later run. Where ``fcntl``
+    does not exist (Windows) the lock is a no-op."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / ".lock"
+        self._file = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def acquire(self) -> None:
+        if self._file is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "unknown"
+            f.close()
+            raise RunFolderBusy(f"run folder {str(self.path.parent)!r} is in use by another trainer (pid {owner}, lock "
+                                f"{self.path.name}); wait for it to finish or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor releases the flock
+            self._file = None
+
+
 class Trainer:
     """Trains a :class:`craft.models.LanguageModel` on a pretokenized corpus.
 
@@ -77,6 +126,10 @@ class Trainer:
     step-defining fields of its train config win over ``config`` (only :data:`RUN_FIELDS` such as
     ``max_steps`` are taken from ``config``); ``callbacks``: ``fn(trainer, step, final=False)``
     called after every optimizer step and once at the end.
+
+    The run folder is locked (:class:`RunLock`) from construction until :meth:`train` returns, so a
+    second trainer on the same folder raises :class:`RunFolderBusy`; checkpoint temporaries a
+    killed run left behind are removed once the lock is held.
     """
 
     def __init__(self, config: TrainConfig, corpus, out_dir: str | Path, resume: bool | str | Path = False,
@@ -86,27 +139,69 @@ class Trainer:
         self.corpus = corpus if isinstance(corpus, PretokenizedCorpus) else PretokenizedCorpus(corpus)
         self.out_dir = Path(out_dir)
         self.rank, self.world_size, self.local_rank = distributed_env()
-        self._own_group = False
+        self._lock = RunLock(self.out_dir)
+        if self.rank == 0:
+            self._lock.acquire()
+            remove_stale_temporaries(self.out_dir / "checkpoints", "step_*.pt")
+        try:
+            self._own_group = self._init_distributed()
+            config, state = self._resume_state(config, resume)
+            self.config = config
+            self.device = self._pick_device(config.device)
+            self.tokenizer = self.corpus.tokenizer
+            self._build_model(config, state)
+            self._build_data(config)
+            self._build_optimizer(config)
+            self.step = 0
+            if state is not None:
+                self._restore(state)
+            self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast(self.device))
+            self._wrap_model(config)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.callbacks = list(callbacks)
+        if config.sample_every > 0:
+            self.callbacks.append(SampleGeneration(config.sample_every, config.sample_prompt, config.sample_tokens,
+                                                   config.sample_temperature))
+        self.history: list[dict] = []
+        self._stop_requested = 0
+        self._in_commit = False
+        self._interrupt_pending = False
+        self._tb = None
+        self._bar = None
+        self._last_eval_step = -1
+        self._last_saved_step = -1
+
+    # ------------------------------------------------------------------ construction
+    def _init_distributed(self) -> bool:
+        """Joins the process group torchrun describes; True when this trainer created it."""
         if self.world_size > 1 and not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend)
-            self._own_group = True
-        state = None
-        if resume:
-            path = latest_checkpoint(self.out_dir / "checkpoints") if resume is True else Path(resume)
-            if path is None:
-                raise FileNotFoundError(f"--resume: no checkpoint under {str(self.out_dir / 'checkpoints')!r}")
-            state = load_checkpoint(path)
-            saved = TrainConfig.from_dict(state["train_config"])
-            run = {k: getattr(config, k) for k in RUN_FIELDS}
-            config = TrainConfig.from_dict({**saved.to_dict(), **run})
-            if state["tokenizer"] != self.corpus.meta["tokenizer"]:
-                raise ValueError(f"corpus: pretokenized with {self.corpus.meta['tokenizer'].get('kind')!r}, but the "
-                                 f"checkpoint's tokenizer is {state['tokenizer'].get('kind')!r}; resume on the "
-                                 "corpus the run started with")
-        self.config = config
-        self.device = self._pick_device(config.device)
-        self.tokenizer = self.corpus.tokenizer
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            return True
+        return False
+
+    def _resume_state(self, config: TrainConfig, resume) -> tuple[TrainConfig, dict | None]:
+        """(the config to run with, the checkpoint dict or None): a resumed run keeps its saved config
+        except :data:`RUN_FIELDS`, and must use the corpus's tokenizer."""
+        if not resume:
+            return config, None
+        path = latest_checkpoint(self.out_dir / "checkpoints") if resume is True else Path(resume)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {str(self.out_dir / 'checkpoints')!r}")
+        state = load_checkpoint(path)
+        saved = TrainConfig.from_dict(state["train_config"])
+        run = {k: getattr(config, k) for k in RUN_FIELDS}
+        config = TrainConfig.from_dict({**saved.to_dict(), **run})
+        if state["tokenizer"] != self.corpus.meta["tokenizer"]:
+            raise ValueError(f"corpus: pretokenized with {self.corpus.meta['tokenizer'].get('kind')!r}, but the "
+                             f"checkpoint's tokenizer is {state['tokenizer'].get('kind')!r}; resume on the "
+                             "corpus the run started with")
+        return config, state
+
+    def _build_model(self, config: TrainConfig, state: dict | None) -> None:
+        """The model (seeded by ``config.seed``; a resumed run's model config comes from its checkpoint)
+        and ``seq_len``, checked against the tokenizer and the model's context."""
         if state is not None:
             model_config = ModelConfig.from_dict(state["model_config"])
         else:
@@ -120,16 +215,21 @@ class Trainer:
             raise ValueError(f"seq_len={self.seq_len}: longer than the model's context_length="
                              f"{model_config.context_length}")
         config.seq_len = self.seq_len
-        self.micro_batch, self.accum_steps = config.batch_layout(self.seq_len, self.world_size)
-        self.global_batch = self.micro_batch * self.accum_steps * self.world_size
-
         torch.manual_seed(config.seed)
         self.model = LanguageModel(model_config).to(self.device)
         self.model.tokenizer = self.tokenizer
+
+    def _build_data(self, config: TrainConfig) -> None:
+        """Packed windows, the train/eval split, the seeded sampler and the batch layout."""
+        self.micro_batch, self.accum_steps = config.batch_layout(self.seq_len, self.world_size)
+        self.global_batch = self.micro_batch * self.accum_steps * self.world_size
         self.packed = PackedSequences(self.corpus, self.seq_len)
         train_idx, eval_idx = split_windows(len(self.packed), config.eval_fraction)
         self.eval_indices = eval_idx[:config.eval_windows]
         self.sampler = WindowSampler(train_idx, seed=config.seed)
+
+    def _build_optimizer(self, config: TrainConfig) -> None:
+        """AdamW (no weight decay on vectors) and the warmup + cosine schedule."""
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
@@ -137,15 +237,18 @@ class Trainer:
             lr=config.lr, betas=config.betas, fused=False)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_cosine(s, config.warmup_steps, config.max_steps, config.min_lr_ratio))
-        self.step = 0
-        if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.sampler.load_state_dict(state["data_position"])
-            set_rng_state(state["rng"])
-            self.step = int(state["step"])
-        self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast(self.device))
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["data_position"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    def _wrap_model(self, config: TrainConfig) -> None:
+        """``ddp_model`` (DistributedDataParallel when there are several processes) and
+        ``forward_model`` (``torch.compile`` of it when ``config.compile``)."""
         net = self.model
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -156,16 +259,6 @@ class Trainer:
                 net = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
         self.ddp_model = net
         self.forward_model = torch.compile(net) if config.compile else net
-        self.callbacks = list(callbacks)
-        if config.sample_every > 0:
-            self.callbacks.append(SampleGeneration(config.sample_every, config.sample_prompt, config.sample_tokens,
-                                                   config.sample_temperature))
-        self.history: list[dict] = []
-        self._stop_requested = 0
-        self._tb = None
-        self._bar = None
-        self._last_eval_step = -1
-        self._last_saved_step = -1
 
     # ------------------------------------------------------------------ helpers
     def _pick_device(self, name: str) -> torch.device:
@@ -271,41 +364,70 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Writes ``checkpoints/step_XXXXXXXX.pt`` (rank 0; other ranks wait) and prunes old ones."""
         path = self.out_dir / "checkpoints" / checkpoint_name(self.step)
-        self._last_saved_step = self.step
         if self.rank == 0:
             save_checkpoint(self.state_dict(), path)
             prune_checkpoints(path.parent, self.config.keep_checkpoints)
             self.log({"event": "checkpoint", "step": self.step, "path": str(path)})
         if self.world_size > 1:
             dist.barrier()
+        self._last_saved_step = self.step  # only once written: an interrupted save is redone at the end
         return path
 
     # ------------------------------------------------------------------ the loop
     def _on_sigint(self, signum, frame):
         self._stop_requested += 1
         if self._stop_requested > 1:
+            if self._in_commit:  # never between optimizer.step() and the step counter: raise right after
+                self._interrupt_pending = True
+                return
             raise KeyboardInterrupt
         self.write("interrupt: stopping after this step and saving a checkpoint (Ctrl-C again to stop now)")
 
+    @contextlib.contextmanager
+    def _commit(self):
+        """The section that changes the training state (parameters, optimizer, schedule, step
+        counter): a second Ctrl-C arriving inside it is only noted (``_interrupt_pending``) and raised
+        by the loop once the step is logged, so a checkpoint never holds the parameters of step
+        n + 1 with the counter and data position of step n."""
+        self._in_commit = True
+        try:
+            yield
+        finally:
+            self._in_commit = False
+
+    def _raise_pending_interrupt(self) -> None:
+        if self._interrupt_pending:
+            self._interrupt_pending = False
+            raise KeyboardInterrupt
+
     def train_step(self) -> tuple[float, float]:
-        """One optimizer step; returns (mean loss over the step's tokens on all processes, grad norm)."""
-        idx = self.sampler.take(self.global_batch)[self.rank::self.world_size]
-        loss_sum = torch.zeros((), device=self.device)
-        for a in range(self.accum_steps):
-            b = self._batch(idx[a * self.micro_batch:(a + 1) * self.micro_batch])
-            sync = a == self.accum_steps - 1 or self.world_size == 1
-            ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
-            with ctx:
-                with self._autocast():
-                    _, loss = self.forward_model(b["tokens"], b["doc_ids"], b["targets"])
-                (loss / self.accum_steps).backward()
-            loss_sum += loss.detach().float()
-        clip = self.config.grad_clip
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
+        """One optimizer step; returns (mean loss over the step's tokens on all processes, grad norm).
+        A KeyboardInterrupt leaves the state of the last whole step (the partial step is dropped)."""
+        before = self.sampler.state_dict(), rng_state()
+        try:
+            idx = self.sampler.take(self.global_batch)[self.rank::self.world_size]
+            loss_sum = torch.zeros((), device=self.device)
+            for a in range(self.accum_steps):
+                b = self._batch(idx[a * self.micro_batch:(a + 1) * self.micro_batch])
+                sync = a == self.accum_steps - 1 or self.world_size == 1
+                ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
+                with ctx:
+                    with self._autocast():
+                        _, loss = self.forward_model(b["tokens"], b["doc_ids"], b["targets"])
+                    (loss / self.accum_steps).backward()
+                loss_sum += loss.detach().float()
+            clip = self.config.grad_clip
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
+        except KeyboardInterrupt:  # second Ctrl-C before the update: nothing changed but the data position
+            self.sampler.load_state_dict(before[0])
+            set_rng_state(before[1])
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
+        with self._commit():
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
         return float(loss_sum) / self.accum_steps, float(norm)
 
     def _should_stop(self, started: float) -> bool:
@@ -316,98 +438,121 @@ class Trainer:
         return bool(flag.item())
 
     def train(self) -> dict:
-        """Runs until ``max_steps``, ``max_minutes`` or Ctrl-C; returns a summary dict (last loss,
-        eval loss, steps, tokens/sec). Ctrl-C saves a checkpoint, then re-raises KeyboardInterrupt."""
-        cfg = self.config
+        """Runs until ``max_steps``, ``max_minutes`` or Ctrl-C; returns a summary dict (``loss``: the
+        last step's loss, None when no step ran because the run had already reached ``max_steps``;
+        ``eval_loss``, ``steps``, ``tokens_per_sec``, ``checkpoint``). Ctrl-C saves a checkpoint,
+        then re-raises KeyboardInterrupt. The run folder stays locked until this returns."""
+        if self.rank == 0:
+            self._lock.acquire()
+        try:
+            return self._train()
+        finally:
+            self._lock.release()
+
+    def _train(self) -> dict:
         self._open_tensorboard()
-        handler_set = False
+        started = time.monotonic()
+        summary = {"start_step": self.step, "loss": None, "eval_loss": None}
+        previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, self._on_sigint)
-            handler_set = True
-        if cfg.progress and self.rank == 0:
+        interrupted = False
+        try:
+            self._open_progress()
+            interrupted = self._loop(started, summary)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        try:
+            self._finish(interrupted, summary)
+        finally:
+            self._close_outputs()
+        if interrupted:
+            raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved in {self.out_dir}")
+        elapsed = time.monotonic() - started
+        tokens_per_step = self.global_batch * self.seq_len
+        summary.update(steps=self.step, elapsed_s=elapsed,
+                       tokens_per_sec=(self.step - summary["start_step"]) * tokens_per_step / max(elapsed, 1e-9),
+                       checkpoint=str(self.out_dir / "checkpoints" / checkpoint_name(self.step)))
+        return summary
+
+    def _open_progress(self) -> None:
+        if self.config.progress and self.rank == 0:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True)
-        self.model.train()
-        started = time.monotonic()
-        window_t, window_tokens = time.perf_counter(), 0
-        tokens_per_step = self.global_batch * self.seq_len
-        summary = {"start_step": self.step, "loss": None, "eval_loss": None}
+            self._bar = tqdm(total=self.config.max_steps, initial=self.step, unit="step", dynamic_ncols=True)
         if self.rank == 0:
             self.write(f"training {self.model.num_parameters():,} parameters on {self.device} "
                        f"({'bf16' if self.use_bf16 else 'fp32'}), {self.world_size} process(es), "
                        f"{self.global_batch} x {self.seq_len} tokens per step "
                        f"({self.micro_batch} per forward x {self.accum_steps} accumulation)")
-        interrupted = False
-        try:
-            while self.step < cfg.max_steps:
-                if self._should_stop(started):
-                    interrupted = self._stop_requested > 0
-                    break
-                before, step_before = self.sampler.state_dict(), self.step
-                try:
-                    loss, norm = self.train_step()
-                except KeyboardInterrupt:  # second Ctrl-C mid-step: drop the partial step
-                    if self.step == step_before:
-                        self.sampler.load_state_dict(before)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    raise
-                if self.world_size > 1:
-                    t = torch.tensor([loss], device=self.device)
-                    dist.all_reduce(t)
-                    loss = float(t) / self.world_size
-                summary["loss"] = loss
-                window_tokens += tokens_per_step
-                if self._bar is not None:
-                    self._bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    dt = time.perf_counter() - window_t
-                    tps = window_tokens / dt if dt > 0 else 0.0
-                    rec = {"event": "train", "step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                           "grad_norm": norm, "tokens": self.step * tokens_per_step, "tokens_per_sec": tps,
-                           "elapsed_s": time.monotonic() - started}
-                    self.log(rec)
-                    if self._bar is not None:
-                        self._bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
-                else:
-                    self.history.append({"event": "train", "step": self.step, "loss": loss})
-                if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    summary["eval_loss"] = self._log_eval()
-                for cb in self.callbacks:
-                    cb(self, self.step)
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
-                if self.step % cfg.log_every == 0:
-                    window_t, window_tokens = time.perf_counter(), 0
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            if handler_set:
-                signal.signal(signal.SIGINT, previous)
-        try:
-            if not interrupted and self.step > summary["start_step"]:
-                if self._last_eval_step != self.step:
-                    summary["eval_loss"] = self._log_eval()
-                for cb in self.callbacks:
-                    cb(self, self.step, final=True)
-            if self._last_saved_step != self.step and (
-                    self.step > summary["start_step"] or latest_checkpoint(self.out_dir / "checkpoints") is None):
-                self.save_checkpoint()
-        finally:
+
+    def _loop(self, started: float, summary: dict) -> bool:
+        """Steps until ``max_steps`` or a stop request; True when stopped by Ctrl-C."""
+        cfg = self.config
+        self.model.train()
+        window = [time.perf_counter(), 0]  # start time and tokens of the throughput window
+        while self.step < cfg.max_steps:
+            if self._should_stop(started):
+                return self._stop_requested > 0
+            loss, norm = self.train_step()
+            if self.world_size > 1:
+                t = torch.tensor([loss], device=self.device)
+                dist.all_reduce(t)
+                loss = float(t) / self.world_size
+            summary["loss"] = loss
+            window[1] += self.global_batch * self.seq_len
+            self._after_step(loss, norm, started, window, summary)
+        return False
+
+    def _after_step(self, loss: float, norm: float, started: float, window: list, summary: dict) -> None:
+        """Logging, evaluation, callbacks and periodic checkpoints after optimizer step ``self.step``."""
+        cfg = self.config
+        if self._bar is not None:
+            self._bar.update(1)
+        if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+            dt = time.perf_counter() - window[0]
+            tps = window[1] / dt if dt > 0 else 0.0
+            self.log({"event": "train", "step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                      "grad_norm": norm, "tokens": self.step * self.global_batch * self.seq_len,
+                      "tokens_per_sec": tps, "elapsed_s": time.monotonic() - started})
             if self._bar is not None:
-                self._bar.close()
-                self._bar = None
-            if self._tb is not None:
-                self._tb.close()
-            if self._own_group:
-                dist.destroy_process_group()
-        if interrupted:
-            raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved in {self.out_dir}")
-        elapsed = time.monotonic() - started
-        summary.update(steps=self.step, elapsed_s=elapsed,
-                       tokens_per_sec=(self.step - summary["start_step"]) * tokens_per_step / max(elapsed, 1e-9),
-                       checkpoint=str(self.out_dir / "checkpoints" / checkpoint_name(self.step)))
-        return summary
+                self._bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+        else:
+            self.history.append({"event": "train", "step": self.step, "loss": loss})
+        self._raise_pending_interrupt()  # a second Ctrl-C during the update stops here, the step recorded
+        if cfg.eval_every and self.step % cfg.eval_every == 0:
+            summary["eval_loss"] = self._log_eval()
+        for cb in self.callbacks:
+            cb(self, self.step)
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+        if self.step % cfg.log_every == 0:
+            window[:] = [time.perf_counter(), 0]
+
+    def _finish(self, interrupted: bool, summary: dict) -> None:
+        """Final evaluation and callbacks (unless interrupted) and the last checkpoint."""
+        if not interrupted and self.step > summary["start_step"]:
+            if self._last_eval_step != self.step:
+                summary["eval_loss"] = self._log_eval()
+            for cb in self.callbacks:
+                cb(self, self.step, final=True)
+        if self._last_saved_step != self.step and (
+                self.step > summary["start_step"] or latest_checkpoint(self.out_dir / "checkpoints") is None):
+            self.save_checkpoint()
+
+    def _close_outputs(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._own_group:
+            dist.destroy_process_group()
+            self._own_group = False
 
     def _log_eval(self) -> float:
         loss = self.evaluate()
