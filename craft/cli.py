@@ -12,16 +12,19 @@ bytes (258 ids) spend the parameters on the network, need no vocabulary file, en
 headings, code-like lines — within a few hundred steps.
 
 Errors print one line ``craft: error: …`` on stderr and exit with status 1 (``CRAFT_DEBUG=1``
-shows the traceback); Ctrl-C during training saves a checkpoint and exits with status 130.
+shows the traceback); Ctrl-C prints ``craft: interrupted…`` and exits with status 130 (during
+training it saves a checkpoint first). Skipped corpus files print ``craft: warning: …``.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import dataclasses
+import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 DEFAULT_RUNS = Path("runs")
@@ -70,15 +73,19 @@ def _source_folder(corpus: str | None) -> Path:
     if corpus is None:
         return builtin_corpus_dir()
     path = Path(corpus)
-    if not path.is_dir():
+    if not path.exists():
         raise CliError(f"corpus folder {corpus!r} does not exist")
+    if not path.is_dir():
+        raise CliError(f"corpus folder {corpus!r} is not a directory; give the folder that holds the .md/.txt files")
     return path
 
 
 def cmd_corpus_build(args) -> int:
-    from craft.data import PretokenizedCorpus, ensure_pretokenized, pretokenize
+    from craft.data import PretokenizedCorpus, check_out_dir, ensure_pretokenized, pretokenize
 
     folder = _source_folder(args.dir)
+    if args.out:
+        check_out_dir(args.out, folder, "--out")  # before the (long) tokenization, naming the flag
     out = pretokenize(folder, args.out, args.tokenizer) if args.out else ensure_pretokenized(folder, args.tokenizer)
     c = PretokenizedCorpus(out)
     print(f"{c.n_documents} documents, {c.n_tokens:,} {args.tokenizer} tokens -> {out}")
@@ -104,6 +111,8 @@ def cmd_train(args) -> int:
         if corpus is None and saved.get("corpus") and Path(saved["corpus"]).is_dir():
             corpus = saved["corpus"]
     tokenizer = tokenizer or "byte"
+    if "device" in train_set:
+        _check_device(str(train_set["device"]))
     corpus_dir = ensure_pretokenized(_source_folder(corpus), tokenizer)
     fields = dict(preset=args.preset, tokenizer=tokenizer, model_overrides=model_set, **train_set)
     for name in ("max_steps", "max_minutes", "tokens_per_step", "micro_batch_tokens", "seq_len", "lr", "precision",
@@ -130,11 +139,52 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _check_device(name: str) -> str:
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CliError(f"--device {name!r}: not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise CliError(f"--device {name!r}: craft runs on cpu or cuda")
+    return name
+
+
+def _check_generate_args(args) -> None:
+    """Bounds of ``craft generate``'s numeric options, each error naming its flag."""
+    if args.num_samples < 1:
+        raise CliError(f"--num-samples: expected an int >= 1, got {args.num_samples}")
+    if args.max_new_tokens < 1:
+        raise CliError(f"--max-new-tokens: expected an int >= 1, got {args.max_new_tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise CliError(f"--temperature: expected a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise CliError(f"--top-k: expected an int >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise CliError(f"--top-p: expected a number in (0, 1], got {args.top_p}")
+    if args.seed is not None and not 0 <= args.seed < 2 ** 63:
+        raise CliError(f"--seed: expected an int in [0, 2**63), got {args.seed}")
+    _check_device(args.device)
+    from craft.generation.linked.cli import check_linked_options
+
+    check_linked_options(args)
+
+
+def _model_context(model) -> int:
+    """The model's sequence capacity (positions it was built for)."""
+    cfg = model.config
+    return int(getattr(cfg, "max_seq_len", None) or cfg.context_length)
+
+
 def cmd_generate(args) -> int:
     import torch
 
     from craft.training import latest_checkpoint, load_model
 
+    _check_generate_args(args)
     if args.checkpoint:
         path = Path(args.checkpoint)
         if not path.exists():
@@ -155,6 +205,12 @@ def cmd_generate(args) -> int:
     if _wants_linked(args):
         return _generate_linked(model, prompt, args)
     ids = tok.encode(prompt) or [tok.eos_id]
+    context = _model_context(model)
+    if len(ids) >= context:
+        raise CliError(f"prompt: {len(ids)} tokens, but the model's context holds {context}; shorten the prompt")
+    if len(ids) + args.max_new_tokens > context:
+        raise CliError(f"--max-new-tokens {args.max_new_tokens}: the prompt ({len(ids)} tokens) plus the new tokens "
+                       f"exceed the model's context of {context}; use at most {context - len(ids)}")
     gen = torch.Generator(device=model.device)
     if args.seed is not None:
         gen.manual_seed(args.seed)
@@ -239,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--precision", choices=["auto", "bf16", "fp32"])
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", type=int, help="0 <= seed < 2**63")
     t.add_argument("--eval-every", type=int)
     t.add_argument("--sample-every", type=int)
     t.add_argument("--checkpoint-every", type=int)
@@ -251,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="continue a prompt with a trained model")
     g.add_argument("prompt", nargs="?", help="text to continue (default '# ', a document title)")
     g.add_argument("--checkpoint", help="checkpoint file or run folder (default: latest under runs/)")
-    g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--max-new-tokens", type=int, default=200,
+                   help="plain generation: prompt + new tokens must fit the model's context")
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-k", type=int)
     g.add_argument("--top-p", type=float)
@@ -269,12 +326,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Corpus warnings as one ``craft: warning:`` line; any other warning as Python prints it."""
+    from craft.data.corpus import CorpusWarning
+
+    if issubclass(category, CorpusWarning):
+        print(f"craft: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         args = build_parser().parse_args(argv)
         return args.fn(args)
     except KeyboardInterrupt as e:
-        print(f"craft: {e or 'interrupted'}", file=sys.stderr)
+        print(f"craft: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
@@ -284,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"craft: error: {msg}", file=sys.stderr)
         return 1
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

@@ -74,6 +74,8 @@ def test_corpus_build_train_resume_generate(tmp_path, env):
     steps = [json.loads(x)["step"] for x in (tmp_path / "runs" / "tiny" / "log.jsonl").read_text().splitlines()
              if json.loads(x)["event"] == "train"]
     assert steps == [1, 2, 3, 4, 5]
+    proc = craft(["train", "--resume", "--max-steps", "5", *FAST], tmp_path, env)  # a finished run: nothing to do
+    assert proc.returncode == 0 and "nothing to train" in proc.stdout and "step 5" in proc.stdout, proc.stderr
 
     proc = craft(["generate", "# Alpha", "--max-new-tokens", "12", "--seed", "0"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr

@@ -8,6 +8,7 @@ Files are named ``step_XXXXXXXX.pt`` under ``<run>/checkpoints/``.
 """
 from __future__ import annotations
 
+import pickle
 import random
 import re
 from pathlib import Path
@@ -44,7 +45,13 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, ValueError, OSError) as e:
+        # an empty or truncated file, another format, or a pickle payload weights_only refuses to run
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"checkpoint {str(path)!r}: not a readable craft checkpoint (empty, truncated or another "
+                         f"format; {type(e).__name__}: {first})") from None
     missing = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else list(CHECKPOINT_KEYS)
     if missing:
         raise ValueError(f"checkpoint {str(path)!r}: not a craft checkpoint (missing {missing})")
@@ -104,10 +111,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Language
             raise FileNotFoundError(f"no checkpoint under {str(p)!r}; train one with `craft train`")
         p = found
     state = load_checkpoint(p, map_location=device)
-    model = LanguageModel(ModelConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
+    try:
+        tokenizer = tokenizer_from_dict(state["tokenizer"])
+        model = LanguageModel(ModelConfig.from_dict(state["model_config"]))
+        model.load_state_dict(state["model"])
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise ValueError(f"checkpoint {str(p)!r}: its model or tokenizer cannot be rebuilt ({e})".splitlines()[0]) \
+            from None
+    if tokenizer.vocab_size > model.config.vocab_size or tokenizer.eos_id >= model.config.vocab_size:
+        raise ValueError(f"checkpoint {str(p)!r}: its tokenizer ({tokenizer.name}, {tokenizer.vocab_size} ids) does "
+                         f"not fit its model (vocab_size {model.config.vocab_size}); the checkpoint is inconsistent")
     model.to(device).eval()
-    model.tokenizer = tokenizer_from_dict(state["tokenizer"])
+    model.tokenizer = tokenizer
     model.train_config = dict(state["train_config"])
     model.checkpoint_path = str(p)
     return model

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 # fields that may change when a run is resumed (they do not change what a step computes)
@@ -57,7 +58,6 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self):
-        self.betas = tuple(self.betas)
         ints = {"tokens_per_step": 1, "micro_batch_tokens": 1, "warmup_steps": 0, "max_steps": 1, "eval_every": 0,
                 "eval_windows": 1, "sample_every": 0, "sample_tokens": 1, "checkpoint_every": 0,
                 "keep_checkpoints": 1, "log_every": 1, "seed": 0}
@@ -65,12 +65,36 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+        if self.seed >= 2 ** 63:
+            raise ValueError(f"seed: expected an int < 2**63, got {self.seed}")
+        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "eval_fraction", "sample_temperature"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name}: expected a finite number, got {v!r}")
+        betas = self.betas
+        if isinstance(betas, (list, tuple)) and len(betas) == 2 and all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
+            self.betas = tuple(float(b) for b in betas)
+        else:
+            raise ValueError(f"betas: expected two numbers in [0, 1), e.g. (0.9, 0.95), got {betas!r}")
+        for name in ("compile", "progress", "tensorboard"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        for name in ("preset", "sample_prompt", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}: expected a str, got {getattr(self, name)!r}")
+        if not isinstance(self.model_overrides, dict):
+            raise ValueError(f"model_overrides: expected a dict, got {self.model_overrides!r}")
+        if not 0 <= self.eval_fraction < 1 or self.sample_temperature < 0:
+            raise ValueError("eval_fraction, sample_temperature: expected 0 <= eval_fraction < 1 and "
+                             "sample_temperature >= 0")
         if self.seq_len is not None and (isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int)
                                          or self.seq_len < 1):
             raise ValueError(f"seq_len: expected a positive int or None, got {self.seq_len!r}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("lr, min_lr_ratio: expected lr > 0 and 0 <= min_lr_ratio <= 1")
-        if self.max_minutes is not None and not self.max_minutes > 0:
+        if self.max_minutes is not None and (isinstance(self.max_minutes, bool) or not isinstance(
+                self.max_minutes, (int, float)) or not self.max_minutes > 0):
             raise ValueError(f"max_minutes: expected a positive number or None, got {self.max_minutes!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision: expected 'auto', 'bf16' or 'fp32', got {self.precision!r}")

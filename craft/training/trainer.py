@@ -205,8 +205,8 @@ class Trainer:
         if state is not None:
             model_config = ModelConfig.from_dict(state["model_config"])
         else:
-            model_config = ModelConfig.preset(config.preset, vocab_size=self.tokenizer.vocab_size,
-                                              **config.model_overrides)
+            overrides = {"vocab_size": self.tokenizer.vocab_size, **config.model_overrides}  # a larger one may pad
+            model_config = ModelConfig.preset(config.preset, **overrides)
         if model_config.vocab_size < self.tokenizer.vocab_size:
             raise ValueError(f"model_overrides: vocab_size {model_config.vocab_size} is smaller than the "
                              f"tokenizer's {self.tokenizer.vocab_size}")
@@ -266,7 +266,12 @@ class Trainer:
             if torch.cuda.is_available():
                 return torch.device("cuda", self.local_rank)
             return torch.device("cpu")
-        dev = torch.device(name)
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {name!r}, but CUDA is not available on this machine; use cpu or auto")
         if dev.type == "cuda" and self.world_size > 1:
             dev = torch.device("cuda", self.local_rank)
         return dev
@@ -335,7 +340,7 @@ class Trainer:
         ids = ids[-(self.model.config.context_length - n_tokens):] if n_tokens < self.model.config.context_length \
             else ids[-1:]
         n = min(n_tokens, self.model.config.context_length - len(ids))
-        gen = torch.Generator(device=self.device).manual_seed(self.config.seed * 1000003 + seed)
+        gen = torch.Generator(device=self.device).manual_seed((self.config.seed * 1000003 + seed) % 2 ** 63)
         self.model.eval()
         try:
             out = generate_tokens(self.model, torch.tensor([ids], device=self.device), n, temperature,

@@ -17,6 +17,8 @@ from craft.generation.linked.generator import generate_linked
 from craft.generation.linked.result import GenerationResult
 
 _SAMPLING = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
+#: the most auxiliary documents ``--max-aux-docs`` accepts (the link mask is a dense (n + 1)^2 bool matrix)
+MAX_AUX_DOCS = 4096
 
 
 def add_linked_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -25,7 +27,8 @@ def add_linked_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                    help="pretokenized corpus directory: linked titles found there are inserted, not generated")
     g.add_argument("--max-link-depth", type=int, default=1, metavar="N",
                    help="link hops followed from the root (0 = none; default 1)")
-    g.add_argument("--max-aux-docs", type=int, default=5, metavar="N", help="documents besides the root")
+    g.add_argument("--max-aux-docs", type=int, default=5, metavar="N",
+                   help=f"documents besides the root (at most {MAX_AUX_DOCS})")
     g.add_argument("--max-tokens-per-document", type=int, default=None, metavar="N",
                    help="default: the checkpoint's training seq_len")
     g.add_argument("--max-context-length", type=int, default=None, metavar="N", help="KV-cache slots (default: model context)")
@@ -37,6 +40,20 @@ def add_linked_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     g.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads while decoding (default 1)")
     g.add_argument("--out", metavar="DIR", default=None, help="write one markdown file per document + manifest.json")
     return parser
+
+
+def check_linked_options(args: argparse.Namespace) -> None:
+    """Refuses option values that would allocate without bound, naming the flag (ValueError)."""
+    if not 0 <= args.max_aux_docs <= MAX_AUX_DOCS:
+        raise ValueError(f"--max-aux-docs: expected an int in [0, {MAX_AUX_DOCS}] (the link mask is dense, "
+                         f"(n + 1)^2), got {args.max_aux_docs}")
+    for flag, name in (("--max-link-depth", "max_link_depth"), ("--threads", "threads"),
+                       ("--max-tokens-per-document", "max_tokens_per_document"),
+                       ("--max-context-length", "max_context_length")):
+        v = getattr(args, name, None)
+        low = 0 if name == "max_link_depth" else 1
+        if v is not None and v < low:
+            raise ValueError(f"{flag}: expected an int >= {low}, got {v}")
 
 
 def linked_options(args: argparse.Namespace) -> dict:
