@@ -189,6 +189,14 @@ def test_one_trainer_per_run_folder_and_stale_temporaries_are_removed(corpus, tm
     assert second.step == 2  # the lock is released when train() returns
     del second
 
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "planted").mkdir()
+    (tmp_path / "planted" / ".lock").symlink_to(victim)
+    with pytest.raises(RunFolderBusy, match="cannot open its lock file"):
+        Trainer(config(max_steps=2), corpus, tmp_path / "planted")
+    assert victim.read_text() == "precious"
+
 
 def test_resume_of_a_finished_run_trains_nothing(corpus, tmp_path):
     Trainer(config(max_steps=2, sample_every=0), corpus, tmp_path / "run").train()

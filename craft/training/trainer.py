@@ -96,7 +96,12 @@ class RunLock:
         except ImportError:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
+        try:  # O_NOFOLLOW: a symlink planted at .lock must not make us truncate the file it points to
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise RunFolderBusy(f"run folder {str(self.path.parent)!r}: cannot open its lock file {self.path.name} "
+                                f"({e.strerror}); remove it if it is a link") from None
+        f = os.fdopen(fd, "r+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -300,7 +305,9 @@ class Trainer:
         if self.rank != 0:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "log.jsonl", "a") as f:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)  # never through a symlink
+        fd = os.open(self.out_dir / "log.jsonl", flags, 0o666)
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for k, v in record.items():
