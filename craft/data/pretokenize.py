@@ -9,7 +9,9 @@ Directory layout (format 1, see CONTRACTS.md):
   ``links(src, dst_title, dst)`` (``dst`` NULL when the target is not a title of the corpus);
 - ``source.json`` (craft's own): the source folder and a fingerprint of its files, so
   :func:`ensure_pretokenized` rebuilds only when the source changed.
-The directory is written under a temporary name and renamed into place.
+The directory is written under a temporary name and renamed into place; an existing ``out_dir``
+is replaced only when it is an earlier build (:func:`check_out_dir`). :class:`PretokenizedCorpus`
+is the one reader (training and linked generation) and validates a directory once, at open time.
 """
 from __future__ import annotations
 
