@@ -1,7 +1,7 @@
 """span_attention: causal attention inside document spans on CPU, from the C++ extension.
 
 Query ``i`` of batch row ``b`` attends the keys ``j <= i`` with ``doc_ids[b, j] == doc_ids[b, i]``
-(``doc_ids < 0``: padding, an output row of zeros), i.e. ``doc_attention(kind='doc_causal')``; no
+(``doc_ids == -1``: padding, an output row of zeros; ids below -1 raise), i.e. ``doc_attention(kind='doc_causal')``; no
 ``doc_ids`` means plain causal attention. fp32 math whatever the input dtype (fp16/bf16 are
 computed in fp32 and cast back). Head dims 16, 32, 64 and 128.
 
@@ -28,10 +28,28 @@ def _np(t: torch.Tensor):
     return t.detach().numpy()
 
 
+_I32_MAX = 2**31 - 1
+
+
+def _dense_ids(ids: torch.Tensor) -> torch.Tensor:
+    """int32 document ids for the C++ kernel from ids of any int dtype, without changing which
+    positions share a document: ids that fit in int32 are cast, larger ones are replaced by their
+    rank among the ids (-1 stays padding). Ids below -1 raise, as on every other path."""
+    if ids.numel() == 0:
+        return ids.to(torch.int32)
+    lo, hi = torch.aminmax(ids)
+    if int(lo) < -1:
+        raise ValueError(f"doc_ids: must be >= 0, or -1 for padding; got {int(lo)}")
+    if int(hi) <= _I32_MAX:
+        return ids.to(torch.int32)
+    _, rank = torch.unique(ids, return_inverse=True)  # sorted: -1, when present, has rank 0
+    return (rank - int(int(lo) == -1)).to(torch.int32)
+
+
 @torch.library.custom_op("craft::span_attention_fwd", mutates_args=())
 def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ids: torch.Tensor, scale: float
          ) -> tuple[torch.Tensor, torch.Tensor]:
-    out, lse = _dispatch.ext().span_attention_forward(_np(q), _np(k), _np(v), _np(ids), scale,
+    out, lse = _dispatch.ext().span_attention_forward(_np(q), _np(k), _np(v), _np(_dense_ids(ids)), scale,
                                                       torch.get_num_threads())
     return torch.from_numpy(out), torch.from_numpy(lse)
 
@@ -45,7 +63,7 @@ def _(q, k, v, ids, scale):
 def _bwd(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
          lse: torch.Tensor, ids: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dq, dk, dv = _dispatch.ext().span_attention_backward(_np(q), _np(k), _np(v), _np(out), _np(grad), _np(lse),
-                                                         _np(ids), scale, torch.get_num_threads())
+                                                         _np(_dense_ids(ids)), scale, torch.get_num_threads())
     return torch.from_numpy(dq), torch.from_numpy(dk), torch.from_numpy(dv)
 
 
@@ -81,7 +99,8 @@ def span_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: t
     """Causal attention within documents -> (B, H, T, hd) in q's dtype.
 
     q (B, H, T, hd), k/v (B, H_kv, T, hd) with H % H_kv == 0 (grouped-query K/V heads are repeated),
-    CPU, hd in :data:`HEAD_DIMS`; ``doc_ids`` (B, T) int (negative = padding) or None (one document);
+    CPU, hd in :data:`HEAD_DIMS`; ``doc_ids`` (B, T) int (-1 = padding, ids below -1 raise; any
+    int64 id, ids beyond int32 are ranked, never wrapped) or None (one document);
     ``scale`` defaults to ``hd ** -0.5``. Differentiable in q, k, v. Prefer
     ``craft_kernels.doc_attention``, which checks its arguments and routes here when it can.
     """
@@ -94,9 +113,11 @@ def span_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: t
         k = k.repeat_interleave(H // k.shape[1], dim=1)
         v = v.repeat_interleave(H // v.shape[1], dim=1)
     if doc_ids is None:
-        ids = torch.zeros(B, T, dtype=torch.int32)
+        ids = torch.zeros(B, T, dtype=torch.int64)
     else:
-        ids = doc_ids.to(device="cpu", dtype=torch.int32).contiguous()
+        if doc_ids.dtype.is_floating_point or doc_ids.dtype.is_complex or doc_ids.dtype == torch.bool:
+            raise TypeError(f"doc_ids: expected an integer tensor, got {doc_ids.dtype}")
+        ids = doc_ids.to(device="cpu", dtype=torch.int64).contiguous()  # checked and made int32 in the op
     dtype = q.dtype
     f32 = [t.to(torch.float32).contiguous() for t in (q, k, v)]
     out, _ = _fwd(*f32, ids, float(hd ** -0.5 if scale is None else scale))

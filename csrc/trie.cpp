@@ -96,16 +96,23 @@ std::vector<i64> sort_sequences(const i64* f, const i64* o, i64 m) {
 }
 
 // flat (total,) tokens, offsets (M + 1,), item_ids (M,): the CSR arrays of the trie.
-py::dict trie_build(I64 flat, I64 offsets, I64 item_ids) {
-    const i64 m = offsets.shape(0) - 1;
-    if (m < 0 || item_ids.shape(0) != m || flat.shape(0) != offsets.data()[m] || offsets.data()[0] != 0)
+py::dict trie_build(I64 flat_a, I64 offsets_a, I64 item_ids) {
+    // Private copies, taken with the GIL held: another thread may rewrite the caller's arrays while
+    // the loops below run without it, and the copies are what was validated.
+    const std::vector<i64> flat_v(flat_a.data(), flat_a.data() + flat_a.size());
+    const std::vector<i64> off_v(offsets_a.data(), offsets_a.data() + offsets_a.size());
+    const i64 m = static_cast<i64>(off_v.size()) - 1;
+    if (flat_a.ndim() != 1 || offsets_a.ndim() != 1 || item_ids.ndim() != 1)
+        throw py::value_error("trie_build: flat, offsets and item_ids must be 1-d");
+    if (m < 0 || item_ids.shape(0) != m || off_v[0] != 0 || static_cast<i64>(flat_v.size()) != off_v[static_cast<size_t>(m)])
         throw py::value_error("trie_build: inconsistent flat/offsets/item_ids");
-    const i64 *f = flat.data(), *o = offsets.data(), *ids = item_ids.data();
+    const i64 *f = flat_v.data(), *o = off_v.data(), *ids = item_ids.data();
     for (i64 s = 0; s < m; ++s)
         if (o[s + 1] < o[s]) throw py::value_error("trie_build: offsets must be non-decreasing");
     for (i64 k = 0; k < o[m]; ++k)
         if (f[k] < 0 || f[k] > kMaxToken)
             throw py::value_error("sequences: tokens must be in [0, 2**31), found " + std::to_string(f[k]));
+    const std::vector<i64> ids_v(ids, ids + m);  // read after the GIL is released
     std::vector<i64> order;
     std::vector<i32> parent{-1}, token{-1};
     std::vector<i64> item_node(static_cast<size_t>(m));
@@ -161,7 +168,7 @@ py::dict trie_build(I64 flat, I64 offsets, I64 item_ids) {
         // item nodes are non-decreasing in sorted order: items are already grouped by node
         for (i64 k = 0; k < m; ++k) {
             ++io[item_node[static_cast<size_t>(k)] + 1];
-            it[k] = ids[order[static_cast<size_t>(k)]];
+            it[k] = ids_v[static_cast<size_t>(order[static_cast<size_t>(k)])];
         }
         for (i64 v = 0; v < n; ++v) io[v + 1] += io[v];
         for (i64 v = n - 1; v >= 0; --v) {  // subtree of v = nodes [v, subtree_end[v])
@@ -205,10 +212,14 @@ class TrieCore {
 
     i64 n_nodes() const { return n_; }
 
+    // Every method copies the states/offsets it indexes with while it holds the GIL and checks the
+    // copy, so a caller rewriting its arrays from another thread cannot make a lookup read out of
+    // bounds (it can only change which values were looked up).
     I64 advance(I64 states, I64 tokens) const {
-        const i64 b = states.shape(0);
-        if (tokens.shape(0) != b) throw py::value_error("tokens: expected one token per state");
-        const i64 *st = check_states(states), *tk = tokens.data();
+        const std::vector<i64> st = checked_states(states);
+        const i64 b = static_cast<i64>(st.size());
+        if (tokens.ndim() != 1 || tokens.shape(0) != b) throw py::value_error("tokens: expected one token per state");
+        const std::vector<i64> tk(tokens.data(), tokens.data() + b);
         I64 out(b);
         i64* o = out.mutable_data();
         py::gil_scoped_release nogil;
@@ -218,11 +229,12 @@ class TrieCore {
 
     // mask (B, V) bool/uint8: allowed entries set to `value` (the rest untouched).
     void set_allowed(I64 states, py::array mask, bool value) const {
-        const i64 b = states.shape(0);
-        const i64* st = check_states(states);
-        if (mask.ndim() != 2 || mask.shape(0) != b || mask.itemsize() != 1 || mask.strides(1) != 1 ||
-            !mask.writeable())
+        const std::vector<i64> st = checked_states(states);
+        const i64 b = static_cast<i64>(st.size());
+        if (mask.ndim() != 2 || mask.shape(0) != b || mask.itemsize() != 1 || !mask.writeable() ||
+            (b > 0 && mask.shape(1) > 1 && mask.strides(1) != 1))
             throw py::value_error("mask: expected a writeable (B, V) 1-byte array with unit column stride");
+        if (b == 0 || mask.shape(1) == 0) return;  // nothing to write (NumPy may report zero strides)
         const i64 v = mask.shape(1), rs = mask.strides(0);
         auto* m = static_cast<uint8_t*>(mask.mutable_data());
         py::gil_scoped_release nogil;
@@ -235,8 +247,8 @@ class TrieCore {
 
     // Number of allowed tokens below vocab_size per state (children are sorted by token).
     I64 counts(I64 states, i64 vocab) const {
-        const i64 b = states.shape(0);
-        const i64* st = check_states(states);
+        const std::vector<i64> st = checked_states(states);
+        const i64 b = static_cast<i64>(st.size());
         I64 out(b);
         i64* o = out.mutable_data();
         for (i64 r = 0; r < b; ++r) o[r] = st[r] < 0 ? 0 : lower(st[r], vocab) - co_[st[r]];
@@ -245,26 +257,28 @@ class TrieCore {
 
     // logits (B, V) of any 2/4/8-byte float dtype viewed as ints: every disallowed entry becomes
     // `neg_inf` (its bit pattern). Rows with keep[r] != 0 are left alone; rows with eos_row[r] != 0
-    // keep only `eos`.
-    void mask_logits(I64 states, py::array logits, uint64_t neg_inf, I64 keep, I64 eos_row, i64 eos) const {
-        const i64 b = states.shape(0);
-        const i64* st = check_states(states);
+    // keep only `eos`. A masked row whose allowed entries were all -inf already gets them set to 0
+    // (a uniform choice among the allowed tokens), so no masked row is left all -inf.
+    void mask_logits(I64 states, py::array logits, uint64_t neg_inf, I64 keep_a, I64 eos_row_a, i64 eos) const {
+        const std::vector<i64> st = checked_states(states);
+        const i64 b = static_cast<i64>(st.size());
         const i64 isz = logits.itemsize();
-        if (logits.ndim() != 2 || logits.shape(0) != b || logits.strides(1) != isz || !logits.writeable() ||
-            (isz != 2 && isz != 4 && isz != 8) || keep.shape(0) != b || eos_row.shape(0) != b)
+        if (logits.ndim() != 2 || logits.shape(0) != b || !logits.writeable() || (isz != 2 && isz != 4 && isz != 8) ||
+            (b > 0 && logits.shape(1) > 1 && logits.strides(1) != isz) || keep_a.ndim() != 1 ||
+            keep_a.shape(0) != b || eos_row_a.ndim() != 1 || eos_row_a.shape(0) != b)
             throw py::value_error("logits: expected a writeable (B, V) array with unit column stride");
         const i64 v = logits.shape(1), rs = logits.strides(0);
+        if (b == 0) return;
         if (eos < 0 || eos >= v) throw py::value_error("eos_id: outside the vocabulary");
         auto* base = static_cast<char*>(logits.mutable_data());
-        const i64 *kp = keep.data(), *er = eos_row.data();
+        const std::vector<i64> kp(keep_a.data(), keep_a.data() + b), er(eos_row_a.data(), eos_row_a.data() + b);
         py::gil_scoped_release nogil;
         for (i64 r = 0; r < b; ++r) {
             if (kp[r]) continue;
             char* row = base + r * rs;
-            const i64 ec = eos;
             const i32* lo = &ct_[0];
             const i32* hi = lo;
-            i32 one = static_cast<i32>(ec);
+            const i32 one = static_cast<i32>(eos);
             if (er[r]) {
                 lo = &one;
                 hi = lo + 1;
@@ -273,17 +287,21 @@ class TrieCore {
                 hi = ct_ + lower(st[r], v);
             }
             i64 next = 0;  // fill the gaps between allowed tokens
+            bool all_neg_inf = true;
             for (const i32* p = lo; p != hi; ++p) {
                 fill(row, next, *p, isz, neg_inf);
+                all_neg_inf = all_neg_inf && get(row, *p, isz) == neg_inf;
                 next = static_cast<i64>(*p) + 1;
             }
             fill(row, next, v, isz, neg_inf);
+            if (all_neg_inf)  // force the constraint: the allowed tokens become equally likely
+                for (const i32* p = lo; p != hi; ++p) fill(row, *p, static_cast<i64>(*p) + 1, isz, 0);
         }
     }
 
     py::list allowed(I64 states) const {
-        const i64 b = states.shape(0);
-        const i64* st = check_states(states);
+        const std::vector<i64> st = checked_states(states);
+        const i64 b = static_cast<i64>(st.size());
         py::list out(static_cast<size_t>(b));
         for (i64 r = 0; r < b; ++r) {
             const i64 lo = st[r] < 0 ? 0 : co_[st[r]], hi = st[r] < 0 ? 0 : co_[st[r] + 1];
@@ -295,8 +313,8 @@ class TrieCore {
     }
 
     py::array_t<bool> is_terminal(I64 states) const {
-        const i64 b = states.shape(0);
-        const i64* st = check_states(states);
+        const std::vector<i64> st = checked_states(states);
+        const i64 b = static_cast<i64>(st.size());
         py::array_t<bool> out(b);
         bool* o = out.mutable_data();
         for (i64 r = 0; r < b; ++r) o[r] = st[r] >= 0 && io_[st[r] + 1] > io_[st[r]];
@@ -305,14 +323,14 @@ class TrieCore {
 
     // Follows each sequence from the root: (node reached, tokens consumed) per sequence.
     py::tuple walk(I64 flat, I64 offsets) const {
-        const i64 q = offsets.shape(0) - 1;
-        const i64 *f = flat.data(), *o = offsets.data();
-        check_offsets(o, q, flat.shape(0));
+        const std::vector<i64> o = checked_offsets(offsets, flat);
+        const i64 q = static_cast<i64>(o.size()) - 1;
+        const std::vector<i64> f(flat.data(), flat.data() + flat.size());
         I64 nodes(q), used(q);
         i64 *nd = nodes.mutable_data(), *us = used.mutable_data();
         {
             py::gil_scoped_release nogil;
-            for (i64 s = 0; s < q; ++s) walk_one(f + o[s], o[s + 1] - o[s], nd[s], us[s]);
+            for (i64 s = 0; s < q; ++s) walk_one(f.data() + o[s], o[s + 1] - o[s], nd[s], us[s]);
         }
         return py::make_tuple(nodes, used);
     }
@@ -320,9 +338,9 @@ class TrieCore {
     // Items whose sequence starts with each prefix (CSR: offsets (Q + 1,), items), at most `limit` each
     // (limit < 0: all); `exact`: only items whose sequence equals the prefix.
     py::tuple items_under(I64 flat, I64 offsets, i64 limit, bool exact) const {
-        const i64 q = offsets.shape(0) - 1;
-        const i64 *f = flat.data(), *o = offsets.data();
-        check_offsets(o, q, flat.shape(0));
+        const std::vector<i64> o = checked_offsets(offsets, flat);
+        const i64 q = static_cast<i64>(o.size()) - 1;
+        const std::vector<i64> f(flat.data(), flat.data() + flat.size());
         std::vector<i64> lo(static_cast<size_t>(q)), hi(static_cast<size_t>(q));
         I64 out_off(q + 1);
         i64* oo = out_off.mutable_data();
@@ -330,17 +348,9 @@ class TrieCore {
             py::gil_scoped_release nogil;
             oo[0] = 0;
             for (i64 s = 0; s < q; ++s) {
-                i64 v, k;
-                walk_one(f + o[s], o[s + 1] - o[s], v, k);
-                i64 a = 0, z = 0;
-                if (k == o[s + 1] - o[s]) {
-                    a = io_[v];
-                    z = exact ? io_[v + 1] : io_[se_[v]];
-                    if (limit >= 0) z = std::min(z, a + limit);
-                }
-                lo[static_cast<size_t>(s)] = a;
-                hi[static_cast<size_t>(s)] = z;
-                oo[s + 1] = oo[s] + (z - a);
+                range_under(f.data() + o[s], o[s + 1] - o[s], limit, exact, lo[static_cast<size_t>(s)],
+                            hi[static_cast<size_t>(s)]);
+                oo[s + 1] = oo[s] + (hi[static_cast<size_t>(s)] - lo[static_cast<size_t>(s)]);
             }
         }
         I64 items(oo[q]);
@@ -353,14 +363,8 @@ class TrieCore {
     // One prefix: the items under it (or ending exactly at it), at most `limit` (< 0: all).
     I64 items_one(I64 seq, i64 limit, bool exact) const {
         if (seq.ndim() != 1) throw py::value_error("seq: expected a 1-d array of tokens");
-        i64 v, k;
-        walk_one(seq.data(), seq.shape(0), v, k);
-        i64 a = 0, z = 0;
-        if (k == seq.shape(0)) {
-            a = io_[v];
-            z = exact ? io_[v + 1] : io_[se_[v]];
-            if (limit >= 0) z = std::min(z, a + limit);
-        }
+        i64 a, z;
+        range_under(seq.data(), seq.shape(0), limit, exact, a, z);  // GIL held: seq cannot change
         I64 out(z - a);
         std::copy(it_ + a, it_ + z, out.mutable_data());
         return out;
@@ -377,6 +381,24 @@ class TrieCore {
         } else {
             auto* p = reinterpret_cast<uint64_t*>(row);
             std::fill(p + from, p + to, bits);
+        }
+    }
+
+    static uint64_t get(const char* row, i64 at, i64 isz) {
+        if (isz == 4) return reinterpret_cast<const uint32_t*>(row)[at];
+        if (isz == 2) return reinterpret_cast<const uint16_t*>(row)[at];
+        return reinterpret_cast<const uint64_t*>(row)[at];
+    }
+
+    // [a, z): the slice of items under seq (exact: ending at it), at most `limit` long (< 0: all).
+    void range_under(const i64* seq, i64 len, i64 limit, bool exact, i64& a, i64& z) const {
+        i64 v, k;
+        walk_one(seq, len, v, k);
+        a = z = 0;
+        if (k == len) {
+            a = io_[v];
+            z = exact ? io_[v + 1] : io_[se_[v]];
+            if (limit >= 0 && z - a > limit) z = a + limit;  // never a + limit: it may overflow
         }
     }
 
@@ -403,18 +425,23 @@ class TrieCore {
         used = k;
     }
 
-    const i64* check_states(const I64& states) const {
+    std::vector<i64> checked_states(const I64& states) const {
         if (states.ndim() != 1) throw py::value_error("states: expected a 1-d array of node ids");
-        const i64* st = states.data();
-        for (i64 r = 0; r < states.shape(0); ++r)
-            if (st[r] < -1 || st[r] >= n_) throw py::value_error(range_msg(st[r], n_));
+        std::vector<i64> st(states.data(), states.data() + states.shape(0));
+        for (const i64 s : st)
+            if (s < -1 || s >= n_) throw py::value_error(range_msg(s, n_));
         return st;
     }
 
-    static void check_offsets(const i64* o, i64 q, i64 total) {
-        if (q < 0 || o[0] != 0 || o[q] != total) throw py::value_error("sequences: inconsistent offsets");
+    static std::vector<i64> checked_offsets(const I64& offsets, const I64& flat) {
+        if (offsets.ndim() != 1 || flat.ndim() != 1) throw py::value_error("sequences: expected 1-d flat and offsets");
+        std::vector<i64> o(offsets.data(), offsets.data() + offsets.shape(0));
+        const i64 q = static_cast<i64>(o.size()) - 1;
+        if (q < 0 || o[0] != 0 || o[static_cast<size_t>(q)] != flat.shape(0))
+            throw py::value_error("sequences: inconsistent offsets");
         for (i64 s = 0; s < q; ++s)
             if (o[s + 1] < o[s]) throw py::value_error("sequences: offsets must be non-decreasing");
+        return o;
     }
 
     // A loaded file must not be able to crash the operations: check every index once.

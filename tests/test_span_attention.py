@@ -128,3 +128,31 @@ def test_compiles_fullgraph_and_passes_opcheck():
     torch.testing.assert_close(gq, torch.autograd.grad(ref.sum(), q)[0])
     torch.library.opcheck(torch.ops.craft.span_attention_fwd.default,
                           (q.detach(), k.detach(), v.detach(), ids.int(), 0.25))
+
+
+@pytest.mark.parametrize("base", [2**31, 2**32, 2**40, -(2**0)])
+def test_int64_document_ids_keep_their_identity(base):
+    """Ids beyond int32 used to be cast: 2**32 merged with document 0 and 2**31 became padding."""
+    g = torch.Generator().manual_seed(3)
+    B, H, T, hd = 2, 2, 24, 16
+    q, k, v = (torch.randn(B, H, T, hd, generator=g, dtype=torch.float64) for _ in range(3))
+    row = [0] * 6 + [base + 1] * 6 + [0] * 6 + [base] * 6 if base > 0 else [0] * 6 + [-1] * 6 + [7] * 12
+    ids = torch.tensor([row, row[::-1]], dtype=torch.int64)
+    qf, kf, vf = (t.float().requires_grad_() for t in (q, k, v))
+    out = span_attention(qf, kf, vf, ids)
+    q64, k64, v64 = (t.requires_grad_() for t in (q, k, v))
+    ref = reference_attention(q64, k64, v64, doc_dense_mask(ids, "doc_causal"))
+    torch.testing.assert_close(out.double(), ref, **TOL[torch.float32])
+    go = torch.randn(out.shape, generator=g)
+    for a, b in zip(torch.autograd.grad(out, (qf, kf, vf), go), torch.autograd.grad(ref, (q64, k64, v64), go.double())):
+        torch.testing.assert_close(a.double(), b, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("impl", ["cpp", "python"])
+def test_ids_below_minus_one_raise_on_every_path(impl):
+    q = torch.randn(1, 2, 6, 16)
+    ids = torch.tensor([[0, 0, -2, 1, 1, 1]])
+    with _dispatch.use(impl), pytest.raises(ValueError, match="doc_ids: must be >= 0, or -1 for padding; got -2"):
+        doc_attention(q, q, q, ids, kind="doc_causal")
+    with pytest.raises(ValueError, match="got -5"):
+        span_attention(q, q, q, torch.tensor([[0, -5, 0, 0, 0, 0]], dtype=torch.int32))

@@ -234,3 +234,95 @@ def test_empty_and_single_sequence_tries(native_impl):
     assert t.n_nodes == 1 and t.lookup([]).tolist() == [] and t.allowed_mask([0], 3).tolist() == [[False] * 3]
     t = Trie([[]], item_ids=[7])  # the empty sequence is an item at the root
     assert t.lookup([]).tolist() == [7] and t.is_terminal([0]).tolist() == [True]
+
+
+def test_huge_limit_and_huge_tokens_are_safe(native_impl):
+    # the C++ core computed start + limit, which overflowed for sys.maxsize and corrupted the heap:
+    # run in a child so a crash fails the test
+    from tests._isolated import run_isolated
+
+    out = run_isolated(f"""
+        import sys
+        from craft_kernels import Trie
+        from craft_kernels.native import _dispatch
+        with _dispatch.use({native_impl!r}):
+            t = Trie([[1, 2, 3], [1, 2, 4], [5]])
+            off, items = t.items_with_prefixes([[1], [5], []], limit=sys.maxsize)
+            print(off.tolist(), items.tolist(), t.items_with_prefix([1], limit=sys.maxsize).tolist())
+        """)
+    assert out.split("\n")[0] == "[0, 2, 3, 6] [0, 1, 2, 0, 1, 2] [0, 1]"
+
+
+def test_malformed_sequences_raise_naming_the_argument(native_impl):
+    with pytest.raises(ValueError, match=r"sequences\[0\]: expected a 1-d array"):
+        Trie([[[1, 2, 3]], [[4, 5, 6]]])  # one level of nesting too many
+    with pytest.raises(ValueError, match=r"sequences\[0\]: value 18446744073709551616 does not fit in int64"):
+        Trie([[2**64]])  # was a bare StopIteration
+    t = Trie([[1, 2]])
+    with pytest.raises(ValueError, match="prefixes.*9223372036854775808 does not fit in int64"):
+        t.items_with_prefixes([[2**63]])  # wrapped to -2**63
+    with pytest.raises(ValueError, match="does not fit in int64"):
+        t.lookup([2**63])
+
+
+def test_public_arrays_are_read_only(native_impl, tmp_path):
+    t = Trie([[1, 2], [1, 3]])
+    for u in (t, Trie.load(_saved(t, tmp_path), mmap=False)):
+        for name in _ARRAYS:
+            with pytest.raises(ValueError, match="read-only"):
+                getattr(u, name)[0] = 7
+
+
+def _saved(t, tmp_path):
+    t.save(tmp_path / "t")
+    return tmp_path / "t"
+
+
+def test_empty_batch_everywhere(native_impl):
+    t = Trie([[1, 2], [1, 3]])
+    none = np.zeros(0, dtype=np.int64)
+    assert t.allowed_mask(none, 5).shape == (0, 5)
+    out = t.allowed_mask(none, 5)
+    assert t.allowed_mask(none, 5, out=out) is out
+    assert t.advance(none, none).shape == (0,) and t.is_terminal(none).shape == (0,) and t.allowed(none) == []
+    assert t.apply_to_logits(torch.zeros(0, 5), none).shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("strided", [False, True])
+def test_apply_to_logits_forces_the_constraint_on_neg_inf_rows(native_impl, dtype, strided):
+    t = Trie([[1, 2], [1, 3], [4]])
+    states = np.array([0, 1, 0], dtype=np.int64)  # root: {1, 4}; after 1: {2, 3}
+    base = torch.randn(6 if strided else 3, 6).to(dtype)
+    logits = base[::2] if strided else base  # strided: the masked_fill path
+    logits[0, [1, 4]] = float("-inf")  # another processor already removed every allowed token
+    logits[1, 2] = float("-inf")  # one of two: nothing to force
+    t.apply_to_logits(logits, states)
+    assert not torch.isneginf(logits).all(-1).any()
+    assert logits[0].tolist() == [float("-inf"), 0.0, float("-inf"), float("-inf"), 0.0, float("-inf")]
+    assert torch.isneginf(logits[1]).tolist() == [True, True, True, False, True, True]
+    # on_empty='eos' rows whose eos logit was -inf get it back too
+    lg = torch.full((1, 6), float("-inf"), dtype=dtype)
+    t.apply_to_logits(lg, np.array([-1]), on_empty="eos", eos_id=5)
+    assert lg[0, 5] == 0 and torch.softmax(lg.float(), -1).isfinite().all()
+
+
+def test_save_replaces_only_an_earlier_save(native_impl, tmp_path):
+    t = Trie([[1, 2]])
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="not a saved Trie"):
+        t.save(folder)
+    assert (folder / "keep.txt").read_text() == "precious"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a saved Trie"):
+        t.save(tmp_path / "file")
+    t.save(tmp_path / "t")
+    (tmp_path / "t" / "extra.txt").write_text("not ours")
+    with pytest.raises(FileExistsError):
+        t.save(tmp_path / "t")
+    (tmp_path / "t" / "extra.txt").unlink()
+    Trie([[3]]).save(tmp_path / "t")  # an earlier save is replaced
+    assert Trie.load(tmp_path / "t").lookup([3]).tolist() == [0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "notes", "t"]

@@ -1,19 +1,31 @@
 """Argument checks shared by the native-op wrappers: every message names the argument and the fix."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
-def int_array(x, name: str, ndim: int = 1) -> np.ndarray:
-    """`x` as an int64 NumPy array of `ndim` dimensions (any int dtype or int list; non-contiguous is fine)."""
-    a = np.asarray(x)
+def int_array(x, name: str, ndim: int = 1, copy: bool = False) -> np.ndarray:
+    """`x` as an int64 NumPy array of `ndim` dimensions (any int dtype or int list; non-contiguous is fine).
+
+    ``copy=True`` always returns a private array: use it for arrays whose values C++ indexes with
+    after releasing the GIL, so what was validated is what is read even if another thread rewrites
+    the caller's array meanwhile."""
+    try:
+        a = np.asarray(x)
+    except (ValueError, OverflowError) as e:  # ragged nesting
+        raise TypeError(f"{name}: expected a rectangular {ndim}-d integer array, got a ragged nesting ({e})") from None
+    if a.dtype == object and a.size and all(type(v) is int for v in a.flat):
+        v = max(a.flat, key=lambda v: abs(v))
+        raise ValueError(f"{name}: value {v} does not fit in int64; ids and offsets must be in [-2**63, 2**63)")
     if a.dtype == object or not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_ or a.size == 0):
         raise TypeError(f"{name}: expected an integer array, got dtype {a.dtype}; convert with np.asarray(..., dtype=np.int64)")
     if a.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-d array, got shape {a.shape}")
     if a.dtype == np.uint64 and a.size and a.max() > _I64_MAX:
         raise ValueError(f"{name}: value {int(a.max())} does not fit in int64; ids and offsets must be < 2**63")
-    return np.ascontiguousarray(a, dtype=np.int64)
+    return np.array(a, dtype=np.int64, order="C", copy=True) if copy else np.ascontiguousarray(a, dtype=np.int64)
 
 
 _I64_MAX = np.iinfo(np.int64).max
@@ -29,8 +41,9 @@ def int64_scalar(x, name: str) -> int:
 
 
 def offsets_array(x, name: str, total: int | None = None) -> np.ndarray:
-    """CSR offsets: 1-d, starting at 0, non-decreasing, ending at `total` when given."""
-    a = int_array(x, name)
+    """CSR offsets: 1-d, starting at 0, non-decreasing, ending at `total` when given; always a
+    private copy (C++ indexes with it without the GIL)."""
+    a = int_array(x, name, copy=True)
     if a.size == 0:
         raise ValueError(f"{name}: offsets need at least one entry (0 for an empty batch)")
     if a[0] != 0:
@@ -59,3 +72,19 @@ def ids_in_range(a: np.ndarray, name: str, vocab_size: int | None) -> None:
         raise ValueError(f"{name}: ids must be >= 0, found {int(a.min())}")
     if vocab_size is not None and a.size and a.max() >= vocab_size:
         raise ValueError(f"{name}: id {int(a.max())} is outside the vocabulary [0, {vocab_size})")
+
+
+def check_output_size(n_elements: int, itemsize: int, name: str) -> None:
+    """Raises ValueError naming ``name`` when an output of ``n_elements`` items of ``itemsize`` bytes
+    could not fit in this machine's physical memory (instead of allocating until the OS kills us)."""
+    need = int(n_elements) * int(itemsize)
+    if need > _physical_memory():
+        raise ValueError(f"{name}: the output would need {need / 2**30:.1f} GiB, more than this machine's "
+                         f"{_physical_memory() / 2**30:.1f} GiB of memory; lower {name} or process the input in parts")
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40

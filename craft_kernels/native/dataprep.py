@@ -15,7 +15,9 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from craft_kernels.native import _dispatch
-from craft_kernels.native._validate import ids_in_range, int64_scalar, int_array, offsets_array, positive_int
+from craft_kernels.native._validate import (
+    check_output_size, ids_in_range, int64_scalar, int_array, offsets_array, positive_int,
+)
 
 
 # --------------------------------------------------------------------------- pad_units
@@ -42,6 +44,7 @@ def pad_units(tokens, offsets, width: int, pad_id: int, truncate: bool = False) 
         u = int(np.argmax(lengths))
         raise ValueError(f"offsets: unit {u} has {lengths[u]} ids, longer than width={width}; "
                          "raise width or pass truncate=True")
+    check_output_size(lengths.size * width, 8, "width")
     if _dispatch.use_cpp():
         return _dispatch.ext().pad_units(tokens, offsets, width, pad_id)
     return pad_units_reference(tokens.tolist(), offsets.tolist(), width, pad_id)
@@ -141,6 +144,16 @@ def _split_reference(offsets, budget):
     return [np.array(x, dtype=np.int64) for x in (po, pu, pp)]
 
 
+def _check_rows_fit(offsets: np.ndarray, budget: int) -> None:
+    """The three (rows, budget) int64 outputs must fit in memory: rows <= units, counted exactly
+    only when that bound is too loose."""
+    check_output_size(3 * budget, 8, "budget")
+    n = len(offsets) - 1
+    if n * budget * 24 > (1 << 30):
+        rows = len(greedy_join(np.diff(offsets), budget, 1).offsets) - 1
+        check_output_size(3 * rows * budget, 8, "budget")
+
+
 def join_pad(tokens, offsets, budget: int, join_id: int, pad_id: int, split_long: bool = False) -> JoinPadded:
     """Greedy join-padding: consecutive units packed next-fit into rows of ``budget`` ids with
     ``join_id`` between joined units (each join costs one position), then ``pad_id``.
@@ -162,6 +175,7 @@ def join_pad(tokens, offsets, budget: int, join_id: int, pad_id: int, split_long
     else:
         _check_budget(np.diff(offsets), budget, "offsets")
         unit_ids, pos0 = np.arange(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    _check_rows_fit(offsets, budget)
     if _dispatch.use_cpp():
         ids, unit, pos, cu, go = _dispatch.ext().join_pad(tokens, offsets, unit_ids, pos0, budget, join_id, pad_id)
     else:
@@ -286,8 +300,8 @@ def build_dvt(level_offsets, n_tokens: int | None = None) -> DvtArrays:
     ``n_tokens`` (default ``level_offsets[0][-1]``) is checked against the word offsets."""
     if isinstance(level_offsets, np.ndarray) or not isinstance(level_offsets, Sequence) or not len(level_offsets):
         raise TypeError("level_offsets: expected a non-empty list of offsets arrays, one per level (words first)")
-    first = int_array(level_offsets[0], "level_offsets[0]")
-    total = int(first[-1]) if first.size else 0
+    first = offsets_array(level_offsets[0], "level_offsets[0]")
+    total = int(first[-1])
     if n_tokens is not None and n_tokens != total:
         raise ValueError(f"level_offsets[0]: must end at n_tokens={n_tokens}, got {total}")
     levels = _check_levels(np.empty(total), level_offsets)

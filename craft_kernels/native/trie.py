@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import shutil
+import tempfile
 import weakref
 from typing import Sequence
 
@@ -101,7 +102,12 @@ class Trie:
 
     def _set(self, arrays: dict, check: bool) -> None:
         for name in _ARRAYS:
-            setattr(self, name, arrays[name])
+            a = arrays[name]
+            if a.flags.writeable:  # the lookups trust these arrays: publish them read-only
+                a = a.view()
+                a.flags.writeable = False
+                arrays[name] = a
+            setattr(self, name, a)
         self._core = None
         self._last_mask = None  # (weakref to the last allowed_mask array, the states it was filled for)
         if _dispatch.use_cpp():
@@ -121,18 +127,28 @@ class Trie:
 
     def save(self, path: str) -> None:
         """Writes a directory of ``.npy`` files (memory-mappable) plus ``meta.json``; a temporary
-        directory is renamed into place, replacing an earlier save."""
-        path = os.fspath(path).rstrip("/") or "/"
-        tmp = f"{path}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        for name in _ARRAYS:
-            np.save(os.path.join(tmp, f"{name}.npy"), np.ascontiguousarray(getattr(self, name), dtype=_DTYPES[name]))
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump({"format": _FORMAT, "n_nodes": self.n_nodes, "n_items": self.n_items}, f)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        directory is renamed into place. An existing ``path`` is replaced only when it is an
+        earlier Trie save; anything else there raises FileExistsError and is left untouched."""
+        path = os.path.abspath(os.fspath(path))
+        if os.path.lexists(path):
+            _check_replaceable(path)
+        parent = os.path.dirname(path)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+        try:
+            for name in _ARRAYS:
+                np.save(os.path.join(tmp, f"{name}.npy"),
+                        np.ascontiguousarray(getattr(self, name), dtype=_DTYPES[name]))
+            with open(os.path.join(tmp, "meta.json"), "w") as f:
+                json.dump({"format": _FORMAT, "n_nodes": self.n_nodes, "n_items": self.n_items}, f)
+            if os.path.lexists(path):
+                old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
+                os.replace(path, os.path.join(old, "trie"))  # the checked earlier save, moved aside
+                os.replace(tmp, path)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def load(cls, path: str, mmap: bool = True) -> "Trie":
@@ -316,7 +332,9 @@ class Trie:
         Returns a bool (B,) tensor on ``logits.device`` flagging rows with no allowed token (dead
         states, or children all >= V), handled by ``on_empty``: ``'raise'`` (ValueError, logits
         untouched), ``'eos'`` (only ``eos_id`` stays allowed) or ``'keep'`` (the row is left as it
-        is). No row is ever left all -inf, so a softmax never yields NaN.
+        is). A masked row whose allowed entries were all -inf already (e.g. set by another
+        processor) gets them set to 0, so the constraint still holds and no row this call masks is
+        left all -inf (a softmax never yields NaN there); ``'keep'`` rows are the caller's.
 
         CPU: C++ writes -inf straight into the tensor's memory (one pass, float16/bfloat16/float32/
         float64, unit column stride; otherwise a mask is built). CUDA: the disallowed mask is built
@@ -360,8 +378,33 @@ class Trie:
             bad_np[keep] = False
             if eos_rows.any():
                 bad_np[eos_rows, eos] = False
-            logits.masked_fill_(bad.to(logits.device, non_blocking=pin), float("-inf"))
+            bad_dev = bad.to(logits.device, non_blocking=pin)
+            logits.masked_fill_(bad_dev, float("-inf"))
+            # rows whose allowed entries were already all -inf: force the constraint (no host sync)
+            forced = torch.isneginf(logits).all(-1, keepdim=True) & ~bad_dev
+            forced[torch.from_numpy(keep).to(logits.device)] = False
+            logits.masked_fill_(forced, 0.0)
         return torch.from_numpy(empty).to(logits.device)
+
+
+_SAVED_FILES = {"meta.json", *(f"{n}.npy" for n in _ARRAYS)}
+
+
+def _check_replaceable(path: str) -> None:
+    """Raises unless ``path`` is a directory holding exactly what :meth:`Trie.save` writes."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise FileExistsError(f"path: {path!r} exists and is not a saved Trie; choose another path or remove it")
+    names = set(os.listdir(path))
+    fmt = None
+    if names <= _SAVED_FILES and "meta.json" in names:
+        try:
+            with open(os.path.join(path, "meta.json")) as f:
+                fmt = json.load(f).get("format")
+        except (OSError, ValueError, AttributeError):
+            fmt = None
+    if fmt is None:
+        raise FileExistsError(f"path: {path!r} exists and is not a saved Trie (Trie.save replaces only an "
+                              "earlier save); choose another path or remove it")
 
 
 def _validate_reference(arrays: dict) -> None:
@@ -394,12 +437,14 @@ def _flatten(sequences, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise TypeError(f"{name}: expected an (M, L) int array or a list of int sequences, got {type(sequences).__name__}")
     if sequences and all(type(s) is list or type(s) is tuple for s in sequences):  # lists of ints: one conversion
         lengths = [len(s) for s in sequences]
-        flat = np.array(list(itertools.chain.from_iterable(sequences)))
-        if flat.size and (flat.dtype == object or not np.issubdtype(flat.dtype, np.integer)):
-            bad = next(i for i, s in enumerate(sequences) if any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) for x in s))
-            int_array(sequences[bad], f"{name}[{bad}]")  # raises the per-sequence TypeError
-            raise TypeError(f"{name}: expected int sequences")
-        return flat.astype(np.int64), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        try:
+            flat = np.array(list(itertools.chain.from_iterable(sequences)))
+        except (ValueError, OverflowError):
+            flat = None
+        if flat is not None and flat.ndim == 1 and (np.issubdtype(flat.dtype, np.integer) or not flat.size):
+            flat = int_array(flat, name)  # uint64 beyond int64 raises
+            return flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        # not a flat list of ints: the per-sequence path below names the first bad sequence
     parts = [int_array(s, f"{name}[{i}]") for i, s in enumerate(sequences)]
     flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     return flat.astype(np.int64), np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)

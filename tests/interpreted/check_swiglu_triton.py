@@ -42,3 +42,15 @@ def test_triton_packed_strided_rows():
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
     out.sum().backward()
     assert gu.grad.shape == gu.shape and gu.grad.abs().sum() > 0
+
+
+def test_float64_is_computed_in_float64():
+    """The Triton kernels compute in fp32: float64 must not go through them (gradcheck, and
+    values beyond fp32's range)."""
+    g = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(swiglu, (g, u))
+    big = torch.tensor([[3e38, 1e-300, -2.5]], dtype=torch.float64)
+    out = swiglu(big, torch.full_like(big, 4.0))
+    ref, _, _ = golden(big, torch.full_like(big, 4.0))
+    torch.testing.assert_close(out, ref, rtol=1e-15, atol=0)
