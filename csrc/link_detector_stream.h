@@ -66,6 +66,7 @@ class Stream {
         flags_ = 0;
         depth_ = 0;
         form_ = BARE;
+        lead_.clear();
         run_ = fence_len_ = 0;
         at_line_start_ = false;
         fence_char_ = 0;
@@ -118,8 +119,8 @@ class Stream {
     bool plain(const TokenTables& tt, const Limits& lim, i64 t, const char* s, i64 n) {
         switch (state_) {
             case TARGET:
-                if (form_ == ANGLE_DONE) return false;
-                set_escaped(false);
+                if (form_ == ANGLE_DONE || (form_ == BARE && target_.empty())) return false;
+                flags_ &= static_cast<uint8_t>(~(NL | ESC));
                 target_.append(s, static_cast<size_t>(n));
                 if (static_cast<i64>(target_.size()) > lim.max_target) abort_target(lim);
                 return true;
@@ -154,6 +155,7 @@ class Stream {
                 target_.clear();
                 depth_ = 0;
                 form_ = BARE;
+                lead_.clear();
                 set_escaped(false);
                 return;
             }
@@ -175,6 +177,13 @@ class Stream {
             return target_append(lim, b);
         }
         set_escaped(false);  // a backslash before anything else is just a backslash
+        if ((b == ' ' || b == '\t' || b == '\r' || (b == '\n' && lead_.find('\n') == std::string::npos)) &&
+            target_.empty() && form_ == BARE) {
+            lead_.push_back(static_cast<char>(b));  // whitespace before the target
+            if (b == '\n') flags_ |= NL;            // (a blank line if the target is abandoned)
+            if (static_cast<i64>(lead_.size()) > lim.max_target) abort_target(lim);
+            return;
+        }
         if (b == '\\') {
             set_escaped(true);
         } else if (b == '\n' || (b == '<' && form_ == ANGLE)) {
@@ -201,6 +210,7 @@ class Stream {
     }
 
     void target_append(const Limits& lim, unsigned char b) {
+        flags_ &= static_cast<uint8_t>(~NL);
         target_.push_back(static_cast<char>(b));
         if (static_cast<i64>(target_.size()) > lim.max_target) abort_target(lim);
     }
@@ -343,6 +353,7 @@ class Stream {
     // The target as written, for the text of an enclosing link.
     void append_raw_target(std::string& s) const {
         s.push_back('(');
+        s += lead_;
         if (form_ != BARE) s.push_back('<');
         s += target_;
         if (form_ == ANGLE_DONE) s.push_back('>');
@@ -354,6 +365,7 @@ class Stream {
         set_escaped(false);
         if (!openers_.empty()) append_raw_target(buf_);
         target_.clear();
+        lead_.clear();
         cand_text_.clear();
         form_ = BARE;
         bound_text(lim);
@@ -429,6 +441,7 @@ class Stream {
         state_ = TEXT;
         flags_ = static_cast<uint8_t>(kNoLineStart << kLsShift);
         target_.clear();
+        lead_.clear();
         cand_text_.clear();
         form_ = BARE;
         bound_text(lim);
@@ -437,7 +450,7 @@ class Stream {
     i64 pos_ = 0;
     State state_ = TEXT;
     std::vector<Opener> openers_;
-    std::string buf_, target_, cand_text_;
+    std::string buf_, target_, cand_text_, lead_;  // lead_: whitespace skipped before the target
     std::vector<int32_t> ring_;
     i64 hist_first_ = 0, hist_n_ = 0;
     uint8_t flags_ = 0;

@@ -15,7 +15,8 @@ Rules (CommonMark inline links, simplified; this module is the specification of 
   opener, so a badge ``[![ci](badge.svg)](url)`` is an image inside a link and both are found.
 - The target ends at the first unescaped ``)`` outside nested parentheses. Nesting deeper than
   ``max_depth`` (32, cmark's cap), a newline, or more than ``max_target_bytes`` bytes abandons it;
-  its bytes then count as text of the enclosing link, if any. Spaces are allowed (targets are
+  its bytes then count as text of the enclosing link, if any. Whitespace and at most one newline
+  before the target are skipped (``](\n  url)``, as CommonMark). Spaces are allowed (targets are
   document titles: ``[a](Python (language))``), and so is CommonMark's form ``[a](<Python (language)>)``:
   a target starting with ``<`` ends at the next unescaped ``>``, which must be followed by ``)``; its
   bytes may hold any parentheses but no newline or ``<``, and ``target_bytes`` leaves out the
@@ -200,6 +201,7 @@ class LinkDetectorReference:
         self.paren = None             # (tok, off) of the "(" of the current target
         self.depth = 0
         self.form = _BARE
+        self.lead = bytearray()       # whitespace skipped before the target
         self.run = 0                  # backticks / tildes counted so far in the current run
         self.at_line_start = False    # the backtick run began a line (it may open a fence)
         self.fence_char = self.fence_len = 0   # a code span's length is in fence_len too
@@ -253,6 +255,7 @@ class LinkDetectorReference:
                 self.target = bytearray()
                 self.depth = 0
                 self.form = _BARE
+                self.lead = bytearray()
                 self.esc = False
                 return None
             self.state = _TEXT
@@ -271,6 +274,12 @@ class LinkDetectorReference:
             self.esc = False
             return self._target_append(b)
         self.esc = False  # a backslash before anything else is just a backslash
+        if (b in (0x20, 0x09, 0x0D) or (b == 0x0A and 0x0A not in self.lead)) and not self.target and self.form == _BARE:
+            self.lead.append(b)  # whitespace before the target
+            self.nl = self.nl or b == 0x0A  # (a blank line if the target is abandoned)
+            if len(self.lead) > self.max_target:
+                self._abort_target()
+            return None
         if b == 0x5C:
             self.esc = True
         elif b == 0x0A or (b == 0x3C and self.form == _ANGLE):
@@ -295,6 +304,7 @@ class LinkDetectorReference:
         return self._target_append(b)
 
     def _target_append(self, b):
+        self.nl = False
         self.target.append(b)
         if len(self.target) > self.max_target:
             self._abort_target()
@@ -418,8 +428,8 @@ class LinkDetectorReference:
     def _raw_target(self) -> bytes:
         """The target as written, for the text of an enclosing link."""
         if self.form == _BARE:
-            return b"(" + self.target
-        return b"(<" + self.target + (b">" if self.form == _ANGLE_DONE else b"")
+            return b"(" + self.lead + self.target
+        return b"(" + self.lead + b"<" + self.target + (b">" if self.form == _ANGLE_DONE else b"")
 
     def _abort_target(self):
         """The target cannot complete: its bytes become text of the enclosing link, if any."""
@@ -428,6 +438,7 @@ class LinkDetectorReference:
         if self.openers:
             self.buf += self._raw_target()
         self.target = bytearray()
+        self.lead = bytearray()
         self.cand = None
         self.form = _BARE
         self._bound_text()
@@ -483,6 +494,7 @@ class LinkDetectorReference:
         self.esc = self.bang = self.nl = False
         self.ls = NO_LINE_START
         self.target = bytearray()
+        self.lead = bytearray()
         self.cand = None
         self.form = _BARE
         self._bound_text()
