@@ -5,12 +5,12 @@ embeddings (half-split layout) computed from position tensors; grouped-query att
 ``n_kv_heads``; fused QKV and gate-up projections; optional tied input/output embeddings.
 
 Attention paths: training / full forward uses ``craft_kernels.doc_attention(kind='doc_causal')``
-when ``doc_ids`` are given and causal SDPA otherwise; cached decoding (``forward_step``) uses :func:`cached_attention`
-over the static KV cache with a boolean mask.
+(causal within each document when ``doc_ids`` are given, plain causal otherwise; on CPU the C++ span
+kernel, fp32 math); cached decoding (``forward_step``) uses :func:`cached_attention` over the static
+KV cache with a boolean mask.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from craft_kernels import SwiGLUMLP, doc_attention
-from craft_kernels.span_attention import supports as span_supports
 from craft.generation.kv_cache import KVCache
 from craft.models.base import GenerativeModel
 from craft.models.config import ModelConfig
@@ -66,29 +65,6 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     return torch.matmul(p, v).view(B, H, T, hd)
 
 
-def sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       doc_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Causal attention of the whole sequence, q (B, H, T, hd), k/v (B, H_kv, T, hd) → (B, H, T, hd)
-    in q's dtype; within each document when ``doc_ids`` (B, T) is given.
-
-    On CPU this is ``doc_attention``'s C++ span kernel (fp32 math) where it applies. Otherwise, on
-    CPU, fp16/bf16 inputs go through SDPA in fp32 with autocast off: the CPU flash kernel's
-    half-precision backward is its slow part (measured fwd+bwd at 64x8x256x16 on the dev CPU: 143 ms
-    bf16 vs 86 ms fp32 causal, 206 vs 120 ms with document masks; equal at head_dim 64)."""
-    if span_supports(q):
-        return doc_attention(q, k, v, doc_ids, kind="doc_causal")
-    dtype = q.dtype
-    upcast = q.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)
-    if upcast:
-        q, k, v = q.float(), k.float(), v.float()
-    with torch.autocast(q.device.type, enabled=False) if upcast else contextlib.nullcontext():
-        if doc_ids is not None:
-            y = doc_attention(q, k, v, doc_ids, kind="doc_causal")
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
-    return y.to(dtype)
-
-
 class Attention(nn.Module):
     """Multi-head (or grouped-query) self-attention with a fused QKV projection."""
 
@@ -110,7 +86,7 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)
             y = cached_attention(q, k.to(q.dtype), v.to(q.dtype), mask)
         else:
-            y = sequence_attention(q, k, v, doc_ids)
+            y = doc_attention(q, k, v, doc_ids, kind="doc_causal")
         return self.wo(y.transpose(1, 2).reshape(B, T, H * hd))
 
 
