@@ -96,7 +96,7 @@ class Block(nn.Module):
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
         self.attention = Attention(config)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
-        self.feed_forward = SwiGLUMLP(config.dim, config.ff_dim)
+        self.feed_forward = SwiGLUMLP(config.dim, config.hidden_dim)
 
     def forward(self, x, cos, sin, doc_ids=None, input_pos=None, mask=None):
         x = x + self.attention(self.attention_norm(x), cos, sin, doc_ids, input_pos, mask)
@@ -128,9 +128,9 @@ class LanguageModel(GenerativeModel):
         hd = config.head_dim
         inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        # angles of positions 0..context_length-1, computed once: a compiled forward reads them
+        # angles of positions 0..max_seq_len-1, computed once: a compiled forward reads them
         # instead of recomputing cos/sin inside every fused rope kernel
-        cos, sin = rope_angles(torch.arange(config.context_length), inv_freq)
+        cos, sin = rope_angles(torch.arange(config.max_seq_len), inv_freq)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("_slots", torch.zeros(0, dtype=torch.long), persistent=False)
