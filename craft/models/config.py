@@ -26,7 +26,7 @@ class ModelConfig:
     """Hyper-parameters of :class:`craft.models.LanguageModel`.
 
     ``hidden_dim`` is the SwiGLU MLP's width; ``max_seq_len`` the longest sequence the model is
-    built for (rotary angles precomputed; the default decoding cache). ``ff_dim`` and
+    built for (rotary angles are precomputed up to it; linked generation sizes its cache by it). ``ff_dim`` and
     ``context_length`` are their deprecated names (accepted with a DeprecationWarning, and read
     from old checkpoints by :meth:`from_dict`).
 

@@ -252,21 +252,12 @@ class DocumentContext:
         self.current = index
         return self._append_slots(d, n)
 
-    def begin(self, index: int) -> None:
-        """Makes document ``index`` current (placing any pending tokens is up to :meth:`place`)."""
-        d = self.docs[index]
-        if d.status is not None:
-            raise ValueError(f"index: document {index} ({d.title!r}) is finished ({d.status})")
-        self.current = index
-        if d.active:
-            self._restore_current()
-
     def append(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Appends ``tokens`` to the current document and places them; returns ``(slots, rope_pos)``.
         Raises :class:`ContextFull` (nothing changed) when they cannot get slots, ValueError past
         ``max_tokens_per_document``."""
         if self.current is None:
-            raise RuntimeError("append: no current document; begin() or place() one first")
+            raise RuntimeError("append: no current document; place() one first")
         d = self.docs[self.current]
         toks = [int(t) for t in tokens]
         if not toks:
