@@ -95,6 +95,16 @@ def _copy(pairs) -> None:
                 t.copy_(r)
 
 
+def _twins(model_cls, pairs_fn, cfg: ModelConfig, dtype, seed: int):
+    """``model_cls(cfg)`` with random weights, a Llama holding the same weights, and the pairs."""
+    model = model_cls(cfg).to(dtype)
+    _randomize(model, seed)
+    hf = _llama(cfg, dtype)
+    pairs = pairs_fn(model, hf)
+    _copy(pairs)
+    return model, hf, pairs
+
+
 def _data(seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g)
@@ -116,12 +126,7 @@ def _check(ours_logits, hf_logits, pairs, targets, tol):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("layout", sorted(CONFIGS))
 def test_language_model_matches_llama(layout, dtype):
-    cfg = _config(**CONFIGS[layout])
-    model = LanguageModel(cfg).to(dtype)
-    _randomize(model, seed=1)
-    hf = _llama(cfg, dtype)
-    pairs = _pairs_craft(model, hf)
-    _copy(pairs)
+    model, hf, pairs = _twins(LanguageModel, _pairs_craft, _config(**CONFIGS[layout]), dtype, seed=1)
     tokens, targets = _data()
     _check(model(tokens), _hf_logits(hf, tokens), pairs, targets, TOL[dtype])
 
@@ -129,12 +134,7 @@ def test_language_model_matches_llama(layout, dtype):
 def test_language_model_document_mask_matches_llama_per_document():
     """doc_ids keep attention inside each document at its packed positions: the same as running
     Llama on each document alone with those position ids."""
-    cfg = _config(**CONFIGS["gqa_tied"])
-    model = LanguageModel(cfg)
-    _randomize(model, seed=2)
-    hf = _llama(cfg, torch.float32)
-    pairs = _pairs_craft(model, hf)
-    _copy(pairs)
+    model, hf, pairs = _twins(LanguageModel, _pairs_craft, _config(**CONFIGS["gqa_tied"]), torch.float32, seed=2)
     tokens, targets = _data(seed=3)
     bounds = [(0, 5), (5, 21), (21, T)]
     doc_ids = torch.zeros(B, T, dtype=torch.long)
@@ -147,14 +147,9 @@ def test_language_model_document_mask_matches_llama_per_document():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("layout", sorted(CONFIGS))
 def test_baseline_model_matches_llama(layout, dtype):
-    cfg = _config(**CONFIGS[layout])
-    model = BaselineLM(cfg).to(dtype)
-    _randomize(model, seed=4)
+    model, hf, pairs = _twins(BaselineLM, _pairs_baseline, _config(**CONFIGS[layout]), dtype, seed=4)
     if dtype == torch.float64:  # Llama's rotary angles are float32 whatever the dtype
         model.inv_freq = model.inv_freq.float()
-    hf = _llama(cfg, dtype)
-    pairs = _pairs_baseline(model, hf)
-    _copy(pairs)
     tokens, targets = _data(seed=5)
     # float64: Llama normalises in float32, the baseline in float64
     tol = TOL[torch.float32] if dtype == torch.float32 else dict(rtol=1e-4, atol=1e-5)

@@ -2,7 +2,6 @@
 steps; the losses differ only by bf16 rounding of the matmuls (the span kernel, RMSNorm, softmax and
 the loss stay fp32)."""
 import pytest
-import torch
 
 from craft.data import pretokenize
 from craft.training import TrainConfig, Trainer
@@ -15,12 +14,7 @@ STEP_REL = 2e-3
 EVAL_ABS = 0.01
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(corpus, out, precision):
