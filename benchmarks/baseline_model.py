@@ -35,9 +35,9 @@ class Block(nn.Module):
         self.wk = nn.Linear(d, Hkv * hd, bias=False)
         self.wv = nn.Linear(d, Hkv * hd, bias=False)
         self.wo = nn.Linear(H * hd, d, bias=False)
-        self.gate = nn.Linear(d, cfg.ff_dim, bias=False)
-        self.up = nn.Linear(d, cfg.ff_dim, bias=False)
-        self.down = nn.Linear(cfg.ff_dim, d, bias=False)
+        self.gate = nn.Linear(d, cfg.hidden_dim, bias=False)
+        self.up = nn.Linear(d, cfg.hidden_dim, bias=False)
+        self.down = nn.Linear(cfg.hidden_dim, d, bias=False)
 
     def forward(self, x, cos, sin):
         B, T, _ = x.shape

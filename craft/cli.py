@@ -176,7 +176,7 @@ def _check_generate_args(args) -> None:
 def _model_context(model) -> int:
     """The model's sequence capacity (positions it was built for)."""
     cfg = model.config
-    return int(getattr(cfg, "max_seq_len", None) or cfg.context_length)
+    return int(cfg.max_seq_len)
 
 
 def cmd_generate(args) -> int:

@@ -1,10 +1,24 @@
 """craft_kernels: kernels for small language models (Triton on CUDA, fastest PyTorch path on CPU, C++ native ops).
 
-Native ops (C++ extension with pure-Python twins, CRAFT_NATIVE=python|cpp) are imported lazily, so
-``import craft_kernels`` and ``backend_info()`` work even before the extension is built; importing a
-native op without the extension raises an ImportError that says how to build it.
+The public API, by group (callers import these names from ``craft_kernels``, never from its
+submodules):
+
+- backend: ``backend_info()`` / ``format_backend_info()`` (what this machine offers and which path
+  each op takes), ``bf16_is_fast(device)`` (whether bf16 autocast pays here), ``use_native(impl)``
+  (a context manager that runs native ops and the CPU span-attention kernel with ``"cpp"`` or
+  ``"python"``, overriding ``CRAFT_NATIVE`` inside the block) and ``native_impl()`` (the one in use).
+- kernels: ``swiglu``, ``swiglu_packed``, ``SwiGLUMLP``, ``act_accumulate`` / ``ACTOutput``.
+- document attention: ``doc_attention``, the masks ``doc_mask_mod``, ``doc_dense_mask``,
+  ``doc_block_mask`` (all ``(doc_ids, kind, links)``), ``MASK_KINDS``, ``DocMaskState``, and the id
+  helpers ``doc_ids_from_spans``, ``doc_ids_from_cu_seqlens``, ``links_from_edges``.
+- native ops (C++ extension with pure-Python twins): ``pad_units``, ``greedy_join``, ``join_pad``,
+  ``flatten_level``, ``build_dvt``, ``LinkDetector``, ``BatchLinkDetector``, ``DetectedLink``, ``Trie``.
+  They are imported lazily, so ``import craft_kernels`` and ``backend_info()`` work before the
+  extension is built; importing one without the extension raises an ImportError that says how to
+  build it.
 """
-from craft_kernels._backend import backend_info
+from craft_kernels._backend import backend_info, bf16_is_fast, format_backend_info
+from craft_kernels.native._dispatch import impl as native_impl, use as use_native
 from craft_kernels.act import ACTOutput, act_accumulate
 from craft_kernels.attention import doc_attention
 from craft_kernels.doc_masks import (
@@ -36,5 +50,5 @@ def __dir__():
     return sorted(list(globals()) + list(_NATIVE))
 
 
-__all__ = ["backend_info", "act_accumulate", "ACTOutput", "doc_attention", "MASK_KINDS", "DocMaskState", "doc_block_mask", "doc_dense_mask",
+__all__ = ["backend_info", "format_backend_info", "bf16_is_fast", "use_native", "native_impl", "act_accumulate", "ACTOutput", "doc_attention", "MASK_KINDS", "DocMaskState", "doc_block_mask", "doc_dense_mask",
            "doc_ids_from_cu_seqlens", "doc_ids_from_spans", "doc_mask_mod", "links_from_edges", "swiglu", "swiglu_packed", "SwiGLUMLP", *_NATIVE]

@@ -4,7 +4,8 @@ CUDA: compiled FlexAttention with a BlockMask built directly from the ids (:func
 CPU: ``causal``/``doc_causal`` go to the C++ span-attention kernel (:mod:`craft_kernels.span_attention`)
 when the extension is selected and the head dim is 16/32/64/128; other kinds (and
 ``CRAFT_NATIVE=python``) use SDPA with the dense span mask (FlexAttention has no CPU backward in
-torch 2.13, and SDPA with a dense mask is faster there; see benchmarks/test_doc_masks.py). Rows with
+torch 2.13, and SDPA with a dense mask is faster there; see benchmarks/test_doc_masks.py). On CPU,
+fp16/bf16 inputs are computed in fp32 on every path (autocast off) and cast back. Rows with
 nothing to attend to (padding) give zeros on every path, never NaN, in forward and backward.
 """
 from __future__ import annotations
@@ -70,6 +71,11 @@ def doc_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: to
     spans = kind == "doc_causal" or (kind == "causal" and doc_ids is None)
     if spans and links is None and span_supports(q):
         return span_attention(q, k, v, doc_ids, scale)  # CPU: the C++ kernel (see span_attention.py)
+    if q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16):
+        # fp32 math on CPU, as in the span kernel: SDPA's half-precision CPU backward is its slow part
+        with torch.autocast("cpu", enabled=False):
+            out = doc_attention(q.float(), k.float(), v.float(), doc_ids, kind, links, block_mask, scale)
+        return out.to(q.dtype)
     if doc_ids is None and block_mask is None and links is None and kind != "cross_doc_link":
         if kind in ("causal", "doc_causal"):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)

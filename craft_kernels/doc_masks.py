@@ -30,6 +30,7 @@ for a full diagonal block under ``cross_doc_link`` are checked position by posit
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -163,9 +164,15 @@ def _mask_mod(kind, doc_ids, links) -> Callable:
     return mask_mod
 
 
-def doc_mask_mod(kind: str, doc_ids: torch.Tensor, links: torch.Tensor | None = None) -> Callable:
+def doc_mask_mod(doc_ids: torch.Tensor, kind: str = "doc_causal", links: torch.Tensor | None = None) -> Callable:
     """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx) -> bool`` for ``doc_ids (B, T)`` and
-    optional ``links``; it closes over tensors only, so new lengths or contents never recompile."""
+    optional ``links``; it closes over tensors only, so new lengths or contents never recompile.
+    Arguments in the order of :func:`doc_dense_mask` and :func:`doc_block_mask`; the old order
+    ``(kind, doc_ids, links)`` still works, with a DeprecationWarning."""
+    if isinstance(doc_ids, str) and isinstance(kind, torch.Tensor):
+        warnings.warn("doc_mask_mod(kind, doc_ids, links) is deprecated, use doc_mask_mod(doc_ids, kind, links)",
+                      DeprecationWarning, stacklevel=2)
+        doc_ids, kind = kind, doc_ids
     doc_ids, links = _prepare(doc_ids, kind, links)
     return _mask_mod(kind, doc_ids, links)
 
@@ -288,7 +295,7 @@ def doc_block_mask(doc_ids: torch.Tensor, kind: str = "doc_causal", links: torch
     ``doc_ids (B, T)`` (any int dtype, -1 = padding) on their device (CPU or CUDA), in
     O(T + R^2 + (T / block_size)^2) for R runs of equal id, never materialising T x T.
     ``to_dense()`` and the full/partial block counts equal
-    ``create_block_mask(doc_mask_mod(kind, doc_ids, links), B, None, T, T, BLOCK_SIZE=block_size)``'s;
+    ``create_block_mask(doc_mask_mod(doc_ids, kind, links), B, None, T, T, BLOCK_SIZE=block_size)``'s;
     T need not be a multiple of ``block_size`` (the tail block is never full)."""
     doc_ids, links = _prepare(doc_ids, kind, links)
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
@@ -309,7 +316,7 @@ def doc_block_mask(doc_ids: torch.Tensor, kind: str = "doc_causal", links: torch
 
 # ---------------------------------------------------------------------------- decoding state
 class DocMaskState:
-    """The documents held in a static KV cache of ``max_len`` slots, for decoding.
+    """The documents held in a static KV cache of ``max_seq_len`` slots, for decoding.
 
     ``start_document(doc, links_to)`` makes ``doc`` (in ``[0, max_docs)``) current and lets it see
     ``links_to`` (``cross_doc_link``); ``append(n)`` gives the next ``n`` free slots (from
@@ -317,37 +324,51 @@ class DocMaskState:
     a document's slots and drops its links; ``compact()`` moves the slots still in use to the
     front and returns the gather index (int64 ``(length,)``) the caller applies to its KV cache.
 
-    ``query_mask(n)`` -> bool ``(1, 1, n, max_len)``: the last ``n`` appended tokens against every
+    ``query_mask(n)`` -> bool ``(1, 1, n, max_seq_len)``: the last ``n`` appended tokens against every
     slot (CPU/SDPA path); ``block_mask(n)`` -> the same as a ``BlockMask`` with one query block
     (CUDA/flex path, ``n <= block_size``). Both equal the rows of ``doc_dense_mask`` rebuilt from
     ``doc_ids`` and the links. The state keeps the visible-slot row of the current document and
     its per-block counts up to date: ``append(n)`` costs O(n); a step's ``query_mask(n)`` copies
-    that row (n x max_len bools) and fixes the n x n corner, ``block_mask(n)`` reads the block
+    that row (n x max_seq_len bools) and fixes the n x n corner, ``block_mask(n)`` reads the block
     counts and recomputes only the blocks holding the query tokens; ``start_document``, ``evict``
-    and ``compact`` cost O(max_len). The BlockMask's mask mod reads the state's own buffers (updated in place),
+    and ``compact`` cost O(max_seq_len). The BlockMask's mask mod reads the state's own buffers (updated in place),
     so a compiled flex kernel never recompiles between steps; use each BlockMask before the next
     state change.
     """
 
-    def __init__(self, max_len: int, max_docs: int, kind: str = "cross_doc_link", device="cpu", block_size: int = 128):
+    def __init__(self, max_seq_len: int | None = None, max_docs: int | None = None, kind: str = "cross_doc_link",
+                 device="cpu", block_size: int = 128, *, max_len: int | None = None):
+        if max_len is not None:  # the old name of max_seq_len
+            if max_seq_len is not None:
+                raise TypeError("DocMaskState: pass max_seq_len only (max_len is its deprecated name)")
+            warnings.warn("DocMaskState: max_len is deprecated, use max_seq_len", DeprecationWarning, stacklevel=2)
+            max_seq_len = max_len
+        if max_seq_len is None or max_docs is None:
+            raise TypeError("DocMaskState: max_seq_len and max_docs are required")
         _check_kind(kind)
-        if max_len < 1 or max_docs < 1:
-            raise ValueError(f"max_len, max_docs: must be >= 1, got {max_len}, {max_docs}")
+        if max_seq_len < 1 or max_docs < 1:
+            raise ValueError(f"max_seq_len, max_docs: must be >= 1, got {max_seq_len}, {max_docs}")
         if block_size < 1:
             raise ValueError(f"block_size: must be >= 1, got {block_size}")
-        self.max_len, self.max_docs, self.kind, self.block_size = int(max_len), int(max_docs), kind, int(block_size)
-        self.n_blocks = -(-self.max_len // self.block_size)
+        self.max_seq_len, self.max_docs, self.kind, self.block_size = int(max_seq_len), int(max_docs), kind, int(block_size)
+        self.n_blocks = -(-self.max_seq_len // self.block_size)
         dev = torch.device(device)
-        self.doc_ids = torch.full((self.max_len,), -1, dtype=torch.int64, device=dev)
+        self.doc_ids = torch.full((self.max_seq_len,), -1, dtype=torch.int64, device=dev)
         self.links = torch.zeros(self.max_docs, self.max_docs, dtype=torch.bool, device=dev)
         self.length = 0
         self.current_doc: int | None = None
         self._n_last = 0  # tokens of the last append still at the tail of the cache
-        self._row = torch.zeros(self.max_len, dtype=torch.bool, device=dev)  # a new current-doc token's view
+        self._row = torch.zeros(self.max_seq_len, dtype=torch.bool, device=dev)  # a new current-doc token's view
         self._count = torch.zeros(self.n_blocks, dtype=torch.int64, device=dev)  # visible slots per block
-        self._slots = torch.arange(self.max_len, device=dev)
+        self._slots = torch.arange(self.max_seq_len, device=dev)
         self._qslots = torch.zeros(self.block_size, dtype=torch.int64, device=dev)  # read by the mask mod
         self._mask_mod = self._make_mask_mod()
+
+    @property
+    def max_len(self) -> int:
+        """Deprecated name of ``max_seq_len``."""
+        warnings.warn("DocMaskState.max_len is deprecated, use max_seq_len", DeprecationWarning, stacklevel=2)
+        return self.max_seq_len
 
     # -- bookkeeping
     def _doc(self, doc, name: str) -> int:
@@ -368,7 +389,7 @@ class DocMaskState:
             self._row.zero_()
         else:
             cur = self.doc_ids.new_tensor(self.current_doc)
-            self._row.copy_(self._rule(cur, self.doc_ids, self._slots.new_tensor(self.max_len), self._slots))
+            self._row.copy_(self._rule(cur, self.doc_ids, self._slots.new_tensor(self.max_seq_len), self._slots))
         self._count.zero_().index_add_(0, self._slots // self.block_size, self._row.long())
 
     # -- operations
@@ -388,8 +409,8 @@ class DocMaskState:
             raise RuntimeError("append: no current document; call start_document(doc) first")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n: expected an int >= 1, got {n!r}")
-        if self.length + n > self.max_len:
-            raise ValueError(f"n: {n} more tokens do not fit ({self.length} of {self.max_len} slots used); "
+        if self.length + n > self.max_seq_len:
+            raise ValueError(f"n: {n} more tokens do not fit ({self.length} of {self.max_seq_len} slots used); "
                              "evict a document and compact()")
         slots = self._slots[self.length:self.length + n]
         self.doc_ids[slots] = self.current_doc
@@ -431,9 +452,9 @@ class DocMaskState:
                              f"the current document), got {n_query!r}")
 
     def query_mask(self, n_query: int = 1) -> torch.Tensor:
-        """bool ``(1, 1, n_query, max_len)``: the last ``n_query`` appended tokens against every slot."""
+        """bool ``(1, 1, n_query, max_seq_len)``: the last ``n_query`` appended tokens against every slot."""
         self._check_query(n_query)
-        rows = self._row.expand(n_query, self.max_len).clone()
+        rows = self._row.expand(n_query, self.max_seq_len).clone()
         s = self._slots[self.length - n_query:self.length]
         cur = self.doc_ids[s]
         rows[:, s] = self._rule(cur[:, None], cur[None, :], s[:, None], s[None, :])
@@ -449,17 +470,17 @@ class DocMaskState:
         return mask_mod
 
     def block_mask(self, n_query: int = 1) -> BlockMask:
-        """BlockMask (1, 1, n_query, max_len) equal to ``query_mask(n_query)`` (``n_query <= block_size``)."""
+        """BlockMask (1, 1, n_query, max_seq_len) equal to ``query_mask(n_query)`` (``n_query <= block_size``)."""
         self._check_query(n_query)
         bs = self.block_size
         if n_query > bs:
             raise ValueError(f"n_query: at most block_size={bs} query tokens per BlockMask, got {n_query}")
         width = torch.full((self.n_blocks,), bs, dtype=torch.int64, device=self._count.device)
-        width[-1] = bs if self.max_len % bs == 0 else -1  # a tail block past max_len is never full
+        width[-1] = bs if self.max_seq_len % bs == 0 else -1  # a tail block past max_seq_len is never full
         anyb, allb = self._count > 0, self._count == width
         # blocks holding the query tokens differ between rows: recompute them from the exact rows
         lo, hi = (self.length - n_query) // bs, (self.length - 1) // bs
-        rows = self.query_mask(n_query)[0, 0, :, lo * bs:min((hi + 1) * bs, self.max_len)]
+        rows = self.query_mask(n_query)[0, 0, :, lo * bs:min((hi + 1) * bs, self.max_seq_len)]
         pad = (hi - lo + 1) * bs - rows.shape[1]
         if pad:
             rows = torch.cat([rows, rows.new_zeros(n_query, pad)], 1)
@@ -470,4 +491,4 @@ class DocMaskState:
         kv_num, kv_idx = _pack((anyb & ~allb)[None, None])
         full_num, full_idx = _pack(allb[None, None])
         return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=bs, mask_mod=self._mask_mod,
-                                        seq_lengths=(n_query, self.max_len), compute_q_blocks=False)
+                                        seq_lengths=(n_query, self.max_seq_len), compute_q_blocks=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SMALL_MODEL = dict(dim=32, n_layers=2, n_heads=4, ff_dim=64, context_length=32)
+SMALL_MODEL = dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_seq_len=32)
 SMALL_SET_ARGS = [a for k, v in SMALL_MODEL.items() for a in ("--set", f"{k}={v}")]
 
 TOPICS = ["Alpha", "Beta", "Gamma", "Delta", "Epsilon", "Zeta"]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from craft_kernels.native import _dispatch
+import craft_kernels as ck
 
 
 @pytest.fixture(autouse=True)
@@ -13,5 +13,14 @@ def _seed_torch():
 @pytest.fixture(params=["cpp", "python"])
 def native_impl(request):
     """Runs a native-op test once with the C++ extension and once with the pure-Python reference."""
-    with _dispatch.use(request.param):
+    with ck.use_native(request.param):
         yield request.param
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (the machine is shared; small runs are faster and deterministic)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -9,7 +9,7 @@ from torch.nn.attention.flex_attention import flex_attention
 
 from craft_kernels import MASK_KINDS, DocMaskState, doc_dense_mask, links_from_edges
 
-MAX_LEN, MAX_DOCS, BS = 37, 5, 8  # a tail block past max_len, several blocks
+MAX_LEN, MAX_DOCS, BS = 37, 5, 8  # a tail block past max_seq_len, several blocks
 
 
 def rebuilt_rows(kind, slots, edges, n):
@@ -156,5 +156,5 @@ def test_state_errors():
         st_.block_mask(3)
     with pytest.raises(ValueError, match="kind"):
         DocMaskState(4, 2, kind="sliding")
-    with pytest.raises(ValueError, match="max_len"):
+    with pytest.raises(ValueError, match="max_seq_len"):
         DocMaskState(0, 2)

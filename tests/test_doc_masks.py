@@ -40,7 +40,7 @@ def _links(kind, B, D, seed=0, p=0.3):
 def _assert_same_block_mask(ids, kind, links, bs):
     B, T = ids.shape
     ours = doc_block_mask(ids, kind, links, block_size=bs)
-    ref = create_block_mask(doc_mask_mod(kind, ids, links), B, None, T, T, BLOCK_SIZE=bs)
+    ref = create_block_mask(doc_mask_mod(ids, kind, links), B, None, T, T, BLOCK_SIZE=bs)
     assert torch.equal(ours.to_dense(), ref.to_dense())
     assert torch.equal(ours.kv_num_blocks, ref.kv_num_blocks)
     assert torch.equal(ours.full_kv_num_blocks, ref.full_kv_num_blocks)
@@ -114,7 +114,7 @@ def test_dense_mask_equals_mask_mod_everywhere(kind):
     L = _links(kind, 2, 4, seed=4)
     dense = doc_dense_mask(ids, kind, L)
     assert dense.shape == (2, 1, T, T) and dense.dtype == torch.bool
-    mm = doc_mask_mod(kind, ids, L)
+    mm = doc_mask_mod(ids, kind, L)
     b, q, k = torch.meshgrid(torch.arange(2), torch.arange(T), torch.arange(T), indexing="ij")
     assert torch.equal(dense[:, 0], mm(b, 0, q, k))
 

@@ -13,7 +13,7 @@ V = 53
 
 def make(seed=0, **kw):
     torch.manual_seed(seed)
-    cfg = dict(vocab_size=V, dim=32, n_layers=2, n_heads=4, ff_dim=64, context_length=64)
+    cfg = dict(vocab_size=V, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_seq_len=64)
     cfg.update(kw)
     return LanguageModel(ModelConfig(**cfg)).eval()
 

@@ -55,7 +55,7 @@ def test_config_defaults_and_round_trip():
     ({"top_p": 0.0}, ValueError, "top_p"),
     ({"top_p": 1.5}, ValueError, "top_p"),
     ({"max_tokens_per_document": 1}, ValueError, "max_tokens_per_document"),
-    ({"max_tokens_per_document": 64, "max_context_length": 32}, ValueError, "max_tokens_per_document"),
+    ({"max_tokens_per_document": 64, "max_seq_len": 32}, ValueError, "max_tokens_per_document"),
     ({"max_link_depth": -1}, ValueError, "max_link_depth"),
     ({"max_auxiliary_documents": True}, TypeError, "max_auxiliary_documents"),
     ({"eviction_policy": "lru"}, ValueError, "eviction_policy"),

@@ -13,14 +13,14 @@ V = 61
 
 def make(seed=0, **kw):
     torch.manual_seed(seed)
-    cfg = dict(vocab_size=V, dim=32, n_layers=2, n_heads=4, ff_dim=64, context_length=64)
+    cfg = dict(vocab_size=V, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_seq_len=64)
     cfg.update(kw)
     return LanguageModel(ModelConfig(**cfg)).eval()
 
 
 def test_presets_and_round_trip():
     tiny = ModelConfig.preset("tiny", vocab_size=258)
-    assert (tiny.dim, tiny.n_layers, tiny.n_heads, tiny.ff_dim, tiny.context_length) == (128, 6, 8, 512, 256)
+    assert (tiny.dim, tiny.n_layers, tiny.n_heads, tiny.hidden_dim, tiny.max_seq_len) == (128, 6, 8, 512, 256)
     assert tiny.n_kv_heads == 8 and tiny.head_dim == 16
     assert 1.0e6 < tiny.num_parameters(embeddings=False) < 2.0e6
     assert 9e6 < ModelConfig.preset("small").num_parameters(embeddings=False) < 12e6

@@ -77,7 +77,7 @@ class GenerativeModel(Model):
                 config["logits_processors"] = logits_processors
             if compile:
                 config["compile"] = compile
-            from craft.generation.linked import generate_linked  # issue 7: imported only when used
+            from craft.generation.linked import generate_linked  # imported only when used
 
             return generate_linked(self, prompt, corpus=corpus, **config)
         if config:

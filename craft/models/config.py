@@ -1,8 +1,8 @@
 """ModelConfig: the shape of a decoder-only language model, with named presets.
 
 Presets are sized for low-spec devices (parameter counts without embeddings):
-- ``tiny``: d 128, 6 layers, 8 heads, ff 512, context 256 (~1.6M)
-- ``small``: d 384, 6 layers, 6 heads, ff 1024, context 512 (~10.6M)
+- ``tiny``: d 128, 6 layers, 8 heads, MLP width 512, capacity 256 tokens (~1.6M)
+- ``small``: d 384, 6 layers, 6 heads, MLP width 1024, capacity 512 tokens (~10.6M)
 ``vocab_size`` is the tokenizer's; a trainer overrides it (``ModelConfig.preset("tiny", vocab_size=tok.vocab_size)``).
 """
 from __future__ import annotations
@@ -10,15 +10,25 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from craft._deprecation import renamed
+
+_RENAMED = {"ff_dim": "hidden_dim", "context_length": "max_seq_len"}
+
 PRESETS: dict[str, dict] = {
-    "tiny": dict(dim=128, n_layers=6, n_heads=8, ff_dim=512, context_length=256),
-    "small": dict(dim=384, n_layers=6, n_heads=6, ff_dim=1024, context_length=512),
+    "tiny": dict(dim=128, n_layers=6, n_heads=8, hidden_dim=512, max_seq_len=256),
+    "small": dict(dim=384, n_layers=6, n_heads=6, hidden_dim=1024, max_seq_len=512),
 }
 
 
+@renamed(**_RENAMED)
 @dataclass
 class ModelConfig:
     """Hyper-parameters of :class:`craft.models.LanguageModel`.
+
+    ``hidden_dim`` is the SwiGLU MLP's width; ``max_seq_len`` the longest sequence the model is
+    built for (rotary angles are precomputed up to it; linked generation sizes its cache by it). ``ff_dim`` and
+    ``context_length`` are their deprecated names (accepted with a DeprecationWarning, and read
+    from old checkpoints by :meth:`from_dict`).
 
     ``n_kv_heads`` (None = ``n_heads``) must divide ``n_heads`` (grouped-query attention);
     ``dim`` must be a multiple of ``n_heads`` with an even head size (rotary embeddings).
@@ -29,8 +39,8 @@ class ModelConfig:
     n_layers: int = 6
     n_heads: int = 8
     n_kv_heads: int | None = None
-    ff_dim: int = 512
-    context_length: int = 256
+    hidden_dim: int = 512
+    max_seq_len: int = 256
     tie_embeddings: bool = True
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
@@ -39,7 +49,7 @@ class ModelConfig:
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ff_dim", "context_length"):
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "max_seq_len"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
@@ -70,6 +80,7 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         """Inverse of :meth:`to_dict`; unknown keys raise (a checkpoint from another model)."""
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {_RENAMED.get(k, k): v for k, v in d.items()}  # checkpoints written before the renames
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"model config: unknown keys {unknown}; expected a subset of {sorted(names)}")
@@ -79,7 +90,7 @@ class ModelConfig:
         """Parameter count of the model this config builds (``embeddings=False``: blocks and final norm only)."""
         d, hd = self.dim, self.head_dim
         attn = d * (self.n_heads + 2 * self.n_kv_heads) * hd + self.n_heads * hd * d
-        ff = 3 * d * self.ff_dim
+        ff = 3 * d * self.hidden_dim
         blocks = self.n_layers * (attn + ff + 2 * d) + d
         if not embeddings:
             return blocks

@@ -5,12 +5,12 @@ embeddings (half-split layout) computed from position tensors; grouped-query att
 ``n_kv_heads``; fused QKV and gate-up projections; optional tied input/output embeddings.
 
 Attention paths: training / full forward uses ``craft_kernels.doc_attention(kind='doc_causal')``
-when ``doc_ids`` are given and causal SDPA otherwise; cached decoding (``forward_step``) uses :func:`cached_attention`
-over the static KV cache with a boolean mask.
+(causal within each document when ``doc_ids`` are given, plain causal otherwise; on CPU the C++ span
+kernel, fp32 math); cached decoding (``forward_step``) uses :func:`cached_attention` over the static
+KV cache with a boolean mask.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from craft_kernels import SwiGLUMLP, doc_attention
-from craft_kernels.span_attention import supports as span_supports
 from craft.generation.kv_cache import KVCache
 from craft.models.base import GenerativeModel
 from craft.models.config import ModelConfig
@@ -55,8 +54,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Attention of q (B, H, T, hd) over the whole cache k/v (B, H_kv, S, hd) with a bool mask
     broadcastable to (B, 1, T, S); (B, H, T, hd). Plain matmul-softmax-matmul: for the few query rows
-    of a decode step it is far faster on CPU than SDPA's flash kernel (measured 15 ms vs <0.1 ms per
-    call at B=1, T=1), and Inductor fuses it. Query heads are grouped over their shared K/V head."""
+    of a decode step it avoids the fixed per-call cost of SDPA's CPU flash kernel, and Inductor fuses
+    it. Query heads are grouped over their shared K/V head."""
     B, H, T, hd = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     G = H // Hkv
@@ -64,29 +63,6 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     s = s.float().mul_(hd ** -0.5).masked_fill_(~mask[:, :, None], float("-inf"))
     p = torch.softmax(s, dim=-1).to(v.dtype).view(B, Hkv, G * T, S)
     return torch.matmul(p, v).view(B, H, T, hd)
-
-
-def sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       doc_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Causal attention of the whole sequence, q (B, H, T, hd), k/v (B, H_kv, T, hd) → (B, H, T, hd)
-    in q's dtype; within each document when ``doc_ids`` (B, T) is given.
-
-    On CPU this is ``doc_attention``'s C++ span kernel (fp32 math) where it applies. Otherwise, on
-    CPU, fp16/bf16 inputs go through SDPA in fp32 with autocast off: the CPU flash kernel's
-    half-precision backward is its slow part (measured fwd+bwd at 64x8x256x16 on the dev CPU: 143 ms
-    bf16 vs 86 ms fp32 causal, 206 vs 120 ms with document masks; equal at head_dim 64)."""
-    if span_supports(q):
-        return doc_attention(q, k, v, doc_ids, kind="doc_causal")
-    dtype = q.dtype
-    upcast = q.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)
-    if upcast:
-        q, k, v = q.float(), k.float(), v.float()
-    with torch.autocast(q.device.type, enabled=False) if upcast else contextlib.nullcontext():
-        if doc_ids is not None:
-            y = doc_attention(q, k, v, doc_ids, kind="doc_causal")
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
-    return y.to(dtype)
 
 
 class Attention(nn.Module):
@@ -110,7 +86,7 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)
             y = cached_attention(q, k.to(q.dtype), v.to(q.dtype), mask)
         else:
-            y = sequence_attention(q, k, v, doc_ids)
+            y = doc_attention(q, k, v, doc_ids, kind="doc_causal")
         return self.wo(y.transpose(1, 2).reshape(B, T, H * hd))
 
 
@@ -120,7 +96,7 @@ class Block(nn.Module):
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
         self.attention = Attention(config)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
-        self.feed_forward = SwiGLUMLP(config.dim, config.ff_dim)
+        self.feed_forward = SwiGLUMLP(config.dim, config.hidden_dim)
 
     def forward(self, x, cos, sin, doc_ids=None, input_pos=None, mask=None):
         x = x + self.attention(self.attention_norm(x), cos, sin, doc_ids, input_pos, mask)
@@ -152,9 +128,9 @@ class LanguageModel(GenerativeModel):
         hd = config.head_dim
         inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        # angles of positions 0..context_length-1, computed once: a compiled forward reads them
+        # angles of positions 0..max_seq_len-1, computed once: a compiled forward reads them
         # instead of recomputing cos/sin inside every fused rope kernel
-        cos, sin = rope_angles(torch.arange(config.context_length), inv_freq)
+        cos, sin = rope_angles(torch.arange(config.max_seq_len), inv_freq)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("_slots", torch.zeros(0, dtype=torch.long), persistent=False)
@@ -184,8 +160,8 @@ class LanguageModel(GenerativeModel):
             x = layer(x, cos, sin, doc_ids, input_pos, mask)
         h = self.norm(x)
         if input_pos is not None and self._head_t.numel():
-            # decoding: the (dim, V) copy made by setup_cache; on CPU a one-row product streams it ~3x
-            # faster than Linear's (V, dim) layout (1.3 vs 3.8 ms at 50257 x 128, one thread)
+            # decoding: the (dim, V) copy made by setup_cache; on CPU a one-row product streams that
+            # layout faster than Linear's (V, dim) one
             return h @ self._head_t
         return self.output(h)
 

@@ -29,7 +29,7 @@ class TrainConfig:
     preset: str = "tiny"
     model_overrides: dict = field(default_factory=dict)
     tokenizer: str = "byte"
-    seq_len: int | None = None  # None: the model's context_length
+    seq_len: int | None = None  # None: the model's max_seq_len
     tokens_per_step: int = 8192
     micro_batch_tokens: int = 8192
     lr: float = 3e-3

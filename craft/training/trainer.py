@@ -215,10 +215,10 @@ class Trainer:
         if model_config.vocab_size < self.tokenizer.vocab_size:
             raise ValueError(f"model_overrides: vocab_size {model_config.vocab_size} is smaller than the "
                              f"tokenizer's {self.tokenizer.vocab_size}")
-        self.seq_len = config.seq_len or model_config.context_length
-        if self.seq_len > model_config.context_length:
-            raise ValueError(f"seq_len={self.seq_len}: longer than the model's context_length="
-                             f"{model_config.context_length}")
+        self.seq_len = config.seq_len or model_config.max_seq_len
+        if self.seq_len > model_config.max_seq_len:
+            raise ValueError(f"seq_len={self.seq_len}: longer than the model's max_seq_len="
+                             f"{model_config.max_seq_len}")
         config.seq_len = self.seq_len
         torch.manual_seed(config.seed)
         self.model = LanguageModel(model_config).to(self.device)
@@ -344,9 +344,9 @@ class Trainer:
         from craft.generation import generate_tokens
 
         ids = self.tokenizer.encode(prompt) or [self.tokenizer.eos_id]
-        ids = ids[-(self.model.config.context_length - n_tokens):] if n_tokens < self.model.config.context_length \
+        ids = ids[-(self.model.config.max_seq_len - n_tokens):] if n_tokens < self.model.config.max_seq_len \
             else ids[-1:]
-        n = min(n_tokens, self.model.config.context_length - len(ids))
+        n = min(n_tokens, self.model.config.max_seq_len - len(ids))
         gen = torch.Generator(device=self.device).manual_seed((self.config.seed * 1000003 + seed) % 2 ** 63)
         self.model.eval()
         try:

@@ -31,7 +31,7 @@ def add_linked_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                    help=f"documents besides the root (at most {MAX_AUX_DOCS})")
     g.add_argument("--max-tokens-per-document", type=int, default=None, metavar="N",
                    help="default: the checkpoint's training seq_len")
-    g.add_argument("--max-context-length", type=int, default=None, metavar="N", help="KV-cache slots (default: model context)")
+    g.add_argument("--max-seq-len", "--max-context-length", dest="max_seq_len", type=int, default=None, metavar="N", help="KV-cache slots (default: model context)")
     g.add_argument("--eviction-policy", choices=EVICTION_POLICIES, default="drop_oldest")
     g.add_argument("--mask-kind", choices=GENERATION_MASK_KINDS, default="cross_doc_link")
     g.add_argument("--constrain-links", action="store_true", help="link targets must be corpus titles (needs --corpus)")
@@ -49,7 +49,7 @@ def check_linked_options(args: argparse.Namespace) -> None:
                          f"(n + 1)^2), got {args.max_aux_docs}")
     for flag, name in (("--max-link-depth", "max_link_depth"), ("--threads", "threads"),
                        ("--max-tokens-per-document", "max_tokens_per_document"),
-                       ("--max-context-length", "max_context_length")):
+                       ("--max-seq-len", "max_seq_len")):
         v = getattr(args, name, None)
         low = 0 if name == "max_link_depth" else 1
         if v is not None and v < low:
@@ -59,7 +59,7 @@ def check_linked_options(args: argparse.Namespace) -> None:
 def linked_options(args: argparse.Namespace) -> dict:
     """The :func:`generate_linked` keyword arguments named by ``args``."""
     opts = dict(max_link_depth=args.max_link_depth, max_auxiliary_documents=args.max_aux_docs,
-                max_tokens_per_document=args.max_tokens_per_document, max_context_length=args.max_context_length,
+                max_tokens_per_document=args.max_tokens_per_document, max_seq_len=args.max_seq_len,
                 eviction_policy=args.eviction_policy, mask_kind=args.mask_kind,
                 constrain_links_to_corpus=args.constrain_links, allow_corpus_fallback=not args.no_corpus_fallback,
                 process_prompt_links=not args.no_prompt_links, num_threads=args.threads)
