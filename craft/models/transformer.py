@@ -19,7 +19,7 @@ from torch import nn
 
 from craft_kernels import SwiGLUMLP, doc_attention
 from craft_kernels.span_attention import supports as span_supports
-from craft.generation.kv_cache import KVCache
+from craft.models.kv_cache import KVCache
 from craft.models.base import GenerativeModel
 from craft.models.config import ModelConfig
 
