@@ -343,3 +343,17 @@ def test_sample_rejects_bad_logits():
         sample(torch.randn(5))
     with pytest.raises(TypeError, match="floating"):
         sample(torch.ones(1, 5, dtype=torch.long))
+
+
+def test_generation_leaves_normal_tensors_behind():
+    """The decode loop runs under inference_mode, yet the result and the KV cache it filled stay
+    ordinary tensors: writable afterwards and usable by a later prefill outside inference mode."""
+    m = make()
+    prompt = torch.randint(0, V, (1, 5))
+    out = generate_tokens(m, prompt, 6, temperature=0.0)
+    assert not out.is_inference()
+    out[:, 0] = 1
+    assert not m.layers[0].attention.kv_cache.k_cache.is_inference()
+    with torch.no_grad():
+        logits = prefill(m, prompt, torch.arange(5))  # same cache size: the cache is reused and written
+    torch.testing.assert_close(logits, m.forward_inference(prompt)[:, -1], atol=1e-5, rtol=1e-5)

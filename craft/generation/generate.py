@@ -148,6 +148,18 @@ def generate_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temper
     model.setup_cache(B, cache_size(total))
     out = torch.empty(B, total, dtype=torch.long, device=device)
     out[:, :T] = prompt_ids
+
+    with torch.inference_mode():  # less per-op bookkeeping than no_grad; cache and `out` stay normal tensors
+        n = _decode_loop(model, prompt_ids, out, max_new_tokens, temperature, top_k, top_p, eos_id, processors,
+                         generator, compiled, mode, eos_check_every)
+    return out[:, :T + n]
+
+
+def _decode_loop(model, prompt_ids, out, max_new_tokens, temperature, top_k, top_p, eos_id, processors, generator,
+                 compiled, mode, eos_check_every) -> int:
+    """Fills ``out[:, T:]``; returns the number of new tokens kept."""
+    B, T = prompt_ids.shape
+    device = out.device
     done = torch.zeros(B, dtype=torch.bool, device=device) if eos_id is not None else None
 
     def draw():
@@ -183,4 +195,4 @@ def generate_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temper
         hit = out[:, T:T + n] == eos_id
         if bool(hit.any(-1).all()):  # every row stopped: end at the last row's stop
             n = int(hit.int().argmax(-1).max()) + 1
-    return out[:, :T + n]
+    return n

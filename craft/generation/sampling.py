@@ -101,6 +101,8 @@ def sample_unchecked(logits: torch.Tensor, temperature: float, top_k: int | None
     x = _finite_or_neginf(logits.float())
     if temperature == 0:
         out = x.argmax(-1)
+        if fallback_logits is None:  # an emptied row's fallback is this same argmax
+            return out
     else:
         x = x / temperature
         if top_k is not None:
