@@ -164,12 +164,73 @@ def test_generate_argument_errors():
 
 
 def test_compiled_decode_gives_the_same_tokens():
+    """The compiled step samples inside the graph; with the same draws it picks the same tokens."""
     m = make(seed=2, n_layers=1)
     prompt = torch.randint(0, V, (2, 6))
-    eager = generate_tokens(m, prompt, 12, temperature=0.0)
-    compiled = generate_tokens(m, prompt, 12, temperature=0.0, compile=True)
+    kw = dict(temperature=0.9, top_k=20, top_p=0.95, eos_id=3)
+    eager = generate_tokens(m, prompt, 12, generator=torch.Generator().manual_seed(1), **kw)
+    compiled = generate_tokens(m, prompt, 12, compile=True, generator=torch.Generator().manual_seed(1), **kw)
     assert torch.equal(eager, compiled)
-    assert torch.equal(m.generate(prompt, max_new_tokens=12, temperature=0.0, compile=True), eager)
+    again = m.generate(prompt, max_new_tokens=12, compile=True, generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.equal(again, eager)
+
+
+def test_generation_beyond_the_context_is_an_error():
+    """T + max_new_tokens past max_seq_len would rotate positions the model never saw: refused."""
+    m = make()  # max_seq_len 64
+    prompt = torch.randint(0, V, (1, 60))
+    assert generate_tokens(m, prompt, 4, temperature=0.0).shape == (1, 64)
+    with pytest.raises(ValueError, match=r"prompt_ids, max_new_tokens: 60 prompt tokens \+ 5 .*max_seq_len=64.*at most 4"):
+        generate_tokens(m, prompt, 5, temperature=0.0)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        m.generate(torch.randint(0, V, (1, 65)), max_new_tokens=0)
+
+
+def test_fused_step_samples_like_the_eager_sampler():
+    """Sampling inside the decode step draws what sample() draws from the step's logits: a no-op
+    processor (which moves sampling out of the step) changes no token."""
+    m = make(seed=3)
+    prompt = torch.randint(0, V, (3, 5))
+    kw = dict(temperature=1.2, top_k=30, top_p=0.9, eos_id=11)
+    fused = generate_tokens(m, prompt, 30, generator=torch.Generator().manual_seed(4), **kw)
+    split = generate_tokens(m, prompt, 30, generator=torch.Generator().manual_seed(4),
+                            logits_processors=[lambda lg, ids: lg], **kw)
+    assert torch.equal(fused, split)
+
+
+def test_eos_is_read_back_every_n_steps_only(monkeypatch):
+    """No host synchronisation per token: the stop flags are read every eos_check_every steps, and
+    the result does not depend on that period."""
+    m = make(seed=4)
+    prompt = torch.randint(0, V, (2, 4))
+    kw = dict(temperature=1.0, eos_id=5, generator=None)
+    outs = {}
+    for every in (1, 16):
+        kw["generator"] = torch.Generator().manual_seed(2)
+        reads = []
+        for name in ("__bool__", "item", "__int__"):
+            real = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, lambda self, _r=real, _n=name: reads.append(_n) or _r(self))
+        outs[every] = generate_tokens(m, prompt, 48, eos_check_every=every, **kw)
+        monkeypatch.undo()
+        if every == 16:
+            assert len(reads) <= 8, reads  # 2 prompt-range checks, 2 flag reads, the final cut
+    assert torch.equal(outs[1], outs[16])
+    stopped = torch.Generator().manual_seed(0)
+    force = [lambda lg, ids: torch.full_like(lg, float("-inf")).index_fill(-1, torch.tensor([5]), 0.0)
+             if ids.shape[1] >= 7 else lg]
+    short = generate_tokens(m, prompt, 48, temperature=1.0, eos_id=5, generator=stopped, logits_processors=force)
+    assert short.shape[1] <= 8 and (short[:, -1] == 5).all()
+
+
+def test_models_do_not_import_generation():
+    """Layering: craft.models (and its KV cache) loads without craft.generation."""
+    import subprocess
+    import sys
+
+    code = "import sys, craft.models; print(any(k.startswith('craft.generation') for k in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # ---- sampling ------------------------------------------------------------------------------------
@@ -187,6 +248,18 @@ def test_sampling_frequencies_follow_temperature():
         draws = sample(logits, temperature=t, generator=g)
         freq = torch.bincount(draws, minlength=4).double() / draws.numel()
         torch.testing.assert_close(freq, torch.softmax(logits[0].double() / t, -1), atol=0.015, rtol=0)
+
+
+def test_top_k_frequencies_are_the_renormalised_k_best():
+    logits = torch.tensor([[1.5, 0.0, 1.0, -0.5, 0.5, 2.0]]).repeat(40000, 1)
+    draws = sample(logits, temperature=1.5, top_k=3, generator=torch.Generator().manual_seed(3))
+    freq = torch.bincount(draws, minlength=6).double() / draws.numel()
+    want = torch.zeros(6, dtype=torch.double)
+    keep = torch.tensor([5, 0, 2])
+    want[keep] = torch.softmax(logits[0, keep].double() / 1.5, -1)
+    # 5 sigma of a binomial frequency at 40k draws is <= 0.0125; a sampler that ignores top-k or the
+    # temperature is off by more than 0.05 on some token here
+    torch.testing.assert_close(freq, want, atol=0.0125, rtol=0)
 
 
 def test_top_k_keeps_only_the_k_best():
@@ -246,13 +319,23 @@ def test_processors():
         repetition_penalty(0.0)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(temperature=-1.0), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
+@pytest.mark.parametrize("kw, err, match", [
+    (dict(temperature=-1.0), ValueError, "temperature"), (dict(temperature=float("inf")), ValueError, "temperature"),
+    (dict(temperature=float("nan")), ValueError, "temperature"), (dict(temperature="1"), TypeError, "temperature"),
+    (dict(top_k=0), ValueError, "top_k"), (dict(top_k=2.0), TypeError, "top_k"), (dict(top_k=True), TypeError, "top_k"),
+    (dict(top_p=0.0), ValueError, "top_p"), (dict(top_p=1.5), ValueError, "top_p"),
+    (dict(top_p=float("nan")), ValueError, "top_p"), (dict(top_p=True), TypeError, "top_p"),
 ])
-def test_sampling_argument_errors(kw, match):
-    with pytest.raises(ValueError, match=match):
+def test_sampling_argument_errors(kw, err, match):
+    """One check for every entry point: sample, generate_tokens and the linked GenerationConfig."""
+    from craft.generation.linked import GenerationConfig
+
+    with pytest.raises(err, match=match):
         sample(torch.randn(1, 5), **kw)
+    with pytest.raises(err, match=match):
+        generate_tokens(make(), torch.tensor([[1, 2]]), 2, **{"temperature": 1.0, **kw})
+    with pytest.raises(err, match=match):
+        GenerationConfig(**kw)
 
 
 def test_sample_rejects_bad_logits():
@@ -260,3 +343,17 @@ def test_sample_rejects_bad_logits():
         sample(torch.randn(5))
     with pytest.raises(TypeError, match="floating"):
         sample(torch.ones(1, 5, dtype=torch.long))
+
+
+def test_generation_leaves_normal_tensors_behind():
+    """The decode loop runs under inference_mode, yet the result and the KV cache it filled stay
+    ordinary tensors: writable afterwards and usable by a later prefill outside inference mode."""
+    m = make()
+    prompt = torch.randint(0, V, (1, 5))
+    out = generate_tokens(m, prompt, 6, temperature=0.0)
+    assert not out.is_inference()
+    out[:, 0] = 1
+    assert not m.layers[0].attention.kv_cache.k_cache.is_inference()
+    with torch.no_grad():
+        logits = prefill(m, prompt, torch.arange(5))  # same cache size: the cache is reused and written
+    torch.testing.assert_close(logits, m.forward_inference(prompt)[:, -1], atol=1e-5, rtol=1e-5)

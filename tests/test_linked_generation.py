@@ -76,10 +76,29 @@ def test_simple_generation_and_files(model, tok, tmp_path):
     assert manifest["documents"][0]["status"] == "eos" and manifest["links"] == []
 
 
-def test_model_generate_entry_point(model, tok):
-    res = model.generate(prompt=PROMPT, max_new_tokens=5, temperature=0.0, num_threads=1)
+def test_model_generate_text_prompt_is_deprecated_and_forwards(model, tok):
+    """The old spelling model.generate(prompt=text) warns and returns what generate_linked returns."""
+    with pytest.warns(DeprecationWarning, match="generate_linked"):
+        res = model.generate(prompt=PROMPT, max_new_tokens=5, temperature=0.0, num_threads=1)
     assert res.root_document.status == "budget" and res.stats["sampled_tokens"] == 5
     assert len(res.root_document.tokens) == len(tok.encode(PROMPT)) + 5
+    new = generate_linked(model, PROMPT, max_new_tokens=5, temperature=0.0, num_threads=1)
+    assert new.root_document.tokens.tolist() == res.root_document.tokens.tolist()
+
+
+def test_one_sampler_for_plain_and_linked_generation(model, tok):
+    """One seed, one sampler: a linked run without links samples exactly the tokens that
+    model.generate(prompt_ids) samples (same temperature, top-k, top-p and generator)."""
+    ids = tok.encode(PROMPT)
+    kw = dict(temperature=1.1, top_k=50, top_p=0.95)
+    plain = model.generate(ids, max_new_tokens=12, generator=torch.Generator().manual_seed(7), **kw)
+    linked = generate_linked(model, PROMPT, max_new_tokens=12, num_threads=1, process_prompt_links=False,
+                             max_link_depth=0, generator=torch.Generator().manual_seed(7), **kw)
+    got = linked.root_document.tokens.tolist()
+    want = plain[0].tolist()
+    if tok.eos_id in want[len(ids):]:  # the linked root stops at its EOS as well
+        want = want[:want.index(tok.eos_id, len(ids)) + 1]
+    assert got == want
 
 
 def test_link_found_in_corpus(model, tok, corpus_dir):

@@ -1,12 +1,24 @@
 """Sampling the next token: greedy, temperature, top-k, top-p, and logits processors.
 
+The one sampler of the library: ``craft.generation.generate`` (batched, its decode step compiled with
+the sampling inside) and linked generation both call :func:`sample`, so one seed gives the same tokens
+through either.
+
+A draw is an inverse-CDF lookup: one uniform per row (drawn by :func:`draw_uniform`, or passed in
+as ``uniform`` so a compiled step needs no generator), a cumulative sum of the filtered
+probabilities and a binary search. It is exact, needs one random number per row whatever the
+vocabulary size, and has no data-dependent control flow, so it compiles into a decode step without
+a host synchronisation.
+
 A logits processor is ``fn(logits (B, V) float, ids (B, t) long) -> logits (B, V)``; ``ids`` is the
 sequence so far (prompt and generated tokens). Processors mask tokens by setting them to ``-inf``.
-A row that filtering leaves with nothing to sample (every logit ``-inf`` or NaN) falls back to its
-top token before filtering, so a sampler never crashes on an empty distribution.
+A row that filtering or processors leave with nothing to sample (every logit ``-inf`` or NaN) takes
+the argmax of ``fallback_logits`` (the model's logits before any processor), so a sampler never
+crashes and never draws a token it was told is impossible on purpose from an arbitrary index.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -23,13 +35,22 @@ def _check_logits(logits: torch.Tensor, name: str = "logits") -> None:
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Raises ValueError for a negative temperature, top_k < 1 or top_p outside (0, 1]."""
-    if not isinstance(temperature, (int, float)) or temperature < 0 or temperature != temperature:
-        raise ValueError(f"temperature: expected a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k: expected None or an int >= 1, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+    """The one check of sampling arguments (plain and linked generation): TypeError for a wrong type,
+    ValueError for a negative or non-finite temperature, ``top_k < 1`` or ``top_p`` outside (0, 1]."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature: expected a number >= 0 (0 = greedy), got {temperature!r}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature: expected a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int):
+            raise TypeError(f"top_k: expected None or an int >= 1, got {top_k!r}")
+        if top_k < 1:
+            raise ValueError(f"top_k: expected None or an int >= 1, got {top_k!r}")
+    if top_p is not None:
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
+            raise TypeError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -64,34 +85,56 @@ def apply_processors(logits: torch.Tensor, ids: torch.Tensor, processors: Iterab
     return logits
 
 
-def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           generator: torch.Generator | None = None, fallback_logits: torch.Tensor | None = None) -> torch.Tensor:
-    """Next token per row: logits (B, V) → (B,) long.
+def draw_uniform(batch_size: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """The random numbers one :func:`sample` call uses: (batch_size,) fp32 in [0, 1)."""
+    return torch.rand(batch_size, generator=generator, device=device)
 
-    ``temperature == 0`` is greedy (argmax). Otherwise logits / temperature, then top-k, then
-    top-p, then a multinomial draw (``generator`` for reproducibility). Rows left empty by
-    filtering get the argmax of ``fallback_logits`` (default: ``logits`` itself).
-    """
-    _check_logits(logits)
-    check_sampling_args(temperature, top_k, top_p)
-    fb = logits if fallback_logits is None else fallback_logits
-    x = logits.float()
+
+def _finite_or_neginf(x: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(x, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+
+
+def sample_unchecked(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                     uniform: torch.Tensor | None, fallback_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`sample` without argument checks or random draws, for use inside a compiled decode step:
+    ``uniform`` (B,) in [0, 1) (None when ``temperature == 0``). No host synchronisation."""
+    x = _finite_or_neginf(logits.float())
     if temperature == 0:
         out = x.argmax(-1)
-        empty = ~torch.isfinite(x).any(-1) if not torch.isfinite(x).all() else None
+        if fallback_logits is None:  # an emptied row's fallback is this same argmax
+            return out
     else:
-        x = torch.nan_to_num(x / temperature, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+        x = x / temperature
         if top_k is not None:
             x = top_k_filter(x, top_k)
         if top_p is not None:
             x = top_p_filter(x, top_p)
-        empty = torch.isneginf(x).all(-1)
-        probs = torch.softmax(x.masked_fill(empty[:, None], 0.0), dim=-1)
-        out = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    if empty is not None and bool(empty.any()):
-        top = torch.nan_to_num(fb.float(), nan=float("-inf"), posinf=float("inf"), neginf=float("-inf")).argmax(-1)
-        out = torch.where(empty, top, out)
-    return out
+        # fp64 sums: u * total stays strictly below total, so a zero-probability tail is never drawn
+        cdf = torch.cumsum(torch.softmax(x, dim=-1).double(), dim=-1)  # NaN on an emptied row: replaced below
+        target = (uniform.double() * cdf[:, -1])[:, None]
+        out = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=x.shape[-1] - 1)
+    empty = torch.isneginf(x).all(-1)
+    fb = x if fallback_logits is None else _finite_or_neginf(fallback_logits.float())
+    return torch.where(empty, fb.argmax(-1), out)
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None, fallback_logits: torch.Tensor | None = None,
+           uniform: torch.Tensor | None = None) -> torch.Tensor:
+    """Next token per row: logits (B, V) → (B,) long.
+
+    ``temperature == 0`` is greedy (argmax; no random number drawn). Otherwise logits / temperature,
+    then top-k, then top-p, then an inverse-CDF draw with ``uniform`` (B,) in [0, 1) (default:
+    :func:`draw_uniform` with ``generator``). Rows left empty get the argmax of ``fallback_logits``
+    (default: ``logits`` itself).
+    """
+    _check_logits(logits)
+    check_sampling_args(temperature, top_k, top_p)
+    if fallback_logits is not None and fallback_logits.shape != logits.shape:
+        raise ValueError(f"fallback_logits: expected shape {tuple(logits.shape)}, got {tuple(fallback_logits.shape)}")
+    if temperature != 0 and uniform is None:
+        uniform = draw_uniform(logits.shape[0], generator, logits.device)
+    return sample_unchecked(logits, temperature, top_k, top_p, uniform, fallback_logits)
 
 
 def suppress_tokens(token_ids: Sequence[int]) -> LogitsProcessor:

@@ -2,6 +2,7 @@
 → :class:`GenerativeModel` (adds ``generate``) → :class:`craft.models.LanguageModel`."""
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -59,17 +60,24 @@ class GenerativeModel(Model):
     def generate(self, prompt_ids=None, max_new_tokens: int | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
                  logits_processors: Sequence[Callable] = (), generator: torch.Generator | None = None,
-                 compile: bool = False, *, prompt: str | None = None, corpus=None, **config):
+                 compile: bool = False, *, prompt: str | None = None, corpus=None, **config) -> torch.Tensor:
         """Continues ``prompt_ids`` (B, T) / (T,) / list of ints and returns (B, T + n) long ids
-        (prompt included; rows that stopped early are padded with ``eos_id``), see
-        :func:`craft.generation.generate_tokens`.
+        (prompt included; rows that stopped early are padded with ``eos_id``, which defaults to the
+        tokenizer's), see :func:`craft.generation.generate_tokens`. Always returns a tensor.
 
-        With ``prompt`` (text), returns ``craft.generation.linked.generate_linked(self, prompt,
-        corpus=corpus, **config)`` — the sampling arguments given here are passed on in ``config``.
+        Linked-document generation has its own entry point,
+        ``craft.generation.linked.generate_linked(model, prompt, corpus=...)``, returning a
+        ``GenerationResult``. ``prompt=`` (text) here is its deprecated spelling: it warns and
+        forwards there.
         """
+        # imported on call: the model layer does not load craft.generation when it is imported
         if prompt is not None:
             if prompt_ids is not None:
                 raise ValueError("prompt, prompt_ids: pass text (prompt) or token ids (prompt_ids), not both")
+            warnings.warn("model.generate(prompt=...) is deprecated: call "
+                          "craft.generation.linked.generate_linked(model, prompt, corpus=...) for linked "
+                          "generation (it returns a GenerationResult); model.generate returns token ids only",
+                          DeprecationWarning, stacklevel=3)
             given = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                          eos_id=eos_id, generator=generator)
             config.update({k: v for k, v in given.items() if v is not None})
@@ -77,13 +85,15 @@ class GenerativeModel(Model):
                 config["logits_processors"] = logits_processors
             if compile:
                 config["compile"] = compile
-            from craft.generation.linked import generate_linked  # imported only when used
+            from craft.generation.linked import generate_linked
 
             return generate_linked(self, prompt, corpus=corpus, **config)
-        if config:
-            raise TypeError(f"generate: unexpected arguments {sorted(config)} (they apply to text prompts only)")
+        if config or corpus is not None:
+            raise TypeError(f"generate: unexpected arguments {sorted(config) + (['corpus'] if corpus else [])}; "
+                            "linked generation is craft.generation.linked.generate_linked(model, prompt, ...)")
         if prompt_ids is None:
-            raise ValueError("prompt_ids: pass token ids (or prompt='text' for linked generation)")
+            raise ValueError("prompt_ids: pass token ids (linked generation from text is "
+                             "craft.generation.linked.generate_linked)")
         from craft.generation.generate import generate_tokens
 
         if eos_id is None and self.tokenizer is not None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from craft_kernels import SwiGLUMLP, doc_attention
-from craft.generation.kv_cache import KVCache
+from craft.models.kv_cache import KVCache
 from craft.models.base import GenerativeModel
 from craft.models.config import ModelConfig
 

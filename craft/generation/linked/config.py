@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import asdict, dataclass
 
 from craft._deprecation import rename_kwargs, renamed
+from craft.generation.sampling import check_sampling_args
 
 EVICTION_POLICIES = ("drop_oldest", "stop_new")
 GENERATION_MASK_KINDS = ("cross_doc_link", "doc_causal")
@@ -73,17 +74,9 @@ class GenerationConfig:
 
     def __post_init__(self):
         _int("max_new_tokens", self.max_new_tokens, 0)
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
-            raise TypeError(f"temperature: expected a float, got {type(self.temperature).__name__}")
-        if not self.temperature >= 0 or self.temperature == float("inf"):
-            raise ValueError(f"temperature: must be a finite number >= 0 (0 = greedy), got {self.temperature}")
+        check_sampling_args(self.temperature, self.top_k, self.top_p)
         self.temperature = float(self.temperature)
-        _int("top_k", self.top_k, 1, allow_none=True)
         if self.top_p is not None:
-            if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)):
-                raise TypeError(f"top_p: expected a float in (0, 1] or None, got {type(self.top_p).__name__}")
-            if not 0 < self.top_p <= 1:
-                raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
             self.top_p = float(self.top_p)
         _int("max_tokens_per_document", self.max_tokens_per_document, 2, allow_none=True)
         _int("max_seq_len", self.max_seq_len, 2, allow_none=True)

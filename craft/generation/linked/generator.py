@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from craft.generation.generate import select_decode_step
+from craft.generation.sampling import LogitsProcessor, apply_processors, sample
 from craft.generation.linked.config import GenerationConfig
 from craft.generation.linked.context import ContextFull, DocumentContext
 from craft.generation.linked.corpus import DocumentCorpus
 from craft.generation.linked.result import GeneratedDocument, GenerationResult
-
-LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def resolve_config(model, tokenizer, config: GenerationConfig) -> GenerationConfig:
@@ -56,30 +55,6 @@ def resolve_config(model, tokenizer, config: GenerationConfig) -> GenerationConf
         raise ValueError(f"tokenizer: its {tokenizer.vocab_size} ids exceed the model's vocab_size={vocab}")
     device = config.device or str(next(model.parameters()).device)
     return config.replace(max_seq_len=max_ctx, max_tokens_per_document=per_doc, eos_id=eos, device=device)
-
-
-def sample_one(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None = None) -> int:
-    """One token from ``logits`` (V,): greedy when ``temperature == 0``, else temperature, top-k,
-    top-p (``craft.generation`` filters), then an inverse-CDF draw (one uniform, a cumulative sum
-    and a binary search: exact, and ~6x faster than ``torch.multinomial`` over a 50k vocabulary on
-    CPU). A row left without any finite logit falls back to the argmax of ``logits``."""
-    x = logits.float()
-    if cfg.temperature == 0:
-        return int(torch.argmax(x))
-    from craft.generation.sampling import top_k_filter, top_p_filter
-
-    x = x[None] / cfg.temperature
-    if cfg.top_k is not None:
-        x = top_k_filter(x, cfg.top_k)
-    if cfg.top_p is not None:
-        x = top_p_filter(x, cfg.top_p)
-    p = torch.softmax(x[0], dim=-1)
-    c = torch.cumsum(p, 0)
-    total = c[-1]
-    if not bool(torch.isfinite(total)) or float(total) <= 0:
-        return int(torch.argmax(torch.nan_to_num(logits.float(), nan=float("-inf"))))
-    u = torch.rand(1, generator=generator, device=c.device, dtype=c.dtype) * total
-    return int(torch.searchsorted(c, u, right=True).clamp_(max=c.numel() - 1))
 
 
 class SingleDocumentGenerator:
@@ -137,14 +112,14 @@ class SingleDocumentGenerator:
     # ------------------------------------------------------------------ sampling
     def choose(self, logits: torch.Tensor, index: int, frame=None) -> int:
         """The next token of document ``index`` from ``logits`` (V,)."""
+        raw = logits[None].float()
+        row = raw
         if self.processors:
             hist = torch.tensor([self.ctx.docs[index].tokens], dtype=torch.long, device=logits.device)
-            row = logits[None].float()
-            for p in self.processors:
-                row = p(row, hist)
-            logits = row[0]
-        logits = self._constrain(logits, frame)
-        return sample_one(logits, self.cfg, self.generator)
+            row = apply_processors(row, hist, self.processors)
+        row = self._constrain(row[0], frame)[None]
+        cfg = self.cfg
+        return int(sample(row, cfg.temperature, cfg.top_k, cfg.top_p, self.generator, fallback_logits=raw)[0])
 
     def _constrain(self, logits: torch.Tensor, frame) -> torch.Tensor:
         return logits
@@ -430,9 +405,10 @@ def generate_linked(model, prompt: str | Sequence[int], corpus: DocumentCorpus |
 
     ``corpus``: a :class:`DocumentCorpus`, a corpus directory, or None. ``tokenizer`` defaults to
     ``model.tokenizer``, then the corpus's. ``options`` are :class:`GenerationConfig` fields (or pass
-    ``config``); ``generator`` a torch.Generator for sampling (else ``seed``). ``compile`` (True or
-    a ``torch.compile`` mode) compiles the one-token decode step: a one-off compilation of several
-    seconds that pays off for runs of a few hundred tokens or more (benchmarks/RESULTS.md).
+    ``config``); ``generator`` a torch.Generator for
+    sampling (else ``seed``). ``compile`` (True or a ``torch.compile`` mode) compiles the one-token
+    decode step; the one-off compilation takes seconds, so it pays off for long runs
+    (benchmarks/test_linked_generation.py measures both).
     Returns a :class:`GenerationResult`.
     """
     if config is None:

@@ -1,5 +1,6 @@
-"""Static key/value cache: fixed-size buffers written in place at given slots (no reallocation,
-so a compiled decode step never sees a new shape)."""
+"""Static key/value cache: fixed-size buffers written in place at given slots (no reallocation, so a
+compiled decode step never sees a new shape). Part of the model layer: ``LanguageModel.setup_cache``
+builds one per attention layer; ``craft.generation`` drives it."""
 from __future__ import annotations
 
 import torch
