@@ -14,11 +14,14 @@ and ``j``'s document was ``i``'s own or one it linked to at that time.
 """
 import re
 
+import pytest
 import torch
 
 from craft.generation.linked import generate_linked
 from craft.models import LanguageModel, ModelConfig
 from craft.tokenizers import get_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared
 
 PROMPT = "# Root\nSee "
 MAX_DOC = 40  # max_tokens_per_document: every document ends there (EOS is never sampled here)

@@ -21,6 +21,8 @@ transformers = pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from baseline_model import BaselineLM  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared
+
 V, B, T = 71, 2, 37
 CONFIGS = {
     "mha_untied": dict(n_heads=4, n_kv_heads=4, tie_embeddings=False),
