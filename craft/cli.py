@@ -58,9 +58,14 @@ def _parse_set(items: list[str]) -> tuple[dict, dict]:
 
 # --------------------------------------------------------------------------- commands
 def cmd_info(args) -> int:
-    from craft_kernels._backend import format_backend_info
+    import json
 
-    print(format_backend_info())
+    from craft_kernels import _backend
+
+    if args.calibrate:
+        _backend.calibrate_common()
+    info = _backend.backend_info()
+    print(json.dumps(info, indent=1, default=str) if args.json else _backend.format_backend_info(info))
     return 0
 
 
@@ -208,7 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     sub.required = True
 
-    s = sub.add_parser("info", help="what this machine offers and which kernel paths run")
+    s = sub.add_parser("info", help="what this machine offers and which kernel path each op takes, and why")
+    s.add_argument("--calibrate", action="store_true",
+                   help="time the paths of each op for a tiny model now (seconds; cached per machine)")
+    s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(fn=cmd_info)
 
     c = sub.add_parser("corpus", help="corpus tools")

@@ -4,11 +4,15 @@ Paths (picked per call by ``craft_kernels._backend.kernels_impl``; CRAFT_KERNELS
 - ``triton``: one kernel per direction, fp32 math whatever the storage dtype, int64 offsets,
   strided rows without a copy (the packed layout's halves are views). CUDA, or CPU under
   ``TRITON_INTERPRET=1``.
-- ``torch`` (CPU default): the same math as an Inductor-compiled single pass per direction (one read
-  of gate/up, one write; backward recomputes sigmoid). Measured fwd+bwd at 16384x1024 fp32 on the
-  2-core dev CPU: eager autograd 1.0x, hand-written in-place eager 1.1-1.2x, compiled 1.6-2.2x (see
-  benchmarks/RESULTS.md); tensors under 32k elements use eager ops, where a compiled call's
-  overhead would dominate.
+- ``torch`` (CPU default): eager ops, or the same math as an Inductor-compiled single pass per
+  direction (one read of gate/up, one write; backward recomputes sigmoid). Which of the two runs is
+  a per-machine choice per dtype (``craft_kernels._backend.choose("swiglu", ...)``: calibrated once,
+  cached, ``CRAFT_IMPL_SWIGLU=compiled|eager`` forces one). The compiled functions see 2-d
+  ``(rows, F)`` views and are compiled with dynamic shapes, so new shapes never recompile (and never
+  reach Dynamo's recompile limit, which would fall back to eager silently). Compilation happens on
+  the first call; if it fails there (no C++ compiler, say), the call and every later one runs the
+  eager math and ``craft info`` says why. Tensors under 32k elements and fp64 always use eager ops
+  (a compiled call's overhead would dominate; fp64 stays exact).
 Both are registered as ``torch.library`` custom ops (``craft::swiglu_fwd``/``swiglu_bwd``) with
 fake kernels and autograd, so ``torch.compile(fullgraph=True)`` traces through them. Inside a
 graph compiled for CPU, :func:`swiglu` emits the plain math instead, so Inductor fuses it with its
@@ -18,10 +22,13 @@ the opaque op and 0.56 ms fused.
 from __future__ import annotations
 
 import functools
+import shutil
+import warnings
 
 import torch
 from torch import nn
 
+from craft_kernels import _backend
 from craft_kernels._backend import triton_version, use_triton
 
 _SMALL = 1 << 15
@@ -109,13 +116,72 @@ def _bwd_math(do, g, u):
 
 @functools.lru_cache(maxsize=None)
 def _compiled(which: str):
-    fn = _fwd_math if which == "fwd" else _bwd_math
+    # dynamic=True: one graph per dtype and row layout (contiguous or strided halves), whatever the shape
+    return torch.compile(_fwd_math if which == "fwd" else _bwd_math, dynamic=True)
+
+
+_compile_error: str | None = None  # why compilation failed in this process, if it did
+
+
+class _CompileFailed(RuntimeError):
+    pass
+
+
+def _run_compiled(which: str, *args):
+    global _compile_error
     try:
-        # dynamic=None: specialised kernels for the first shape (a model's shapes are fixed; measured
-        # 10-25% faster than dynamic=True), one dynamic recompile when a second shape arrives
-        return torch.compile(fn, dynamic=None)
-    except Exception:  # no compiler toolchain: eager math is still correct
-        return fn
+        return _compiled(which)(*args)
+    except Exception as e:  # compile is lazy: a missing or broken toolchain shows up on the first call
+        if _compile_error is None:
+            _compile_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
+            warnings.warn(f"swiglu: torch.compile failed ({_compile_error}); using the eager math", RuntimeWarning,
+                          stacklevel=3)
+        raise _CompileFailed(_compile_error) from e
+
+
+def _detect():
+    if _compile_error is not None:
+        return "eager", f"torch.compile failed here: {_compile_error}"
+    cxx = torch._inductor.config.cpp.cxx[-1]
+    if cxx and shutil.which(cxx) is None:
+        return "eager", f"no C++ compiler for Inductor ({cxx!r} not found)"
+    return None
+
+
+def _candidates(dtype: torch.dtype) -> dict:
+    g, u, do = (torch.randn(4096, 512).to(dtype) for _ in range(3))
+
+    def compiled():
+        _run_compiled("bwd", do, g, u), _run_compiled("fwd", g, u)
+
+    def eager():
+        _bwd_math(do, g, u), _fwd_math(g, u)
+
+    compiled()  # compile before timing (raises _CompileFailed where it cannot)
+    return {"compiled": compiled, "eager": eager}
+
+
+def _cpu_path(g: torch.Tensor) -> str:
+    """'compiled' or 'eager' for a CPU tensor of at least 32k elements in fp32/fp16/bf16."""
+    key = str(g.dtype).replace("torch.", "")
+    try:
+        return _backend.choose("swiglu", key, _detect, lambda: _candidates(g.dtype))
+    except _CompileFailed:
+        return _backend.choose("swiglu", key, _detect)
+
+
+def _cpu(which: str, *args):
+    g = args[0] if which == "fwd" else args[1]
+    if g.numel() < _SMALL or g.dtype == torch.float64 or _cpu_path(g) == "eager":
+        _backend.paths_run["swiglu"] = f"eager ({g.dtype}, {g.numel()} elements)"
+        return (_fwd_math if which == "fwd" else _bwd_math)(*args)
+    try:
+        out = _run_compiled(which, *(_rows(a) for a in args))
+    except _CompileFailed:
+        _backend.paths_run["swiglu"] = "eager (compile failed)"
+        return (_fwd_math if which == "fwd" else _bwd_math)(*args)
+    _backend.paths_run["swiglu"] = f"compiled ({g.dtype})"
+    return out
 
 
 @torch.library.custom_op("craft::swiglu_fwd", mutates_args=())
@@ -124,9 +190,7 @@ def _swiglu_fwd(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
         _fwd_triton(gate, up, out)
         return out
-    if gate.numel() < _SMALL or gate.dtype == torch.float64:
-        return _fwd_math(gate, up)
-    return _compiled("fwd")(gate, up)
+    return _cpu("fwd", gate, up).reshape(gate.shape)
 
 
 @_swiglu_fwd.register_fake
@@ -141,10 +205,8 @@ def _swiglu_bwd(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tup
         du = torch.empty(up.shape, dtype=up.dtype, device=up.device)
         _bwd_triton(grad, gate, up, dg, du)
         return dg, du
-    if gate.numel() < _SMALL or gate.dtype == torch.float64:
-        return _bwd_math(grad, gate, up)
-    dg, du = _compiled("bwd")(grad, gate, up)
-    return dg, du
+    dg, du = _cpu("bwd", grad, gate, up)
+    return dg.reshape(gate.shape), du.reshape(up.shape)
 
 
 @_swiglu_bwd.register_fake

@@ -1,7 +1,14 @@
-import pytest
-import torch
+import os
+import tempfile
 
-from craft_kernels.native import _dispatch
+# per-machine dispatch choices go to a fresh cache per test session, never the user's (set before
+# craft_kernels is imported: it reads the cache at import)
+os.environ.setdefault("CRAFT_CACHE_DIR", tempfile.mkdtemp(prefix="craft-dispatch-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from craft_kernels.native import _dispatch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +22,4 @@ def native_impl(request):
     """Runs a native-op test once with the C++ extension and once with the pure-Python reference."""
     with _dispatch.use(request.param):
         yield request.param
+
