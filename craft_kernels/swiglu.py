@@ -4,20 +4,20 @@ Paths (picked per call by ``craft_kernels._backend.kernels_impl``; CRAFT_KERNELS
 - ``triton``: one kernel per direction, fp32 math whatever the storage dtype, int64 offsets,
   strided rows without a copy (the packed layout's halves are views). CUDA, or CPU under
   ``TRITON_INTERPRET=1``.
-- ``torch`` (CPU default): eager ops, or the same math as an Inductor-compiled single pass per
-  direction (one read of gate/up, one write; backward recomputes sigmoid). Which of the two runs is
-  a per-machine choice per dtype (``craft_kernels._backend.choose("swiglu", ...)``: calibrated once,
-  cached, ``CRAFT_IMPL_SWIGLU=compiled|eager`` forces one). The compiled functions see 2-d
-  ``(rows, F)`` views and are compiled with dynamic shapes, so new shapes never recompile (and never
-  reach Dynamo's recompile limit, which would fall back to eager silently). Compilation happens on
-  the first call; if it fails there (no C++ compiler, say), the call and every later one runs the
-  eager math and ``craft info`` says why. Tensors under 32k elements and fp64 always use eager ops
+- CPU: eager math inside the custom op (backward recomputes sigmoid), or the plain math compiled
+  with ``torch.compile`` at the autograd level, so AOTAutograd derives one fused backward that
+  also saves only gate and up (the compiled one-liner a competent user would write, and as fast).
+  Which of the two runs is a per-machine choice per dtype (``craft_kernels._backend.choose``:
+  calibrated once, cached; ``CRAFT_IMPL_SWIGLU=compiled|eager`` forces one). The compiled function
+  sees 2-d ``(rows, F)`` views with dynamic shapes, so new shapes never recompile (and never reach
+  Dynamo's recompile limit, past which it would run eager silently). Compilation happens on the
+  first call; if it fails there (no C++ compiler, say), that call and every later one run the
+  eager path and ``craft info`` says why. Tensors under 32k elements and fp64 always run eager
   (a compiled call's overhead would dominate; fp64 stays exact).
-Both are registered as ``torch.library`` custom ops (``craft::swiglu_fwd``/``swiglu_bwd``) with
-fake kernels and autograd, so ``torch.compile(fullgraph=True)`` traces through them. Inside a
-graph compiled for CPU, :func:`swiglu` emits the plain math instead, so Inductor fuses it with its
-neighbours (and still recomputes sigmoid in backward): a tiny-model decode step took 0.80 ms with
-the opaque op and 0.56 ms fused.
+The custom ops (``craft::swiglu_fwd``/``swiglu_bwd``, fake kernels and autograd) let
+``torch.compile(fullgraph=True)`` trace through the Triton path. Inside a graph compiled for CPU,
+:func:`swiglu` emits the plain math, so Inductor fuses it with its neighbours (and still
+recomputes sigmoid in backward).
 """
 from __future__ import annotations
 
@@ -115,9 +115,11 @@ def _bwd_math(do, g, u):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(which: str):
+def _compiled():
+    # the plain math compiled at the autograd level: AOTAutograd derives one fused backward that
+    # recomputes sigmoid (saves only gate and up), as the compiled one-liner a user would write does.
     # dynamic=True: one graph per dtype and row layout (contiguous or strided halves), whatever the shape
-    return torch.compile(_fwd_math if which == "fwd" else _bwd_math, dynamic=True)
+    return torch.compile(_fwd_math, dynamic=True)
 
 
 _compile_error: str | None = None  # why compilation failed in this process, if it did
@@ -127,13 +129,14 @@ class _CompileFailed(RuntimeError):
     pass
 
 
-def _run_compiled(which: str, *args):
+def _run_compiled(g, u):
     global _compile_error
     try:
-        return _compiled(which)(*args)
+        return _compiled()(_rows(g), _rows(u)).reshape(g.shape)
     except Exception as e:  # compile is lazy: a missing or broken toolchain shows up on the first call
         if _compile_error is None:
-            _compile_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
+            msg = str(e).strip()
+            _compile_error = f"{type(e).__name__}: {msg.splitlines()[0][:160] if msg else ''}"
             warnings.warn(f"swiglu: torch.compile failed ({_compile_error}); using the eager math", RuntimeWarning,
                           stacklevel=3)
         raise _CompileFailed(_compile_error) from e
@@ -149,13 +152,14 @@ def _detect():
 
 
 def _candidates(dtype: torch.dtype) -> dict:
-    g, u, do = (torch.randn(4096, 512).to(dtype) for _ in range(3))
+    g, u = (torch.randn(4096, 512).to(dtype).requires_grad_() for _ in range(2))
+    do = torch.randn(4096, 512).to(dtype)
 
     def compiled():
-        _run_compiled("bwd", do, g, u), _run_compiled("fwd", g, u)
+        _run_compiled(g, u).backward(do)
 
     def eager():
-        _bwd_math(do, g, u), _fwd_math(g, u)
+        _swiglu_fwd(g, u).backward(do)
 
     compiled()  # compile before timing (raises _CompileFailed where it cannot)
     return {"compiled": compiled, "eager": eager}
@@ -170,18 +174,16 @@ def _cpu_path(g: torch.Tensor) -> str:
         return _backend.choose("swiglu", key, _detect)
 
 
-def _cpu(which: str, *args):
-    g = args[0] if which == "fwd" else args[1]
-    if g.numel() < _SMALL or g.dtype == torch.float64 or _cpu_path(g) == "eager":
-        _backend.paths_run["swiglu"] = f"eager ({g.dtype}, {g.numel()} elements)"
-        return (_fwd_math if which == "fwd" else _bwd_math)(*args)
-    try:
-        out = _run_compiled(which, *(_rows(a) for a in args))
-    except _CompileFailed:
-        _backend.paths_run["swiglu"] = "eager (compile failed)"
-        return (_fwd_math if which == "fwd" else _bwd_math)(*args)
-    _backend.paths_run["swiglu"] = f"compiled ({g.dtype})"
-    return out
+def _swiglu_cpu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    if gate.numel() >= _SMALL and gate.dtype != torch.float64 and _cpu_path(gate) == "compiled":
+        try:
+            out = _run_compiled(gate, up)
+            _backend.paths_run["swiglu"] = f"compiled ({gate.dtype})"
+            return out
+        except _CompileFailed:
+            _cpu_path(gate)  # records the eager choice and why
+    _backend.paths_run["swiglu"] = f"eager ({gate.dtype}, {gate.numel()} elements)"
+    return _swiglu_fwd(gate, up)
 
 
 @torch.library.custom_op("craft::swiglu_fwd", mutates_args=())
@@ -190,7 +192,7 @@ def _swiglu_fwd(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
         _fwd_triton(gate, up, out)
         return out
-    return _cpu("fwd", gate, up).reshape(gate.shape)
+    return _fwd_math(gate, up)
 
 
 @_swiglu_fwd.register_fake
@@ -205,8 +207,7 @@ def _swiglu_bwd(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tup
         du = torch.empty(up.shape, dtype=up.dtype, device=up.device)
         _bwd_triton(grad, gate, up, dg, du)
         return dg, du
-    dg, du = _cpu("bwd", grad, gate, up)
-    return dg.reshape(gate.shape), du.reshape(up.shape)
+    return _bwd_math(grad, gate, up)
 
 
 @_swiglu_bwd.register_fake
@@ -244,8 +245,10 @@ def _check(gate: torch.Tensor, up: torch.Tensor) -> None:
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` for any shape ``(..., F)``, fp32/fp16/bf16/fp64; output has gate's dtype."""
     _check(gate, up)
-    if gate.device.type == "cpu" and torch.compiler.is_compiling() and not use_triton(gate):
-        return _fwd_math(gate, up)
+    if gate.device.type == "cpu" and not use_triton(gate):
+        if torch.compiler.is_compiling():
+            return _fwd_math(gate, up)
+        return _swiglu_cpu(gate, up)
     return _swiglu_fwd(gate, up)
 
 
