@@ -168,9 +168,13 @@ _cache: dict | None = None
 
 
 def machine_key() -> dict:
-    """What a calibration depends on: CPU model, ISA flags, threads and torch version."""
+    """What a calibration depends on: CPU model, ISA flags, threads, torch version, and the span
+    kernel's ISA variant if CRAFT_SPAN_ISA forces one."""
     isa = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
-    return {"cpu": cpu_model(), "isa": isa, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    key = {"cpu": cpu_model(), "isa": isa, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if os.environ.get("CRAFT_SPAN_ISA"):
+        key["span_isa"] = os.environ["CRAFT_SPAN_ISA"]
+    return key
 
 
 def cache_path(key: dict | None = None) -> Path:
