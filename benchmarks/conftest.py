@@ -1,42 +1,49 @@
-"""Shared helpers: every benchmark times its baseline in the same run and records the ratio."""
-import platform
-import time
+"""Shared fixtures: every benchmark times its baseline interleaved with ours in the same run and
+records the ratio, the spread, the machine and the achieved share of the machine's limit
+(see benchmarks/_harness.py)."""
+import sys
+from pathlib import Path
 
 import pytest
-import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import interleaved, machine_info as craft_machine_info, machine_limits, record  # noqa: E402
 
 
-def best_time(fn, reps: int = 3) -> float:
-    """Best wall time of `reps` calls (seconds)."""
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+def pytest_benchmark_update_machine_info(config, machine_info: dict):
+    """The JSON's machine_info gets the ISA flags, versions and the limits measured in this run."""
+    machine_info["craft"] = dict(craft_machine_info(), **machine_limits())
+
+
+@pytest.fixture(scope="session")
+def limits():
+    """Copy bandwidth and matmul GFLOP/s (fp32, bf16) of this machine, measured once in this run."""
+    return machine_limits()
 
 
 @pytest.fixture
 def compare(benchmark):
-    """compare(fast, baseline, units=None, unit_name='items', baseline_reps=3, rounds=5)
+    """compare(ours, baseline, units=None, unit_name='items', rounds=5, warmup=1, bytes_moved=None,
+    flops=None, flops_dtype=None, baseline_flops=None, **extra) -> median ratio (baseline / ours)
 
-    Benchmarks `fast` with pytest-benchmark, times `baseline` in the same run, and stores
-    the speed-up (baseline time / fast time) and throughput in benchmark.extra_info."""
+    Times ``ours`` and ``baseline`` interleaved with the same warm-up and rounds
+    (:func:`_harness.interleaved`), stores ours' times as the pytest-benchmark stats, and fills
+    ``extra_info`` with medians, spread, throughput, the machine and the share of its limit
+    (:func:`_harness.record`). ``baseline_reps`` is accepted from older callers and ignored: both
+    sides always get the same rounds."""
 
-    def run(fast, baseline, units=None, unit_name="items", baseline_reps=3, rounds=5, **extra):
-        benchmark.pedantic(fast, rounds=rounds, iterations=1, warmup_rounds=1)
-        t_fast = benchmark.stats.stats.min
-        t_base = best_time(baseline, baseline_reps)
+    def run(ours, baseline, units=None, unit_name="items", rounds=5, warmup=1, bytes_moved=None, flops=None,
+            flops_dtype=None, baseline_flops=None, baseline_reps=None, **extra):
+        timing = interleaved(ours, baseline, rounds=rounds, warmup=warmup)
+        if not benchmark.disabled:
+            stats = benchmark._make_stats(1)
+            for t in timing["ours"]:
+                stats.update(t)
+            benchmark._mode = "craft compare (interleaved)"
         info = benchmark.extra_info
-        info["speedup_vs_baseline"] = round(t_base / t_fast, 2)
-        info["baseline_s"] = round(t_base, 6)
-        info["fast_s"] = round(t_fast, 6)
-        if units:
-            info[f"{unit_name}_per_s"] = round(units / t_fast)
-            info[f"baseline_{unit_name}_per_s"] = round(units / t_base)
-        info["torch"] = torch.__version__
-        info["machine"] = f"{platform.machine()} {torch.get_num_threads()} threads"
+        record(info, timing, units=units, unit_name=unit_name, bytes_moved=bytes_moved, flops=flops,
+               flops_dtype=flops_dtype, baseline_flops=baseline_flops)
         info.update(extra)
-        return t_base / t_fast
+        return timing["ratio"]
 
     return run

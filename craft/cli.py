@@ -61,9 +61,14 @@ def _parse_set(items: list[str]) -> tuple[dict, dict]:
 
 # --------------------------------------------------------------------------- commands
 def cmd_info(args) -> int:
-    from craft_kernels._backend import format_backend_info
+    import json
 
-    print(format_backend_info())
+    from craft_kernels import _backend
+
+    if args.calibrate:
+        _backend.calibrate_common()
+    info = _backend.backend_info()
+    print(json.dumps(info, indent=1, default=str) if args.json else _backend.format_backend_info(info))
     return 0
 
 
@@ -242,12 +247,31 @@ def _generate_linked(model, prompt: str, args) -> int:
 
 
 def cmd_bench(args) -> int:
+    import importlib.util
+    import tempfile
+
     root = Path(__file__).resolve().parents[1]
     bench = root / "benchmarks"
     if not bench.is_dir():
         raise CliError(f"benchmarks folder not found at {bench}; run `craft bench` from a source checkout")
-    cmd = [sys.executable, "-m", "pytest", str(bench), "--benchmark-only", *args.pytest_args]
-    return subprocess.call(cmd, cwd=root)
+    out = Path(tempfile.mkdtemp(prefix="craft-bench-")) / "run.json"
+    targets = args.pytest_args or [str(bench)]
+    cmd = [sys.executable, "-m", "pytest", *targets, "--benchmark-only", f"--benchmark-json={out}",
+           "-p", "no:cacheprovider"]
+    rc = subprocess.call(cmd, cwd=root)
+    if not out.exists():
+        return rc or 1
+    spec = importlib.util.spec_from_file_location("craft_bench_history", bench / "history.py")
+    history = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(history)
+    dest, lines, png = history.record(out, Path(args.history) if args.history else history.DEFAULT_HISTORY,
+                                      draw=not args.no_plot)
+    print(f"\nsaved {dest}\nchange against the previous run on this machine:")
+    print("\n".join(f"  {line}" for line in lines))
+    if png:
+        print(f"plot: {png}")
+    print("regenerate benchmarks/RESULTS.md: python benchmarks/summarize.py")
+    return rc
 
 
 # --------------------------------------------------------------------------- parser
@@ -269,7 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     sub.required = True
 
-    s = sub.add_parser("info", help="what this machine offers and which kernel paths run")
+    s = sub.add_parser("info", help="what this machine offers and which kernel path each op takes, and why")
+    s.add_argument("--calibrate", action="store_true",
+                   help="time the paths of each op for a tiny model now (seconds; cached per machine)")
+    s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(fn=cmd_info)
 
     c = sub.add_parser("corpus", help="corpus tools")
@@ -320,8 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_linked_generate_options(g)
     g.set_defaults(fn=cmd_generate)
 
-    bn = sub.add_parser("bench", help="run the benchmark suite (pytest benchmarks --benchmark-only)")
-    bn.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
+    bn = sub.add_parser("bench", help="run the benchmarks, file the run in the history, show the change")
+    bn.add_argument("--history", help="history folder (default benchmarks/history)")
+    bn.add_argument("--no-plot", action="store_true", help="do not redraw the history PNG")
+    bn.add_argument("pytest_args", nargs=argparse.REMAINDER,
+                    help="pytest arguments (default: the whole benchmarks folder), e.g. benchmarks/test_swiglu.py")
     bn.set_defaults(fn=cmd_bench)
     return p
 

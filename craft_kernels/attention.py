@@ -2,11 +2,13 @@
 
 CUDA: compiled FlexAttention with a BlockMask built directly from the ids (:func:`doc_block_mask`).
 CPU: ``causal``/``doc_causal`` go to the C++ span-attention kernel (:mod:`craft_kernels.span_attention`)
-when the extension is selected and the head dim is 16/32/64/128; other kinds (and
-``CRAFT_NATIVE=python``) use SDPA with the dense span mask (FlexAttention has no CPU backward in
-torch 2.13, and SDPA with a dense mask is faster there; see benchmarks/test_doc_masks.py). On CPU,
-fp16/bf16 inputs are computed in fp32 on every path (autocast off) and cast back. Rows with
-nothing to attend to (padding) give zeros on every path, never NaN, in forward and backward.
+or to SDPA, whichever is faster on this machine for the case (head dim, T rounded up to a power of
+two, documents or not, dtype): a per-machine choice, calibrated once and cached
+(``craft_kernels._backend.choose``; ``CRAFT_IMPL_DOC_ATTENTION=span|sdpa`` forces one). The span
+kernel needs the extension (``CRAFT_NATIVE=cpp``) and head dim 16/32/64/128. Other kinds use SDPA
+with the dense span mask (FlexAttention has no CPU backward in torch 2.13). Rows with nothing to
+attend to (padding) give zeros on every path, never NaN, in forward and backward. On CPU,
+fp16/bf16 inputs are computed in fp32 on every path (autocast off) and cast back.
 """
 from __future__ import annotations
 
@@ -16,8 +18,42 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from craft_kernels import _backend
 from craft_kernels.doc_masks import _check_kind, doc_block_mask, doc_dense_mask
 from craft_kernels.span_attention import span_attention, supports as span_supports
+
+
+def _bucket(T) -> int:
+    b = 128
+    while b < T and b < 4096:  # comparisons only: traceable with symbolic T
+        b *= 2
+    return b
+
+
+def _span_key(q, docs: bool) -> str:
+    return f"hd{q.shape[-1]}|T{_bucket(q.shape[2])}|{'docs' if docs else 'causal'}|{str(q.dtype)[6:]}"
+
+
+def _calibration_cases(hd: int, T: int, docs: bool, dtype: torch.dtype) -> dict:
+    """span vs SDPA fwd+bwd on random data of the case's shape (B=2, H=8), documents of T/4 tokens."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 8, T, hd, generator=g).to(dtype).requires_grad_() for _ in range(3))
+    ids = (torch.arange(T) // max(1, T // 4)).expand(2, T).contiguous() if docs else None
+
+    def span():
+        span_attention(q, k, v, ids).sum().backward()
+
+    def sdpa():
+        _sdpa(q, k, v, ids, "doc_causal" if docs else "causal", None, None).sum().backward()
+
+    return {"span": span, "sdpa": sdpa}
+
+
+def _span_wins(q: torch.Tensor, docs: bool) -> bool:
+    hd, T, dtype = q.shape[-1], _bucket(q.shape[2]), q.dtype
+    default = "span" if "avx512f" in _backend.cpu_flags() else "sdpa"
+    return _backend.choose("doc_attention", _span_key(q, docs),
+                           candidates=lambda: _calibration_cases(hd, T, docs, dtype), default=default) == "span"
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,16 +102,23 @@ def doc_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: to
     one for every layer; ignored on CPU); ``scale`` defaults to ``hd ** -0.5``."""
     _check_kind(kind)
     _check(q, k, v, doc_ids, block_mask)
-    B, H, T, _ = q.shape
-    gqa = k.shape[1] != H
     spans = kind == "doc_causal" or (kind == "causal" and doc_ids is None)
-    if spans and links is None and span_supports(q):
+    use_span = spans and links is None and span_supports(q) and _span_wins(q, doc_ids is not None)
+    if not torch.compiler.is_compiling() and q.device.type == "cpu":
+        _backend.paths_run["doc_attention"] = f"{'span' if use_span else 'sdpa'} ({kind}, T={q.shape[2]})"
+    if use_span:
         return span_attention(q, k, v, doc_ids, scale)  # CPU: the C++ kernel (see span_attention.py)
+    return _sdpa(q, k, v, doc_ids, kind, links, block_mask, scale)
+
+
+def _sdpa(q, k, v, doc_ids, kind, links, block_mask, scale=None):
     if q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16):
         # fp32 math on CPU, as in the span kernel: SDPA's half-precision CPU backward is its slow part
         with torch.autocast("cpu", enabled=False):
-            out = doc_attention(q.float(), k.float(), v.float(), doc_ids, kind, links, block_mask, scale)
+            out = _sdpa(q.float(), k.float(), v.float(), doc_ids, kind, links, block_mask, scale)
         return out.to(q.dtype)
+    B, H, T, _ = q.shape
+    gqa = k.shape[1] != H
     if doc_ids is None and block_mask is None and links is None and kind != "cross_doc_link":
         if kind in ("causal", "doc_causal"):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)

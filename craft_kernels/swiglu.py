@@ -1,27 +1,34 @@
 """Fused SwiGLU: ``silu(gate) * up``, forward and backward, saving only the inputs.
 
 Paths (picked per call by ``craft_kernels._backend.kernels_impl``; CRAFT_KERNELS_IMPL forces one):
-- ``triton``: one kernel per direction, fp32 math for fp32/fp16/bf16, int64 offsets, strided rows
-  without a copy (the packed layout's halves are views). CUDA, or CPU under ``TRITON_INTERPRET=1``.
-  float64 never goes through it: it takes the exact eager math in float64 on any device.
-- ``torch`` (CPU default): the same math as an Inductor-compiled single pass per direction (one read
-  of gate/up, one write; backward recomputes sigmoid). Measured fwd+bwd at 16384x1024 fp32 on the
-  2-core dev CPU: eager autograd 1.0x, hand-written in-place eager 1.1-1.2x, compiled 1.6-2.2x (see
-  benchmarks/RESULTS.md); tensors under 32k elements use eager ops, where a compiled call's
-  overhead would dominate.
-Both are registered as ``torch.library`` custom ops (``craft::swiglu_fwd``/``swiglu_bwd``) with
-fake kernels and autograd, so ``torch.compile(fullgraph=True)`` traces through them. Inside a
-graph compiled for CPU, :func:`swiglu` emits the plain math instead, so Inductor fuses it with its
-neighbours (and still recomputes sigmoid in backward): a tiny-model decode step took 0.80 ms with
-the opaque op and 0.56 ms fused.
+- ``triton``: one kernel per direction, fp32 math whatever the storage dtype, int64 offsets,
+  strided rows without a copy (the packed layout's halves are views). CUDA, or CPU under
+  ``TRITON_INTERPRET=1``. float64 never goes through it: it takes the exact eager math in float64.
+- CPU: eager math inside the custom op (backward recomputes sigmoid), or the plain math compiled
+  with ``torch.compile`` at the autograd level, so AOTAutograd derives one fused backward that
+  also saves only gate and up (the compiled one-liner a competent user would write, and as fast).
+  Which of the two runs is a per-machine choice per dtype (``craft_kernels._backend.choose``:
+  calibrated once, cached; ``CRAFT_IMPL_SWIGLU=compiled|eager`` forces one). The compiled function
+  sees 2-d ``(rows, F)`` views with dynamic shapes, so new shapes never recompile (and never reach
+  Dynamo's recompile limit, past which it would run eager silently). Compilation happens on the
+  first call; if it fails there (no C++ compiler, say), that call and every later one run the
+  eager path and ``craft info`` says why. Tensors under 32k elements and fp64 always run eager
+  (a compiled call's overhead would dominate; fp64 stays exact).
+The custom ops (``craft::swiglu_fwd``/``swiglu_bwd``, fake kernels and autograd) let
+``torch.compile(fullgraph=True)`` trace through the Triton path. Inside a graph compiled for CPU,
+:func:`swiglu` emits the plain math, so Inductor fuses it with its neighbours (and still
+recomputes sigmoid in backward).
 """
 from __future__ import annotations
 
 import functools
+import shutil
+import warnings
 
 import torch
 from torch import nn
 
+from craft_kernels import _backend
 from craft_kernels._backend import triton_version, use_triton
 
 _SMALL = 1 << 15
@@ -108,14 +115,75 @@ def _bwd_math(do, g, u):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(which: str):
-    fn = _fwd_math if which == "fwd" else _bwd_math
+def _compiled():
+    # the plain math compiled at the autograd level: AOTAutograd derives one fused backward that
+    # recomputes sigmoid (saves only gate and up), as the compiled one-liner a user would write does.
+    # dynamic=True: one graph per dtype and row layout (contiguous or strided halves), whatever the shape
+    return torch.compile(_fwd_math, dynamic=True)
+
+
+_compile_error: str | None = None  # why compilation failed in this process, if it did
+
+
+class _CompileFailed(RuntimeError):
+    pass
+
+
+def _run_compiled(g, u):
+    global _compile_error
     try:
-        # dynamic=None: specialised kernels for the first shape (a model's shapes are fixed; measured
-        # 10-25% faster than dynamic=True), one dynamic recompile when a second shape arrives
-        return torch.compile(fn, dynamic=None)
-    except Exception:  # no compiler toolchain: eager math is still correct
-        return fn
+        return _compiled()(_rows(g), _rows(u)).reshape(g.shape)
+    except Exception as e:  # compile is lazy: a missing or broken toolchain shows up on the first call
+        if _compile_error is None:
+            msg = str(e).strip()
+            _compile_error = f"{type(e).__name__}: {msg.splitlines()[0][:160] if msg else ''}"
+            warnings.warn(f"swiglu: torch.compile failed ({_compile_error}); using the eager math", RuntimeWarning,
+                          stacklevel=3)
+        raise _CompileFailed(_compile_error) from e
+
+
+def _detect():
+    if _compile_error is not None:
+        return "eager", f"torch.compile failed here: {_compile_error}"
+    cxx = torch._inductor.config.cpp.cxx[-1]
+    if cxx and shutil.which(cxx) is None:
+        return "eager", f"no C++ compiler for Inductor ({cxx!r} not found)"
+    return None
+
+
+def _candidates(dtype: torch.dtype) -> dict:
+    g, u = (torch.randn(4096, 512).to(dtype).requires_grad_() for _ in range(2))
+    do = torch.randn(4096, 512).to(dtype)
+
+    def compiled():
+        _run_compiled(g, u).backward(do)
+
+    def eager():
+        _swiglu_fwd(g, u).backward(do)
+
+    compiled()  # compile before timing (raises _CompileFailed where it cannot)
+    return {"compiled": compiled, "eager": eager}
+
+
+def _cpu_path(g: torch.Tensor) -> str:
+    """'compiled' or 'eager' for a CPU tensor of at least 32k elements in fp32/fp16/bf16."""
+    key = str(g.dtype).replace("torch.", "")
+    try:
+        return _backend.choose("swiglu", key, _detect, lambda: _candidates(g.dtype))
+    except _CompileFailed:
+        return _backend.choose("swiglu", key, _detect)
+
+
+def _swiglu_cpu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    if gate.numel() >= _SMALL and gate.dtype != torch.float64 and _cpu_path(gate) == "compiled":
+        try:
+            out = _run_compiled(gate, up)
+            _backend.paths_run["swiglu"] = f"compiled ({gate.dtype})"
+            return out
+        except _CompileFailed:
+            _cpu_path(gate)  # records the eager choice and why
+    _backend.paths_run["swiglu"] = f"eager ({gate.dtype}, {gate.numel()} elements)"
+    return _swiglu_fwd(gate, up)
 
 
 def _triton_ok(t: torch.Tensor) -> bool:
@@ -129,9 +197,7 @@ def _swiglu_fwd(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
         _fwd_triton(gate, up, out)
         return out
-    if gate.numel() < _SMALL or gate.dtype == torch.float64:
-        return _fwd_math(gate, up)
-    return _compiled("fwd")(gate, up)
+    return _fwd_math(gate, up)
 
 
 @_swiglu_fwd.register_fake
@@ -146,10 +212,7 @@ def _swiglu_bwd(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tup
         du = torch.empty(up.shape, dtype=up.dtype, device=up.device)
         _bwd_triton(grad, gate, up, dg, du)
         return dg, du
-    if gate.numel() < _SMALL or gate.dtype == torch.float64:
-        return _bwd_math(grad, gate, up)
-    dg, du = _compiled("bwd")(grad, gate, up)
-    return dg, du
+    return _bwd_math(grad, gate, up)
 
 
 @_swiglu_bwd.register_fake
@@ -187,8 +250,10 @@ def _check(gate: torch.Tensor, up: torch.Tensor) -> None:
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` for any shape ``(..., F)``, fp32/fp16/bf16/fp64; output has gate's dtype."""
     _check(gate, up)
-    if gate.device.type == "cpu" and torch.compiler.is_compiling() and not use_triton(gate):
-        return _fwd_math(gate, up)
+    if gate.device.type == "cpu" and not use_triton(gate):
+        if torch.compiler.is_compiling():
+            return _fwd_math(gate, up)
+        return _swiglu_cpu(gate, up)
     return _swiglu_fwd(gate, up)
 
 

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -33,11 +34,21 @@ using i64 = int64_t;
 constexpr int L = 16;  // keys per score chunk (one AVX-512 register of fp32)
 constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__clang__)
-#define CRAFT_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+// ISA variants. The 16-lane vectors below are one AVX-512 register but two AVX2 ones, and AVX2 has
+// 16 vector registers, not 32: the AVX-512 block of R query rows would spill on AVX2. So each
+// direction is instantiated per ISA with its own R (query rows per block): see Rows<>. The body is
+// always_inline and each ISA's entry point carries a target attribute, so the whole loop nest is
+// compiled for that ISA. Which runs: the CPU's best, or CRAFT_SPAN_ISA=avx512|avx2|default.
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define CRAFT_X86 1
+#define CRAFT_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma")))
+#define CRAFT_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #else
-#define CRAFT_MULTIVERSION
+#define CRAFT_X86 0
 #endif
+#define CRAFT_INLINE inline __attribute__((always_inline))
+
+enum class Isa { Default = 0, Avx2 = 1, Avx512 = 2 };
 
 // 16 fp32 lanes (GCC/Clang vector extensions: one AVX-512 register, two AVX2 ones, four NEON/SSE ones).
 typedef float v16 __attribute__((vector_size(64)));
@@ -86,10 +97,16 @@ struct Geometry {
 
 // One (batch, head) problem: row-major q/k/v (T, HD); kT/vT (HD, Tp) transposed, zero-padded; ids
 // padded with -2 up to Tp (never equal to a real id or padding's -1 check: padding rows are empty).
-template <int HD>
+// Query rows per block, chosen so their accumulators stay in registers: AVX-512 has 32 registers of
+// 16 lanes; AVX2 (and SSE/NEON) have 16 of 8 (4) lanes, so fewer rows per block.
+template <int HD, Isa I>
+struct Rows {
+    static constexpr int value = I == Isa::Avx512 ? (HD <= 16 ? 8 : 4) : (HD <= 16 ? 4 : (HD <= 32 ? 2 : 1));
+};
+
+template <int HD, int R>
 struct Head {
-    static constexpr int M = HD / L;            // registers per head-dim row
-    static constexpr int R = HD <= 16 ? 8 : 4;  // query rows per block (their accumulators stay in registers)
+    static constexpr int M = HD / L;  // 16-lane vectors per head-dim row
     i64 T, Tp;
     std::vector<float> kT, vT;
     std::vector<int32_t> ids;
@@ -164,13 +181,13 @@ inline void block_range(const i64* st, i64 i0, int r, i64& lo16, i64& n) {
     n = i0 + r - lo16;
 }
 
-template <int HD>
-CRAFT_MULTIVERSION void forward_heads(const float* q, const float* k, const float* v, const int32_t* ids,
+template <int HD, int R>
+CRAFT_INLINE void forward_heads(const float* q, const float* k, const float* v, const int32_t* ids,
                                       const i64* first, const uint8_t* pure, float scale, Geometry g, float* out, float* lse, i64 h0,
                                       i64 step) {
-    constexpr int M = HD / L, R = Head<HD>::R;
+    constexpr int M = HD / L;
     const i64 T = g.T;
-    Head<HD> h(T);
+    Head<HD, R> h(T);
     std::vector<float> s(static_cast<size_t>(R * h.Tp));
     for (i64 bh = h0; bh < g.heads; bh += step) {
         const i64 b = bh / g.H, base = bh * T * HD;
@@ -220,13 +237,13 @@ CRAFT_MULTIVERSION void forward_heads(const float* q, const float* k, const floa
     }
 }
 
-template <int HD>
-CRAFT_MULTIVERSION void backward_heads(const float* q, const float* k, const float* v, const float* out,
+template <int HD, int R>
+CRAFT_INLINE void backward_heads(const float* q, const float* k, const float* v, const float* out,
                                        const float* dout, const float* lse, const int32_t* ids, const i64* first,
                                        const uint8_t* pure, float scale, Geometry g, float* dq, float* dk, float* dv, i64 h0, i64 step) {
-    constexpr int M = HD / L, R = Head<HD>::R;
+    constexpr int M = HD / L;
     const i64 T = g.T;
-    Head<HD> h(T);
+    Head<HD, R> h(T);
     std::vector<float> p(static_cast<size_t>(R * h.Tp)), ds(static_cast<size_t>(R * h.Tp));
     for (i64 bh = h0; bh < g.heads; bh += step) {
         const i64 b = bh / g.H, base = bh * T * HD;
@@ -298,6 +315,53 @@ CRAFT_MULTIVERSION void backward_heads(const float* q, const float* k, const flo
         }
     }
 }
+
+#define CRAFT_ISA_ENTRY(NAME, ATTR, ISA)                                                                      \
+    template <int HD>                                                                                     \
+    ATTR void forward_##NAME(const float* q, const float* k, const float* v, const int32_t* ids,            \
+                             const i64* first, const uint8_t* pure, float scale, Geometry g, float* out,     \
+                             float* lse, i64 h0, i64 step) {                                               \
+        forward_heads<HD, Rows<HD, ISA>::value>(q, k, v, ids, first, pure, scale, g, out, lse, h0, step);   \
+    }                                                                                                     \
+    template <int HD>                                                                                     \
+    ATTR void backward_##NAME(const float* q, const float* k, const float* v, const float* out,             \
+                              const float* dout, const float* lse, const int32_t* ids, const i64* first,    \
+                              const uint8_t* pure, float scale, Geometry g, float* dq, float* dk, float* dv, \
+                              i64 h0, i64 step) {                                                          \
+        backward_heads<HD, Rows<HD, ISA>::value>(q, k, v, out, dout, lse, ids, first, pure, scale, g, dq, dk, \
+                                                 dv, h0, step);                                            \
+    }
+
+CRAFT_ISA_ENTRY(default, , Isa::Default)
+#if CRAFT_X86
+CRAFT_ISA_ENTRY(avx2, CRAFT_TARGET_AVX2, Isa::Avx2)
+CRAFT_ISA_ENTRY(avx512, CRAFT_TARGET_AVX512, Isa::Avx512)
+#endif
+
+// The ISA this CPU runs best, or the one CRAFT_SPAN_ISA names (never one the CPU lacks).
+Isa pick_isa() {
+    Isa best = Isa::Default;
+#if CRAFT_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::Avx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+        best = Isa::Avx512;
+#endif
+    const char* env = std::getenv("CRAFT_SPAN_ISA");
+    if (env == nullptr || *env == 0) return best;
+    const std::string want(env);
+    Isa w;
+    if (want == "avx512") w = Isa::Avx512;
+    else if (want == "avx2") w = Isa::Avx2;
+    else if (want == "default") w = Isa::Default;
+    else throw py::value_error("CRAFT_SPAN_ISA=" + want + ": expected avx512, avx2 or default");
+    if (static_cast<int>(w) > static_cast<int>(best))
+        throw py::value_error("CRAFT_SPAN_ISA=" + want + ": this CPU does not support it");
+    return w;
+}
+
+const char* isa_name(Isa i) { return i == Isa::Avx512 ? "avx512" : (i == Isa::Avx2 ? "avx2" : "default"); }
 
 template <class Fn>
 void run_threads(i64 heads, int n_threads, Fn fn) {
@@ -386,8 +450,14 @@ py::tuple span_attention_forward(F32 q, F32 k, F32 v, I32 ids, float scale, int 
     const float *pq = q.data(), *pk = k.data(), *pv = v.data();
     const int32_t* pi = ids.data();
     float *po = out.mutable_data(), *pl = lse.mutable_data();
+    const Isa isa = pick_isa();
     run_heads(hd, pi, q.shape(0), g, n_threads, [&](auto c, const i64* first, const uint8_t* pure, i64 t, i64 nt) {
-        forward_heads<decltype(c)::value>(pq, pk, pv, pi, first, pure, scale, g, po, pl, t, nt);
+        constexpr int HD = decltype(c)::value;
+#if CRAFT_X86
+        if (isa == Isa::Avx512) return forward_avx512<HD>(pq, pk, pv, pi, first, pure, scale, g, po, pl, t, nt);
+        if (isa == Isa::Avx2) return forward_avx2<HD>(pq, pk, pv, pi, first, pure, scale, g, po, pl, t, nt);
+#endif
+        forward_default<HD>(pq, pk, pv, pi, first, pure, scale, g, po, pl, t, nt);
     });
     return py::make_tuple(out, lse);
 }
@@ -405,8 +475,16 @@ py::tuple span_attention_backward(F32 q, F32 k, F32 v, F32 out, F32 dout, F32 ls
                 *pl = lse.data();
     const int32_t* pi = ids.data();
     float *pdq = dq.mutable_data(), *pdk = dk.mutable_data(), *pdv = dv.mutable_data();
+    const Isa isa = pick_isa();
     run_heads(hd, pi, q.shape(0), g, n_threads, [&](auto c, const i64* first, const uint8_t* pure, i64 t, i64 nt) {
-        backward_heads<decltype(c)::value>(pq, pk, pv, po, pdo, pl, pi, first, pure, scale, g, pdq, pdk, pdv, t, nt);
+        constexpr int HD = decltype(c)::value;
+#if CRAFT_X86
+        if (isa == Isa::Avx512)
+            return backward_avx512<HD>(pq, pk, pv, po, pdo, pl, pi, first, pure, scale, g, pdq, pdk, pdv, t, nt);
+        if (isa == Isa::Avx2)
+            return backward_avx2<HD>(pq, pk, pv, po, pdo, pl, pi, first, pure, scale, g, pdq, pdk, pdv, t, nt);
+#endif
+        backward_default<HD>(pq, pk, pv, po, pdo, pl, pi, first, pure, scale, g, pdq, pdk, pdv, t, nt);
     });
     return py::make_tuple(dq, dk, dv);
 }
@@ -420,6 +498,8 @@ void bind_span_attention(py::module_& m) {
     m.def("span_attention_backward", &span_attention_backward, py::arg("q"), py::arg("k"), py::arg("v"),
           py::arg("out"), py::arg("dout"), py::arg("lse"), py::arg("ids"), py::arg("scale"), py::arg("n_threads"),
           "(dq, dk, dv) of span_attention_forward.");
+    m.def("span_attention_isa", [] { return std::string(isa_name(pick_isa())); },
+          "The ISA variant span attention runs here: avx512, avx2 or default (CRAFT_SPAN_ISA overrides).");
 }
 
 }  // namespace craft

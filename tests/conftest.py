@@ -1,7 +1,14 @@
-import pytest
-import torch
+import os
+import tempfile
 
-import craft_kernels as ck
+# per-machine dispatch choices go to a fresh cache per test session, never the user's (set before
+# craft_kernels is imported: it reads the cache at import)
+os.environ.setdefault("CRAFT_CACHE_DIR", tempfile.mkdtemp(prefix="craft-dispatch-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import craft_kernels as ck  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -1,48 +1,9 @@
-"""SwiGLU and ACT slot accumulation vs their baselines, forward + backward, in the same run."""
+"""ACT slot accumulation vs its baselines, forward + backward, in the same run."""
 import pytest
 import torch
-import torch.nn.functional as F
 
-from craft_kernels import act_accumulate, swiglu
+from craft_kernels import act_accumulate
 from craft_kernels.act import act_accumulate_reference
-
-
-def _saved_bytes(fn, *args):
-    """Bytes autograd keeps for backward (tensors saved by the graph), excluding the inputs themselves."""
-    inputs = {a.data_ptr() for a in args}
-    total = [0]
-
-    def pack(t):
-        if t.data_ptr() not in inputs:
-            total[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(*args)
-    return total[0] + sum(a.numel() * a.element_size() for a in args)
-
-
-@pytest.mark.parametrize("rows, cols, dtype", [
-    (16384, 1024, torch.float32),  # LLaMA-like activations on CPU
-    (64 * 256, 512, torch.float32),  # tiny preset: batch 64 x 256 tokens, ff 512
-    (16384, 1024, torch.bfloat16),
-])
-def test_swiglu_fwd_bwd_vs_eager(compare, rows, cols, dtype):
-    torch.manual_seed(0)
-    g = torch.randn(rows, cols, dtype=dtype, requires_grad=True)
-    u = torch.randn(rows, cols, dtype=dtype, requires_grad=True)
-    do = torch.randn(rows, cols, dtype=dtype)
-
-    def ours():
-        swiglu(g, u).backward(do)
-
-    def eager():
-        (F.silu(g) * u).backward(do)
-
-    ours()  # compile outside the timing
-    mem_ratio = _saved_bytes(swiglu, g, u) / _saved_bytes(lambda a, b: F.silu(a) * b, g, u)
-    compare(ours, eager, units=rows, unit_name="tokens", baseline_reps=5, rounds=7,
-            saved_memory_ratio_vs_eager=round(mem_ratio, 3), shape=f"{rows}x{cols}", dtype=str(dtype))
 
 
 def act_loop_over_n(results, r, h, eps=1e-6):

@@ -1,6 +1,6 @@
-"""Language-model throughput: training tokens/sec of the ``tiny`` preset against a plain-PyTorch
-baseline of the same architecture (benchmarks/baseline_model.py) and against the fp32 roofline of a
-matmul measured in the same run. Decoding is benchmarks/test_decoding.py."""
+"""Training throughput: tokens/sec of the ``tiny`` preset against a plain-PyTorch baseline of the
+same architecture (benchmarks/baseline_model.py) and against the fp32 roofline of a matmul measured
+in the same run."""
 import sys
 from pathlib import Path
 

@@ -1,0 +1,65 @@
+"""benchmarks/history.py and benchmarks/summarize.py on tiny synthetic pytest-benchmark runs."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import history  # noqa: E402
+import summarize  # noqa: E402
+
+
+def _run(date, tokens, ratio, isa="AVX2", share=0.9, extra=()):
+    craft = {"cpu": "Test CPU 9000", "isa": isa, "threads": 2, "torch": "2.x", "copy_gbs": 10.0,
+             "matmul_fp32_gflops": 100.0, "matmul_bf16_gflops": 200.0}
+    benches = [{"name": "test_swiglu_fwd_bwd_vs_compiled_one_liner[a]", "fullname": "b/test_swiglu.py::a",
+                "extra_info": {"tokens_per_s": tokens, "baseline_tokens_per_s": tokens / ratio,
+                               "speedup_vs_baseline": ratio, "ratio_min": ratio - 0.1, "ratio_max": ratio + 0.1,
+                               "peak_memory_ratio": 1.0, "copy_bw_share": share}},
+               {"name": "test_other", "fullname": "b/test_x.py::other",
+                "extra_info": {"items_per_s": 5.0, "speedup_vs_baseline": 3.0, "baseline_kind": "a loop"}},
+               *extra]
+    return {"machine_info": {"craft": craft}, "datetime": date, "benchmarks": benches}
+
+
+def test_history_files_runs_per_machine_and_reports_change(tmp_path):
+    h = tmp_path / "hist"
+    for i, (date, tok, ratio) in enumerate([("2026-01-01T10:00:00", 1000.0, 1.1), ("2026-01-02T10:00:00", 1500.0, 0.9)]):
+        p = tmp_path / f"r{i}.json"
+        p.write_text(json.dumps(_run(date, tok, ratio)))
+        dest, lines, png = history.record(p, h, commit=f"abc{i}")
+    assert dest.parent.name == "Test-CPU-9000_AVX2_2t" and dest.name == "20260102T100000_abc1.json"
+    assert len(history.runs_for(dest.parent)) == 2
+    assert "1,500 tokens/s (+50.0%)" in lines[0] and "ratio 0.90x (was 1.10x)" in lines[0]
+    assert png is not None and png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    # another machine's run is not compared with these
+    p = tmp_path / "r2.json"
+    p.write_text(json.dumps(_run("2026-01-03T10:00:00", 10.0, 2.0, isa="AVX-512")))
+    dest2, lines2, _ = history.record(p, h, commit="abc2", draw=False)
+    assert dest2.parent != dest.parent and "was" not in lines2[0] and "%" not in lines2[0]
+
+
+def test_summary_states_goals_isa_and_missed_figures(tmp_path):
+    h = tmp_path / "hist"
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(_run("2026-01-01T10:00:00", 1000.0, 0.93, share=0.42)))
+    history.record(p, h, commit="abc", draw=False)
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Benchmark results\n\nHand-written notes stay.\n")
+    assert summarize.main(["--history", str(h), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "ISA **AVX2**" in text and "Hand-written notes stay." in text
+    goal_row = next(line for line in text.splitlines() if "test_swiglu" in line)
+    assert "**missed**" in goal_row and "speedup_vs_baseline 0.93 >= 1 MISSED (measured 0.93)" in goal_row
+    assert "copy_bw_share 0.42 >= 0.8 MISSED (measured 0.42)" in goal_row and "0.93x (0.83-1.03)" in goal_row
+    assert text.index("## Goals") < text.index("test_other")  # fair rows first
+    # regenerating replaces the generated block, once
+    summarize.main(["--history", str(h), "--out", str(out)])
+    assert out.read_text().count("## Goals") == 1
+
+
+def test_summary_without_runs_says_so(tmp_path):
+    (tmp_path / "h").mkdir()
+    with pytest.raises(FileNotFoundError, match="craft bench"):
+        summarize.latest_run(tmp_path / "h")
