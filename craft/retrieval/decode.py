@@ -126,23 +126,18 @@ def exact_scores(model, codes_t: torch.Tensor, history: np.ndarray, n_items: int
     return score_items(model, codes_t, history, all_items, chunk_rows)
 
 
-def hybrid_rank(model_items: np.ndarray, model_logp: np.ndarray, heur_scores: torch.Tensor, alpha: float,
-                extra_items: np.ndarray, extra_logp: np.ndarray, k: int = 10) -> np.ndarray:
-    """Top-k items (B, k) by ``model log-prob + alpha * log1p(heuristic)`` over the candidates (the
-    beam's items and the heuristic's top items, each with its exact model log-prob); history items
-    (heuristic -inf) never appear."""
-    cand = np.concatenate([model_items, extra_items], 1)
-    lp = np.concatenate([model_logp, extra_logp], 1)
-    h = heur_scores.gather(1, torch.from_numpy(np.maximum(cand, 0))).numpy()
-    s = lp + alpha * np.log1p(np.maximum(h, 0)) + np.where(np.isneginf(h) | (cand <= 0), -np.inf, 0.0)
-    # duplicates (an item in both lists): keep the first occurrence
-    srt = np.sort(cand, 1)
+def hybrid_rank(cand: np.ndarray, logp: np.ndarray, heur: np.ndarray, alpha: float, k: int = 10) -> np.ndarray:
+    """Top-k items (B, k) (-1 = empty) among candidates cand (B, C) (<= 0 = none; an item may appear
+    twice) by ``logp + alpha * log1p(heur)``; logp (B, C) the model's exact log-probs, heur (B, C)
+    the heuristic's scores (-inf = excluded history item)."""
+    heur = np.asarray(heur, dtype=np.float64)
+    s = logp + alpha * np.log1p(np.maximum(heur, 0)) + np.where(np.isneginf(heur) | (cand <= 0), -np.inf, 0.0)
     order = np.argsort(cand, 1, kind="stable")
-    dup_sorted = np.zeros_like(cand, dtype=bool)
+    srt = np.take_along_axis(cand, order, 1)
+    dup_sorted = np.zeros(cand.shape, dtype=bool)
     dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
     dup = np.zeros_like(dup_sorted)
     np.put_along_axis(dup, order, dup_sorted, 1)
     s = np.where(dup, -np.inf, s)
     top = np.argsort(-s, 1, kind="stable")[:, :k]
-    out = np.take_along_axis(cand, top, 1)
-    return np.where(np.isfinite(np.take_along_axis(s, top, 1)), out, -1)
+    return np.where(np.isfinite(np.take_along_axis(s, top, 1)), np.take_along_axis(cand, top, 1), -1)
