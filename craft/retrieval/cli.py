@@ -32,6 +32,7 @@ def register(subparsers) -> None:
     t.add_argument("--epochs", type=int, default=20)
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--warmup", type=int, default=100, help="warmup steps (default 100)")
     t.add_argument("--dim", type=int, default=128)
     t.add_argument("--layers", type=int, default=4, help="encoder and decoder layers each")
     t.add_argument("--heads", type=int, default=4)
@@ -134,7 +135,7 @@ def cmd_train(args) -> int:
         run = {"data": str(Path(args.data).resolve()), "sids": args.sids, "quantizer": args.quantizer,
                "max_history": args.max_history, "ids_report": rep, "model": config.to_dict()}
         (out / "run.json").write_text(json.dumps(run, indent=1))
-    summary = train(data, codes, out, config, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    summary = train(data, codes, out, config, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                     max_minutes=args.max_minutes, resume=args.resume, seed=args.seed,
                     progress=not args.no_progress, log=log)
     run.setdefault("trainings", []).append(summary)

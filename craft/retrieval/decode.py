@@ -44,8 +44,9 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
     """Top ``beams`` items per user: (items (B, beams) int64 best first, -1 where fewer exist;
     log-probabilities (B, beams) float32, -inf for those).
 
-    ``constrain(logp (rows, K) fp32, states, level) -> None`` replaces the trie step (benchmarks
-    compare other constraint implementations); it must set disallowed entries to -inf in place."""
+    ``constrain(logp (rows, K) fp32, prefixes (rows, level) int64 codes decoded so far, level) -> None``
+    replaces the trie step (benchmarks compare other constraint implementations); it must set the
+    disallowed entries to -inf in place."""
     L = model.config.levels
     t0 = time.perf_counter()
     memory, mask = model.encode(history_codes(codes_t, history))
@@ -54,6 +55,7 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
     tokens = torch.zeros(B, dtype=torch.long)
     scores = torch.zeros(B, 1)
     states = trie.root_states(B)
+    prefixes = np.zeros((B, 0), dtype=np.int64)
     w = 1
     t_model = time.perf_counter() - t0
     t_con = 0.0
@@ -64,7 +66,7 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
         if constrain is None:
             trie.apply_to_logits(logp, states, on_empty="keep")  # dead beams are -inf already
         else:
-            constrain(logp, states, level)
+            constrain(logp, prefixes, level)
         t2 = time.perf_counter()
         K = logp.shape[1]
         cand = (scores.view(B * w, 1) + logp).view(B, w * K)
@@ -78,6 +80,8 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
         states = trie.advance(states[rows.numpy()], code.numpy())
         states[~torch.isfinite(top).view(-1).numpy()] = -1
         t4 = time.perf_counter()
+        if constrain is not None:
+            prefixes = np.concatenate([prefixes[rows.numpy()], code.numpy()[:, None]], 1)
         scores, w = top, new_w
         tokens = code + model.offsets[level]
         t_model += (t1 - t0) + (t3 - t2)

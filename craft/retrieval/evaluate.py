@@ -54,7 +54,7 @@ def _hybrid_inputs(model, codes_t, ex, heur, items, beams, batch_users=256):
         top = hs.topk(beams, dim=1)
         e = np.where(torch.isfinite(top.values).numpy(), top.indices.numpy(), 0)
         extra.append(e)
-        extra_lp.append(score_items(model, codes_t, ex.history[i:i + batch_users], e))
+        extra_lp.append(score_items(model, codes_t, ex.history[i:i + batch_users], e, chunk_rows=batch_users * beams))
         cand = np.concatenate([items[i:i + batch_users], e], 1)
         h_cand.append(hs.gather(1, torch.from_numpy(np.maximum(cand, 0))))
     return np.concatenate(extra), np.concatenate(extra_lp), torch.cat(h_cand)

@@ -66,6 +66,7 @@ def train(data: RecsysData, codes: np.ndarray, out: str | Path, config: TigerCon
           checkpoint_minutes: float = 2.0, log=print) -> dict:
     """Trains (or resumes) and returns a summary dict (steps, epochs, last loss, tokens/s, seconds)."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     torch.manual_seed(seed)
     model = Tiger(config)
