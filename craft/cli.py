@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("pytest_args", nargs=argparse.REMAINDER,
                     help="pytest arguments (default: the whole benchmarks folder), e.g. benchmarks/test_swiglu.py")
     bn.set_defaults(fn=cmd_bench)
+
+    from craft.retrieval.cli import register as register_retrieval  # `craft retrieval train|eval`
+    register_retrieval(sub)
     return p
 
 

@@ -1,0 +1,147 @@
+"""Decoding: trie-constrained batched beam search, exact full-catalog scoring, the hybrid ranker.
+
+Beam search runs many users at once: the encoder runs once per user, the decoder advances all
+``users x beams`` rows one level at a time over a small KV cache, and before each top-k the
+``craft_kernels.Trie`` of the catalog's semantic IDs sets every code that does not continue a real
+item's ID to ``-inf`` (``Trie.apply_to_logits``, in place). A beam's score is the sum of the
+model's log-probabilities (log-softmax over the whole level, as the exact mode computes them), so
+beam search approximates :func:`score_items` over every item. Every finished beam is a distinct
+path of the trie, i.e. a distinct real item (IDs are unique once the collision code is added).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from craft_kernels import Trie
+
+
+def build_trie(codes: np.ndarray) -> Trie:
+    """Trie over the IDs of items 1..n (codes (n + 1, L), row 0 unused); item ids are the item numbers."""
+    return Trie(np.ascontiguousarray(codes[1:]), np.arange(1, len(codes), dtype=np.int64))
+
+
+def history_codes(codes_t: torch.Tensor, history: np.ndarray) -> torch.Tensor:
+    """(B, H) item ids (0 = padding) -> (B, H', L) codes, -1 for padding, trimmed to the longest history."""
+    h = torch.as_tensor(np.asarray(history), dtype=torch.long)
+    used = int((h > 0).sum(1).max()) if h.numel() else 0
+    h = h[:, h.shape[1] - max(used, 1):]
+    return codes_t[h]
+
+
+class BeamTimer:
+    """Seconds spent in the model and in the constraint (apply_to_logits + advance) during beam search."""
+
+    def __init__(self):
+        self.model = self.constraint = self.other = 0.0
+
+
+@torch.no_grad()
+def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, beams: int = 20,
+                timer: BeamTimer | None = None, constrain=None) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``beams`` items per user: (items (B, beams) int64 best first, -1 where fewer exist;
+    log-probabilities (B, beams) float32, -inf for those).
+
+    ``constrain(logp (rows, K) fp32, prefixes (rows, level) int64 codes decoded so far, level) -> None``
+    replaces the trie step (benchmarks compare other constraint implementations); it must set the
+    disallowed entries to -inf in place."""
+    L = model.config.levels
+    t0 = time.perf_counter()
+    memory, mask = model.encode(history_codes(codes_t, history))
+    B = len(history)
+    cache = [None] * len(model.decoder)
+    tokens = torch.zeros(B, dtype=torch.long)
+    scores = torch.zeros(B, 1)
+    states = trie.root_states(B)
+    prefixes = np.zeros((B, 0), dtype=np.int64)
+    w = 1
+    t_model = time.perf_counter() - t0
+    t_con = 0.0
+    for level in range(L):
+        t0 = time.perf_counter()
+        logp = torch.log_softmax(model.decode_step(memory, mask, cache, tokens, level, w), dim=-1)
+        t1 = time.perf_counter()
+        if constrain is None:
+            trie.apply_to_logits(logp, states, on_empty="keep")  # dead beams are -inf already
+        else:
+            constrain(logp, prefixes, level)
+        t2 = time.perf_counter()
+        K = logp.shape[1]
+        cand = (scores.view(B * w, 1) + logp).view(B, w * K)
+        new_w = min(beams, w * K)
+        top, idx = cand.topk(new_w, dim=1)
+        parent = idx // K
+        code = (idx % K).view(-1)
+        rows = (torch.arange(B)[:, None] * w + parent).view(-1)
+        cache = [[k.index_select(0, rows), v.index_select(0, rows)] for k, v in cache]
+        t3 = time.perf_counter()
+        states = trie.advance(states[rows.numpy()], code.numpy())
+        states[~torch.isfinite(top).view(-1).numpy()] = -1
+        t4 = time.perf_counter()
+        if constrain is not None:
+            prefixes = np.concatenate([prefixes[rows.numpy()], code.numpy()[:, None]], 1)
+        scores, w = top, new_w
+        tokens = code + model.offsets[level]
+        t_model += (t1 - t0) + (t3 - t2)
+        t_con += (t2 - t1) + (t4 - t3)
+    io, items_arr = trie.item_offsets, trie.items
+    safe = np.maximum(states, 0)
+    items = np.where(states >= 0, np.asarray(items_arr)[np.minimum(np.asarray(io)[safe], len(items_arr) - 1)], -1)
+    items = items.reshape(B, w)
+    sc = scores.numpy().astype(np.float32)
+    items[~np.isfinite(sc)] = -1
+    if w < beams:
+        items = np.pad(items, ((0, 0), (0, beams - w)), constant_values=-1)
+        sc = np.pad(sc, ((0, 0), (0, beams - w)), constant_values=-np.inf)
+    if timer is not None:
+        timer.model += t_model
+        timer.constraint += t_con
+    return items, sc
+
+
+@torch.no_grad()
+def score_items(model, codes_t: torch.Tensor, history: np.ndarray, items: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+    """Exact log-likelihood (B, C) float32 of candidate items (B, C) (<= 0 entries give -inf) for each
+    user: teacher-forced decoder over the candidates' full IDs, summed log-softmax over levels."""
+    items = np.asarray(items, dtype=np.int64)
+    B, C = items.shape
+    memory, mask = model.encode(history_codes(codes_t, history))
+    out = np.full((B, C), -np.inf, dtype=np.float32)
+    users_per = max(1, chunk_rows // max(C, 1))
+    for u0 in range(0, B, users_per):
+        u1 = min(B, u0 + users_per)
+        it = torch.from_numpy(np.array(items[u0:u1])).clamp_min(0)
+        tgt = codes_t[it].reshape(-1, model.config.levels).clamp_min(0)  # ((u1-u0)*C, L); item 0 -> any valid codes
+        rep = torch.arange(u1 - u0).repeat_interleave(C) + u0
+        mem = [(k[rep], v[rep]) for k, v in memory]
+        logits = model.decode_full(mem, mask[rep], model.decoder_inputs(tgt[:, :-1]))
+        lp = sum(torch.log_softmax(lg.float(), -1).gather(1, tgt[:, l:l + 1]).squeeze(1) for l, lg in enumerate(logits))
+        lp = lp.view(u1 - u0, C).numpy()
+        out[u0:u1] = np.where(items[u0:u1] > 0, lp, -np.inf)
+    return out
+
+
+def exact_scores(model, codes_t: torch.Tensor, history: np.ndarray, n_items: int, chunk_rows: int = 65536) -> np.ndarray:
+    """float32 (B, n_items + 1): the log-likelihood of every item (column 0 = -inf) — the oracle beam search approximates."""
+    B = len(history)
+    all_items = np.broadcast_to(np.arange(n_items + 1, dtype=np.int64), (B, n_items + 1))
+    return score_items(model, codes_t, history, all_items, chunk_rows)
+
+
+def hybrid_rank(cand: np.ndarray, logp: np.ndarray, heur: np.ndarray, alpha: float, k: int = 10) -> np.ndarray:
+    """Top-k items (B, k) (-1 = empty) among candidates cand (B, C) (<= 0 = none; an item may appear
+    twice) by ``logp + alpha * log1p(heur)``; logp (B, C) the model's exact log-probs, heur (B, C)
+    the heuristic's scores (-inf = excluded history item)."""
+    heur = np.asarray(heur, dtype=np.float64)
+    s = logp + alpha * np.log1p(np.maximum(heur, 0)) + np.where(np.isneginf(heur) | (cand <= 0), -np.inf, 0.0)
+    order = np.argsort(cand, 1, kind="stable")
+    srt = np.take_along_axis(cand, order, 1)
+    dup_sorted = np.zeros(cand.shape, dtype=bool)
+    dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+    dup = np.zeros_like(dup_sorted)
+    np.put_along_axis(dup, order, dup_sorted, 1)
+    s = np.where(dup, -np.inf, s)
+    top = np.argsort(-s, 1, kind="stable")[:, :k]
+    return np.where(np.isfinite(np.take_along_axis(s, top, 1)), np.take_along_axis(cand, top, 1), -1)

@@ -1,0 +1,124 @@
+"""Evaluation of a trained model beside the baselines, measured in the same run.
+
+Model: trie-constrained beam search; its first 10 items are the ranking (items past the beam rank
+last, so Recall/NDCG@K are those of full ranking for K <= beams). Invalid-ID rate: the share of
+top-10 slots that are empty, repeated or not a catalog item. Hybrid: candidates are the beam's items
+plus the heuristic's top ``beams`` items (each scored exactly by the model), ranked by
+``log p_model + alpha * log1p(heuristic)``; ``alpha`` is the grid value with the best validation NDCG@10.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from craft.data.recsys import Examples, RecsysData
+from craft.retrieval.baselines import Popularity, TransitionHeuristic, evaluate_ranker
+from craft.retrieval.decode import BeamTimer, beam_search, build_trie, hybrid_rank, score_items
+from craft.retrieval.metrics import metrics_from_ranks, ranks_from_lists
+
+ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def decode_split(model, trie, codes_t, ex: Examples, beams: int, batch_users: int = 256, progress: bool = False):
+    """(items (N, beams), logp (N, beams), BeamTimer, seconds) of beam search over every user of ``ex``."""
+    timer = BeamTimer()
+    items, logp = [], []
+    rng = range(0, len(ex), batch_users)
+    if progress:
+        from tqdm.auto import tqdm
+        rng = tqdm(rng, unit="batch", dynamic_ncols=True, leave=False)
+    t0 = time.perf_counter()
+    for i in rng:
+        it, lp = beam_search(model, trie, codes_t, ex.history[i:i + batch_users], beams, timer)
+        items.append(it)
+        logp.append(lp)
+    return np.concatenate(items), np.concatenate(logp), timer, time.perf_counter() - t0
+
+
+def invalid_rate(top: np.ndarray, n_items: int) -> float:
+    bad = (top < 1) | (top > n_items)
+    srt = np.sort(top, 1)
+    dup = np.zeros_like(bad)
+    dup[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] > 0)
+    return float((bad.sum() + dup.sum()) / max(top.size, 1))
+
+
+def _hybrid_inputs(model, codes_t, ex, heur, items, beams, batch_users=256):
+    """Per user: heuristic scores (N, n+1) as a torch tensor is too big for all users at once, so this
+    returns (extra items (N, beams), their exact log-probs, heuristic values of all candidates)."""
+    extra, extra_lp, h_cand = [], [], []
+    for i in range(0, len(ex), batch_users):
+        hs = heur.scores(ex.history[i:i + batch_users])
+        top = hs.topk(beams, dim=1)
+        e = np.where(torch.isfinite(top.values).numpy(), top.indices.numpy(), 0)
+        extra.append(e)
+        extra_lp.append(score_items(model, codes_t, ex.history[i:i + batch_users], e, chunk_rows=batch_users * beams))
+        cand = np.concatenate([items[i:i + batch_users], e], 1)
+        h_cand.append(hs.gather(1, torch.from_numpy(np.maximum(cand, 0))))
+    return np.concatenate(extra), np.concatenate(extra_lp), torch.cat(h_cand)
+
+
+def _hybrid_metrics(items, logp, extra, extra_lp, h_cand, alpha, targets):
+    cand = np.concatenate([items, extra], 1)
+    ranked = hybrid_rank(cand, np.concatenate([logp, extra_lp], 1), h_cand.numpy(), alpha, k=10)
+    return metrics_from_ranks(ranks_from_lists(ranked, targets)), ranked
+
+
+def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", beams: int = 20,
+             hybrid: bool = True, batch_users: int = 256, progress: bool = False, max_users: int | None = None) -> dict:
+    if split not in ("valid", "test"):
+        raise ValueError(f"split: expected 'valid' or 'test', got {split!r}")
+    if beams < 10:
+        raise ValueError(f"beams: need at least 10 to rank 10 items, got {beams}")
+    t_start = time.perf_counter()
+    codes_t = torch.from_numpy(codes)
+    trie = build_trie(codes)
+
+    def sub(ex: Examples) -> Examples:
+        if max_users is None or max_users >= len(ex):
+            return ex
+        return Examples(ex.history[:max_users], ex.target[:max_users], ex.user[:max_users])
+
+    ex = sub(getattr(data, split))
+    heur, pop = TransitionHeuristic(data), Popularity(data)
+    res = {"split": split, "users": len(ex), "beams": beams, "n_items": data.n_items,
+           "baselines": {r.name: evaluate_ranker(r, ex)[0] for r in (pop, heur)}}
+    items, logp, timer, secs = decode_split(model, trie, codes_t, ex, beams, batch_users, progress)
+    top = items[:, :10]
+    res["model"] = metrics_from_ranks(ranks_from_lists(items, ex.target))
+    res["invalid_id_rate"] = invalid_rate(top, data.n_items)
+    res["decode_seconds"] = secs
+    res["users_per_sec"] = len(ex) / max(secs, 1e-9)
+    res["constraint_share"] = timer.constraint / max(timer.constraint + timer.model, 1e-9)
+    if hybrid:
+        vex = sub(data.valid)
+        if split == "valid":
+            v_items, v_logp = items, logp
+        else:
+            v_items, v_logp, _, _ = decode_split(model, trie, codes_t, vex, beams, batch_users, progress)
+        ve, vlp, vh = _hybrid_inputs(model, codes_t, vex, heur, v_items, beams, batch_users)
+        scores = {a: _hybrid_metrics(v_items, v_logp, ve, vlp, vh, a, vex.target)[0]["ndcg@10"] for a in ALPHAS}
+        alpha = max(ALPHAS, key=lambda a: (scores[a], -a))
+        e, elp, eh = (ve, vlp, vh) if split == "valid" else _hybrid_inputs(model, codes_t, ex, heur, items, beams, batch_users)
+        hm, _ = _hybrid_metrics(items, logp, e, elp, eh, alpha, ex.target)
+        res["hybrid"] = {"alpha": alpha, **hm, "valid_ndcg@10_by_alpha": {str(a): v for a, v in scores.items()}}
+    res["seconds"] = time.perf_counter() - t_start
+    return res
+
+
+def format_results(res: dict) -> str:
+    def row(name, m):
+        return (f"{name:<12} R@5 {m['recall@5']:.4f}  N@5 {m['ndcg@5']:.4f}  "
+                f"R@10 {m['recall@10']:.4f}  N@10 {m['ndcg@10']:.4f}")
+    lines = [f"{res['split']}: {res['users']} users, beam {res['beams']}, {res['n_items']} items",
+             row("model", res["model"])]
+    if "hybrid" in res:
+        lines.append(row(f"hybrid a={res['hybrid']['alpha']:g}", res["hybrid"]))
+    for name, m in res["baselines"].items():
+        lines.append(row(name, m))
+    lines.append(f"invalid IDs {100 * res['invalid_id_rate']:.3f}%  decode {res['decode_seconds']:.1f} s "
+                 f"({res['users_per_sec']:.0f} users/s, constraint {100 * res['constraint_share']:.1f}% of decode)  "
+                 f"total {res['seconds']:.1f} s")
+    return "\n".join(lines)

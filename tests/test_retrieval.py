@@ -1,0 +1,192 @@
+"""Semantic IDs, the Tiger model, constrained beam search vs exact scoring, training/resume, CLI (synthetic data)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from craft.data.recsys import leave_one_out
+from craft.retrieval.decode import (beam_search, build_trie, exact_scores, history_codes, hybrid_rank,
+                                    score_items)
+from craft.retrieval.evaluate import evaluate, invalid_rate
+from craft.retrieval.model import Tiger, TigerConfig
+from craft.retrieval.semantic_ids import (add_collision_code, attribute_embeddings, cf_embeddings, kmeans,
+                                          quality_report, residual_kmeans, rqvae)
+from craft.retrieval.train import load_run, train
+
+
+def _sequences(n_users=120, n_items=40, seed=0):
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for _ in range(n_users):
+        s = [int(rng.integers(1, n_items + 1))]
+        for _ in range(int(rng.integers(4, 12)) - 1):
+            s.append(s[-1] % n_items + 1 if rng.random() < 0.8 else int(rng.integers(1, n_items + 1)))
+        seqs.append(np.array(s))
+    return seqs
+
+
+def _small(codes, **kw):
+    sizes = [int(codes[1:, l].max()) + 1 for l in range(codes.shape[1])]
+    cfg = dict(max_history=6, dim=32, n_heads=2, hidden_dim=64, n_encoder_layers=1, n_decoder_layers=2, dropout=0.0)
+    cfg.update(kw)
+    return TigerConfig(sizes, **cfg)
+
+
+def _random_codes(n, levels, k, seed=0):
+    rng = np.random.default_rng(seed)
+    c = np.full((n + 1, levels), -1)
+    c[1:] = rng.integers(0, k, size=(n, levels))
+    return add_collision_code(c)
+
+
+def test_collision_code_makes_ids_unique_and_report():
+    codes = np.array([[-1, -1], [1, 2], [1, 2], [0, 5], [1, 2]])
+    rep = quality_report(codes)
+    assert rep["unique_share"] == pytest.approx(0.25) and rep["largest_collision"] == 3
+    assert rep["codes_used"] == [2, 2]
+    full = add_collision_code(codes)
+    assert full[1:, -1].tolist() == [0, 1, 0, 2]
+    assert quality_report(full)["unique_share"] == 1.0
+
+
+def test_kmeans_reinitialises_dead_codes():
+    # 3 well separated blobs, k = 6: every centroid ends up used (no dead code), inertia below plain Lloyd
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(50, 2, generator=g) * 0.1 + c for c in (torch.tensor([0., 0.]), torch.tensor([5., 0.]),
+                                                                          torch.tensor([0., 5.]))])
+    c, idx = kmeans(x, 6, iters=10)
+    assert len(torch.unique(idx)) == 6
+    x2 = torch.zeros(20, 2)
+    x2[:10] += 1.0  # only 2 distinct points, k = 4: some centroids must stay duplicate, assignment stays valid
+    c2, idx2 = kmeans(x2, 4, iters=5)
+    assert idx2.max() < 4 and torch.isfinite(c2).all()
+
+
+def test_residual_kmeans_and_rqvae_codes():
+    data = leave_one_out(_sequences(), max_history=6)
+    emb = cf_embeddings(data, dim=8)
+    assert emb.shape == (41, 8) and np.allclose(np.linalg.norm(emb[1:], axis=1), 1, atol=1e-4)
+    # items = coarse centre + small offset, 4 x 4 combinations: two residual levels recover each exactly
+    rng = np.random.default_rng(0)
+    big, small = rng.standard_normal((4, 8)) * 10, rng.standard_normal((4, 8))
+    pts = np.array([big[i] + small[j] for i in range(4) for j in range(4)])
+    emb = np.vstack([np.zeros((1, 8)), pts + rng.standard_normal(pts.shape) * 1e-3]).astype(np.float32)
+    codes = residual_kmeans(emb, levels=2, codebook_size=4, iters=10)
+    assert codes.shape == (17, 2) and (codes[0] == -1).all() and codes[1:].min() >= 0 and codes[1:].max() < 4
+    assert quality_report(codes)["codes_used"] == [4, 4] and quality_report(codes)["unique_share"] == 1.0
+    emb = cf_embeddings(data, dim=8)
+    assert quality_report(residual_kmeans(emb, levels=2, codebook_size=8, iters=5))["codes_used"] == [8, 8]
+    rq = rqvae(emb, levels=2, codebook_size=8, latent_dim=4, hidden_dim=16, steps=120)
+    assert rq.shape == (41, 2) and rq[1:].max() < 8 and quality_report(rq)["codes_used"][0] >= 4
+    a = attribute_embeddings([[], [0, 1], [1], [2, 3], [0]], dim=3)
+    assert a.shape == (5, 3)
+
+
+def test_beam_search_equals_exact_ranking_when_beam_covers_the_catalog():
+    codes = _random_codes(30, 3, 3)
+    model = Tiger(_small(codes)).eval()
+    ct = torch.from_numpy(codes)
+    hist = np.zeros((5, 6), dtype=np.int64)
+    hist[:, 3:] = np.random.default_rng(1).integers(1, 31, size=(5, 3))
+    hist[0, :5] = 0
+    items, lp = beam_search(model, build_trie(codes), ct, hist, beams=30)
+    ex = exact_scores(model, ct, hist, 30)
+    for u in range(5):
+        assert sorted(items[u].tolist()) == list(range(1, 31))  # every real item, each once
+        np.testing.assert_allclose(lp[u], ex[u][items[u]], atol=1e-4)
+        assert (np.diff(lp[u]) <= 1e-6).all()
+    # narrower beam: only real, distinct items, scores match the exact ones
+    items, lp = beam_search(model, build_trie(codes), ct, hist, beams=10)
+    assert invalid_rate(items, 30) == 0.0
+    np.testing.assert_allclose(lp, np.take_along_axis(ex, items, 1), atol=1e-4)
+
+
+def test_beam_pads_when_catalog_is_smaller_than_beam():
+    codes = _random_codes(6, 2, 2, seed=3)
+    model = Tiger(_small(codes)).eval()
+    items, lp = beam_search(model, build_trie(codes), torch.from_numpy(codes), np.array([[0, 0, 0, 0, 1, 2]]), beams=10)
+    assert sorted(items[0, :6].tolist()) == [1, 2, 3, 4, 5, 6] and (items[0, 6:] == -1).all()
+    assert np.isneginf(lp[0, 6:]).all()
+
+
+def test_decode_step_matches_teacher_forcing():
+    codes = _random_codes(25, 3, 4)
+    model = Tiger(_small(codes)).eval()
+    ct = torch.from_numpy(codes)
+    hist = history_codes(ct, np.array([[0, 0, 3, 4, 5, 6], [0, 0, 0, 0, 0, 9]]))
+    tgt = ct[torch.tensor([7, 8])]
+    with torch.no_grad():
+        mem, mask = model.encode(hist)
+        full = model.decode_full(mem, mask, model.decoder_inputs(tgt[:, :-1]))
+        cache = [None] * len(model.decoder)
+        tok = torch.zeros(2, dtype=torch.long)
+        for lvl in range(4):
+            step = model.decode_step(mem, mask, cache, tok, lvl, 1)
+            torch.testing.assert_close(step, full[lvl].float(), atol=1e-5, rtol=1e-5)
+            tok = tgt[:, lvl] + model.offsets[lvl]
+
+
+def test_hybrid_rank_dedups_and_excludes_history():
+    cand = np.array([[3, 5, 7, 5, -1]])
+    lp = np.array([[-1.0, -2.0, -3.0, -2.0, -np.inf]])
+    heur = np.array([[0.0, 10.0, -np.inf, 10.0, 0.0]])
+    assert hybrid_rank(cand, lp, heur, 0.0, k=4).tolist() == [[3, 5, -1, -1]]
+    assert hybrid_rank(cand, lp, heur, 1.0, k=2).tolist() == [[5, 3]]
+
+
+def test_train_resume_and_evaluate(tmp_path):
+    seqs = _sequences(n_users=60, n_items=30)
+    data = leave_one_out(seqs, max_history=6)
+    codes = _random_codes(30, 2, 4)
+    cfg = _small(codes)
+    r1 = train(data, codes, tmp_path / "a", cfg, epochs=2, batch_size=16, progress=False, log=lambda m: None)
+    # interrupted after 1 epoch then resumed == uninterrupted 2 epochs
+    train(data, codes, tmp_path / "b", cfg, epochs=1, batch_size=16, progress=False, log=lambda m: None)
+    r2 = train(data, codes, tmp_path / "b", cfg, epochs=2, batch_size=16, progress=False, resume=True,
+               log=lambda m: None)
+    assert r1["steps"] == r2["steps"] > 0
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    model = Tiger(cfg)
+    model.load_state_dict(a)
+    model.eval()
+    res = evaluate(model, codes, data, "test", beams=12, batch_users=8)
+    assert res["invalid_id_rate"] == 0.0 and res["users"] == len(data.test)
+    assert set(res["baselines"]) == {"popularity", "transition"} and "alpha" in res["hybrid"]
+
+
+def _craft(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "craft", "retrieval", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_train_eval_json_and_errors(tmp_path):
+    data = tmp_path / "d.txt"
+    data.write_text("\n".join(f"{u} " + " ".join(map(str, s)) for u, s in enumerate(_sequences(50, 24), 1)) + "\n")
+    out = tmp_path / "run"
+    p = _craft("train", "--data", str(data), "--out", str(out), "--levels", "2", "--codebook-size", "4", "--dim", "16",
+               "--layers", "1", "--heads", "2", "--hidden-dim", "32", "--epochs", "1", "--batch-size", "8",
+               "--no-progress")
+    assert p.returncode == 0, p.stderr
+    assert "unique" in p.stderr and "tokens/s" in p.stderr
+    p = _craft("eval", str(out), "--json", "--beam", "10", "--split", "valid", "--batch-users", "8", "--no-hybrid")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"):
+        assert 0 <= res["model"][k] <= 1 and k in res["baselines"]["transition"]
+    assert res["invalid_id_rate"] == 0.0 and res["users"] == 50 and res["seconds"] > 0
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 2 3\n2 4 five\n")
+    for args, msg in [(("train", "--data", str(bad), "--out", str(out)), "bad.txt:2:"),
+                      (("train", "--data", str(data), "--out", str(out), "--sids", "wat"), "--sids 'wat'"),
+                      (("train", "--data", str(data), "--out", str(out), "--sids", "letter:" + str(tmp_path / "no.json")),
+                       "no.json: no such"),
+                      (("eval", str(tmp_path)), "not a retrieval run folder"),
+                      (("eval", str(out), "--beam", "5"), "--beam: at least 10")]:
+        p = _craft(*args)
+        assert p.returncode == 1 and p.stderr.startswith("craft: error:") and msg in p.stderr, (args, p.stderr)
+        assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
