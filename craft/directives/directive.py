@@ -15,8 +15,11 @@ and halting probability ``h`` in (0, 1) of the new instruction (:func:`directive
 2. ``p = min(p, 1 - halt)``: once halting probability has been produced, each step can return less,
    so a loss on the slots pushes the model to delay halting until it is ready.
 3. When the slot closes, ``dh = min(h, 1 - halt)`` (the instruction's halting probability, clipped
-   to what is left) is added to ``halt``; a row with ``halt >= 1 - eps`` is halted: it produces no
-   more instructions and every later ``p`` is 0 (mask false). In carry mode a halting close returns
+   to what is left) is added to ``halt``. When that reaches ``1 - halt_eps`` (ACT's epsilon, 0.01)
+   the row halts and ``dh`` is the remainder ``1 - halt`` (so the halting distribution sums to 1): it
+   produces no more instructions and every later ``p`` is 0 (mask false). With ``halt_eps`` as small
+   as ``eps`` a row could sit at ``halt = 1 - 1e-4``, returning at most 1e-4 per step, and close one
+   more slot than its halting distribution says (a loophole training found). In carry mode a halting close returns
    exactly ``1 - fill`` (no excess), so nothing is poured after halting.
 4. A row still running at the last allowed step is finished there: ``p = 1 - fill`` closes its slot
    and ``dh = 1 - halt`` halts it (ACT's remainder); a row whose slot is empty at that step halts
@@ -39,6 +42,7 @@ from typing import NamedTuple
 import torch
 
 MODES = ("clamp", "carry")
+HALT_EPS = 0.01  # ACT's epsilon: a row halts once its halting probability reaches 1 - HALT_EPS
 
 
 @dataclass
@@ -101,7 +105,7 @@ class StepOut(NamedTuple):
 
 
 def directive_step(state: DirectiveState, r: torch.Tensor, h: torch.Tensor, eps: float = 1e-6,
-                   mode: str = "clamp", last: bool = False) -> tuple[StepOut, DirectiveState]:
+                   mode: str = "clamp", last: bool = False, halt_eps: float = HALT_EPS) -> tuple[StepOut, DirectiveState]:
     """One step of the arithmetic in the module docstring for a batch of rows, all on device, no
     host sync. ``r``, ``h`` (B,) float; ``last``: this is the last allowed step (rule 4).
     Differentiable in ``r``, ``h`` and the state's floats."""
@@ -123,9 +127,9 @@ def directive_step(state: DirectiveState, r: torch.Tensor, h: torch.Tensor, eps:
     dh = torch.minimum(h, one - halt)
     if last:
         dh = one - halt
-    dh = torch.where(closes, dh, torch.zeros_like(dh))
+    halts = closes & (halt + dh >= 1 - halt_eps)
+    dh = torch.where(halts, one - halt, torch.where(closes, dh, torch.zeros_like(dh)))  # remainder at halting
     new_halt = halt + dh
-    halts = closes & (new_halt >= 1 - eps)
     if mode == "carry":  # a halting close returns exactly what fills the slot
         p = torch.where(halts, one - fill, p)
     p = torch.where(active, p, torch.zeros_like(p))
@@ -141,14 +145,14 @@ def directive_step(state: DirectiveState, r: torch.Tensor, h: torch.Tensor, eps:
     return StepOut(p, active, closes, dh, slot), new
 
 
-def run_directive(r: torch.Tensor, h: torch.Tensor, eps: float = 1e-6, mode: str = "clamp"):
+def run_directive(r: torch.Tensor, h: torch.Tensor, eps: float = 1e-6, mode: str = "clamp", halt_eps: float = HALT_EPS):
     """The step function over given raw probabilities ``r``, ``h`` (B, I) (the last column is the last
     allowed step) -> (p, mask, closes, dh, slot) each (B, I), and the final state."""
     B, n = r.shape
     state = DirectiveState.start(B, r.dtype, r.device)
     outs = []
     for t in range(n):
-        o, state = directive_step(state, r[:, t], h[:, t], eps, mode, last=t == n - 1)
+        o, state = directive_step(state, r[:, t], h[:, t], eps, mode, last=t == n - 1, halt_eps=halt_eps)
         outs.append(o)
     stack = [torch.stack(x, 1) for x in zip(*outs)] if outs else [r.new_zeros(B, 0)] * 5
     return StepOut(*stack), state
@@ -158,7 +162,8 @@ def _val(x: torch.Tensor) -> float:
     return float(x.detach())
 
 
-def directive_reference(r: torch.Tensor, h: torch.Tensor, eps: float = 1e-6, mode: str = "clamp"):
+def directive_reference(r: torch.Tensor, h: torch.Tensor, eps: float = 1e-6, mode: str = "clamp",
+                        halt_eps: float = HALT_EPS):
     """The same arithmetic one row and one step at a time on float64 scalars (the test oracle;
     differentiable). Returns p (B, I) float64, mask (B, I) bool, n_closed (B,) long, dh (B, I) float64."""
     r, h = r.double(), h.double()
@@ -182,8 +187,10 @@ def directive_reference(r: torch.Tensor, h: torch.Tensor, eps: float = 1e-6, mod
             if last:
                 p = 1 - fill
             if _val(fill + p) >= 1 - eps:
+                halts = _val(halt + dh) >= 1 - halt_eps
+                if halts:
+                    dh = 1 - halt
                 halt = halt + dh
-                halts = _val(halt) >= 1 - eps
                 if mode == "carry" and halts:
                     p = 1 - fill
                 fill = zero if (mode == "clamp" or halts) else torch.clamp_min(fill + p - 1, 0)

@@ -31,7 +31,7 @@ from craft.directives.losses import count_loss, pad_slots, ponder_cost
 from craft.directives.tasks import Batch, Task, get_task
 
 VARIANTS = ("act", "pondernet", "none", "fixed")
-MAX_INSTRUCTIONS = {"parity": 24, "counts": 48, "addition": 24}
+MAX_INSTRUCTIONS = {"parity": 12, "counts": 40, "addition": 16}
 
 
 @dataclass
@@ -39,11 +39,11 @@ class RunConfig:
     task: str = "parity"
     variant: str = "act"
     mode: str = "clamp"
-    dim: int = 64
+    dim: int = 32
     n_layers: int = 2
     n_heads: int = 4
-    batch_size: int = 64
-    lr: float = 2e-3
+    batch_size: int = 32
+    lr: float = 3e-3
     max_steps: int = 1_000_000
     max_minutes: float = 5.0
     seed: int = 0
@@ -51,7 +51,7 @@ class RunConfig:
     ponder_weight: float = 1e-2
     lambda_p: float = 0.3
     checkpoint_every: int = 50
-    eval_rows: int = 512
+    eval_rows: int = 256
 
     def __post_init__(self):
         get_task(self.task)
