@@ -356,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from craft.retrieval.cli import register as register_retrieval  # `craft retrieval train|eval`
     register_retrieval(sub)
+    from craft.directives.cli import register as register_directives  # `craft directives train|eval`
+    register_directives(sub)
     return p
 
 

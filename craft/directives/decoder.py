@@ -1,0 +1,215 @@
+"""DirectiveDecoder: a causal decoder of craft SwiGLU blocks that writes a TransformDirective.
+
+Conditioning (prefix, chosen over cross-attention so that craft's ``Block`` is used unchanged):
+the sequence is ``[context_0 .. context_{N-1}, command, instruction_0, instruction_1, ...]``.
+Context items attend to each other (bidirectionally, padding masked out), the command and every
+instruction attend to the valid context, the command and the instructions before them. The output
+at the command's position is instruction 0; each instruction is fed back directly as the next input
+(no vocabulary). Rotary positions: context ``0..N-1`` (order matters to the tasks), command ``N``.
+
+Heads on the final RMSNorm'd hidden state ``x``: ``instruction = W_i x`` (D -> D);
+``r = min_prob + (1 - 2 min_prob) * sigmoid(w_r . x)``; ``h = sigmoid(w_h . instruction + b_h)``
+with ``b_h`` initialised to ``halt_bias`` (-3: ACT fails often from a zero or positive start). The
+per-step arithmetic is :func:`craft.directives.directive.directive_step`.
+
+Batched generation: every row steps together and halting is decided on device (no host sync per
+step). Every ``compact_every`` steps one host read of the halted flags lets halted rows leave the
+work: the batch, the state and the KV cache rows are gathered to the running rows.
+
+Caches: without autograd the static ``KVCache`` (written in place at its slots); with autograd
+(training, backpropagation through the loop) a growing cache that concatenates keys/values, since
+in-place writes would overwrite tensors saved for backward; ``cache="none"`` recomputes the whole
+prefix every step (the benchmark's baseline).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from craft.directives.directive import MODES, DirectiveState, TransformDirective, directive_step
+from craft.generation.kv_cache import KVCache  # the one import of the static cache
+from craft.models.config import ModelConfig
+from craft.models.transformer import Block, RMSNorm, rope_angles
+
+
+class GrowingKVCache(nn.Module):
+    """Keys/values concatenated step by step (autograd-safe); ``update`` returns all so far. A module
+    only because ``Attention.kv_cache`` is a child-module slot."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = self.v = None
+
+    def update(self, input_pos, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], 2)
+        self.v = v if self.v is None else torch.cat([self.v, v], 2)
+        return self.k, self.v
+
+    def select_rows(self, rows):
+        self.k, self.v = self.k.index_select(0, rows), self.v.index_select(0, rows)
+
+
+def _select_static_rows(cache: KVCache, rows: torch.Tensor) -> None:
+    cache.k_cache = cache.k_cache.index_select(0, rows)
+    cache.v_cache = cache.v_cache.index_select(0, rows)
+
+
+class DirectiveDecoder(nn.Module):
+    """``forward(command (B, D), context (B, N, D), context_mask (B, N) bool = None) -> TransformDirective``.
+
+    ``dim``/``n_layers``/``n_heads``/``hidden_dim`` size craft's blocks; ``max_seq_len`` bounds
+    ``N + max_instructions``; ``mode`` 'clamp' or 'carry'; ``min_prob`` bounds raw return
+    probabilities to ``[min_prob, 1 - min_prob]``."""
+
+    def __init__(self, dim: int = 64, n_layers: int = 2, n_heads: int = 4, hidden_dim: int | None = None,
+                 max_seq_len: int = 128, mode: str = "clamp", min_prob: float = 1e-3, halt_bias: float = -3.0,
+                 eps: float = 1e-6):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        if not eps < min_prob < 0.5:
+            raise ValueError(f"min_prob: expected eps ({eps}) < min_prob < 0.5, got {min_prob}")
+        self.config = ModelConfig(vocab_size=1, dim=dim, n_layers=n_layers, n_heads=n_heads,
+                                  ff_dim=hidden_dim or 4 * dim, context_length=max_seq_len)
+        self.mode, self.min_prob, self.eps, self.max_seq_len = mode, min_prob, eps, max_seq_len
+        self.layers = nn.ModuleList(Block(self.config) for _ in range(n_layers))
+        self.norm = RMSNorm(dim, self.config.norm_eps)
+        self.instruction = nn.Linear(dim, dim)
+        self.return_head = nn.Linear(dim, 1)
+        self.halt_head = nn.Linear(dim, 1)
+        with torch.no_grad():
+            self.halt_head.bias.fill_(halt_bias)
+        hd = self.config.head_dim
+        self.register_buffer("inv_freq", 1.0 / (self.config.rope_base ** (torch.arange(0, hd, 2).float() / hd)),
+                             persistent=False)
+
+    # ------------------------------------------------------------------ pieces
+    def _blocks(self, x, pos, mask):
+        cos, sin = rope_angles(pos, self.inv_freq)
+        for layer in self.layers:
+            x = layer(x, cos, sin, None, pos, mask)
+        return x
+
+    def heads(self, hidden: torch.Tensor):
+        """hidden (..., D) -> instruction (..., D), raw return prob r (...), halting prob h (...)."""
+        x = self.norm(hidden)
+        inst = self.instruction(x)
+        r = self.min_prob + (1 - 2 * self.min_prob) * torch.sigmoid(self.return_head(x).squeeze(-1))
+        h = torch.sigmoid(self.halt_head(inst).squeeze(-1))
+        return inst, r, h
+
+    def _check(self, command, context, context_mask, max_instructions):
+        if not isinstance(command, torch.Tensor) or command.dim() != 2 or command.shape[1] != self.config.dim:
+            raise ValueError(f"command: expected (B, {self.config.dim}), got {tuple(getattr(command, 'shape', ()))}")
+        B = command.shape[0]
+        if not isinstance(context, torch.Tensor) or context.dim() != 3 or context.shape[0] != B \
+                or context.shape[2] != self.config.dim:
+            raise ValueError(f"context: expected (B={B}, N, {self.config.dim}), got {tuple(getattr(context, 'shape', ()))}")
+        if context_mask is not None and (context_mask.dtype != torch.bool or tuple(context_mask.shape) != context.shape[:2]):
+            raise ValueError(f"context_mask: expected a bool tensor of shape {tuple(context.shape[:2])}")
+        if max_instructions < 1 or context.shape[1] + max_instructions > self.max_seq_len:
+            raise ValueError(f"max_instructions: expected 1 <= max_instructions <= max_seq_len - N = "
+                             f"{self.max_seq_len - context.shape[1]}, got {max_instructions}")
+
+    # ------------------------------------------------------------------ generation
+    def forward(self, command: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None,
+                max_instructions: int = 32, schedule: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: str = "auto", compact_every: int = 8) -> TransformDirective:
+        """Generates up to ``max_instructions`` per row. ``schedule = (r, h)`` (B, max_instructions)
+        replaces the heads' probabilities (the fixed-N baseline). ``cache``: 'auto' (static without
+        autograd, growing with), 'static', 'growing' or 'none' (recompute the prefix every step)."""
+        self._check(command, context, context_mask, max_instructions)
+        B, N, D = context.shape
+        dev = command.device
+        if context_mask is None:
+            context_mask = torch.ones(B, N, dtype=torch.bool, device=dev)
+        if cache == "auto":
+            cache = "growing" if torch.is_grad_enabled() else "static"
+        if cache not in ("static", "growing", "none"):
+            raise ValueError(f"cache: expected 'auto', 'static', 'growing' or 'none', got {cache!r}")
+        L = N + max_instructions
+        key_ok = torch.cat([context_mask, torch.ones(B, L - N, dtype=torch.bool, device=dev)], 1)  # (B, L)
+        slots = torch.arange(L, device=dev)
+        x0 = torch.cat([context, command[:, None]], 1)
+        if cache == "static":
+            for layer in self.layers:
+                c = self.config
+                layer.attention.kv_cache = KVCache(B, c.n_kv_heads, L, c.head_dim, x0.dtype, dev)
+        elif cache == "growing":
+            for layer in self.layers:
+                layer.attention.kv_cache = GrowingKVCache()
+        try:
+            if cache == "none":
+                for layer in self.layers:
+                    layer.attention.kv_cache = GrowingKVCache()
+            pos = slots[: N + 1]
+            hidden = self._blocks(x0, pos, _mask(pos, slots if cache == "static" else pos, key_ok, N))[:, -1]
+            seq = x0
+            rows = torch.arange(B, device=dev)
+            state = DirectiveState.start(B, hidden.dtype, dev)
+            record = []
+            for t in range(max_instructions):
+                inst, r, h = self.heads(hidden)
+                if schedule is not None:
+                    r, h = schedule[0].index_select(0, rows)[:, t], schedule[1].index_select(0, rows)[:, t]
+                out, state = directive_step(state, r, h, self.eps, self.mode, last=t == max_instructions - 1)
+                record.append((rows, inst, out))
+                if t == max_instructions - 1:
+                    break
+                if (t + 1) % compact_every == 0:
+                    keep = (~state.halted).nonzero().squeeze(1)  # the one host sync per compact_every steps
+                    if keep.numel() == 0:
+                        break
+                    if keep.numel() < rows.numel():
+                        rows, state, inst = rows[keep], state.select(keep), inst[keep]
+                        key_ok, seq = key_ok[keep], seq[keep]
+                        for layer in self.layers:
+                            c = layer.attention.kv_cache
+                            if cache == "static":
+                                _select_static_rows(c, keep)
+                            elif cache == "growing":
+                                c.select_rows(keep)
+                p = N + 1 + t
+                if cache == "none":
+                    seq = torch.cat([seq, inst[:, None]], 1)
+                    for layer in self.layers:
+                        layer.attention.kv_cache = GrowingKVCache()
+                    q = slots[: p + 1]
+                    hidden = self._blocks(seq, q, _mask(q, q, key_ok, N))[:, -1]
+                else:
+                    q = slots[p: p + 1]
+                    k = slots[: p + 1] if cache == "growing" else slots
+                    hidden = self._blocks(inst[:, None], q, _mask(q, k, key_ok, N))[:, 0]
+        finally:
+            for layer in self.layers:
+                layer.attention.kv_cache = None
+        return _assemble(record, B, D, hidden.dtype, dev)
+
+
+def _mask(q: torch.Tensor, k: torch.Tensor, key_ok: torch.Tensor, N: int) -> torch.Tensor:
+    """(B, 1, Tq, Tk) bool attention mask for query positions q and key positions k: context queries
+    (< N) see the context, later queries see every position up to their own; padded keys are hidden
+    except from themselves (so no row of the softmax is empty)."""
+    qq, kk = q[:, None], k[None, :]
+    allowed = torch.where(qq < N, kk < N, kk <= qq)
+    return (allowed[None] & (key_ok[:, None, : k.numel()] | (qq == kk)[None]))[:, None]
+
+
+def _assemble(record, B, D, dtype, dev) -> TransformDirective:
+    """Scatters each step's (running rows, values) into full-batch (B, I, ...) tensors."""
+    def full(vals, rows, fill=0):
+        shape = (B,) + tuple(vals.shape[1:])
+        base = torch.full(shape, fill, dtype=vals.dtype, device=dev)
+        return base.index_copy(0, rows, vals)
+
+    cols = {k: [] for k in ("inst", "p", "active", "closes", "dh", "slot")}
+    for rows, inst, o in record:
+        cols["inst"].append(full(inst * o.active[:, None].to(inst.dtype), rows))  # 0 where inactive
+        cols["p"].append(full(o.p, rows))
+        cols["active"].append(full(o.active, rows, False))
+        cols["closes"].append(full(o.closes, rows, False))
+        cols["dh"].append(full(o.dh, rows))
+        cols["slot"].append(full(o.slot, rows, -1))
+    st = {k: torch.stack(v, 1) for k, v in cols.items()}
+    return TransformDirective(st["inst"], st["p"], st["active"], halting_probs=st["dh"], slot_index=st["slot"],
+                              closes=st["closes"], n_outputs=st["closes"].sum(1))

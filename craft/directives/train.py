@@ -1,0 +1,253 @@
+"""DirectiveModel (task input/output layers around DirectiveDecoder and TransformEngine), its
+training loop with atomic checkpoints and resume, and evaluation.
+
+Variants, trained in the same harness:
+- ``act`` / ``pondernet`` / ``none``: the halting decoder with that ponder cost.
+- ``fixed``: the same model with no halting: every output gets exactly ``task.fixed_steps``
+  instructions of return probability ``1 / fixed_steps`` and the number of outputs is the task's
+  (an oracle the halting variants must learn); the repetition baseline of Fojo et al.
+
+A run folder holds one sub-folder per variant with ``checkpoint.pt`` (model, optimizer, step,
+elapsed seconds, config) and ``metrics.json``. A step's batch is drawn from a generator seeded by
+(seed, step), so a resumed run sees the batches it would have seen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from craft.directives.decoder import DirectiveDecoder
+from craft.directives.engine import TransformEngine
+from craft.directives.losses import count_loss, pad_slots, ponder_cost
+from craft.directives.tasks import Batch, Task, get_task
+
+VARIANTS = ("act", "pondernet", "none", "fixed")
+MAX_INSTRUCTIONS = {"parity": 12, "counts": 40, "addition": 16}
+
+
+@dataclass
+class RunConfig:
+    task: str = "parity"
+    variant: str = "act"
+    mode: str = "clamp"
+    dim: int = 32
+    n_layers: int = 2
+    n_heads: int = 4
+    batch_size: int = 32
+    lr: float = 3e-3
+    max_steps: int = 1_000_000
+    max_minutes: float = 5.0
+    seed: int = 0
+    count_weight: float = 1.0
+    ponder_weight: float = 1e-2
+    lambda_p: float = 0.3
+    checkpoint_every: int = 50
+    eval_rows: int = 256
+
+    def __post_init__(self):
+        get_task(self.task)
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant: expected one of {VARIANTS}, got {self.variant!r}")
+
+
+class DirectiveModel(nn.Module):
+    """Command embedding, context projection (+ learned item positions), decoder, engine, readout."""
+
+    def __init__(self, task: Task, cfg: RunConfig):
+        super().__init__()
+        self.task, self.cfg = task, cfg
+        D = cfg.dim
+        self.max_instructions = MAX_INSTRUCTIONS[task.name]
+        self.command = nn.Embedding(task.n_commands, D)
+        self.embed = nn.Linear(task.in_dim, D)
+        self.position = nn.Embedding(task.max_items, D)
+        self.decoder = DirectiveDecoder(D, cfg.n_layers, cfg.n_heads, max_seq_len=task.max_items + self.max_instructions,
+                                        mode=cfg.mode)
+        self.engine = TransformEngine(D, mode=cfg.mode)
+        self.readout = nn.Linear(D, task.out_dim)
+
+    def _schedule(self, batch: Batch):
+        """The fixed-N baseline's (r, h) (B, I): 1/n each step; halting 1 at the close of output ``count``."""
+        n = self.task.fixed_steps
+        I = n * int(batch.count.max())
+        t = torch.arange(I)
+        r = torch.full((len(batch.count), I), 1.0 / n)
+        h = (((t + 1) % n == 0) & ((t + 1) // n == batch.count[:, None])).float()
+        return (r, h), I
+
+    def forward(self, batch: Batch):
+        N = batch.context.shape[1]
+        ctx = self.embed(batch.context) + self.position.weight[:N]
+        cmd = self.command(batch.command)
+        if self.cfg.variant == "fixed":
+            schedule, I = self._schedule(batch)
+        else:
+            schedule, I = None, self.max_instructions
+        d = self.decoder(cmd, ctx, batch.context_mask, max_instructions=I, schedule=schedule)
+        eng = self.engine(d, ctx, batch.context_mask)
+        pred = self.readout(pad_slots(eng.slots, eng.n_slots, batch.targets.shape[1]))
+        return d, eng, pred
+
+    def losses(self, batch: Batch):
+        d, eng, pred = self(batch)
+        tm = batch.target_mask.float()
+        result = (self.task.slot_loss(pred, batch.targets) * tm).sum() / tm.sum()
+        total = result
+        parts = {"result": float(result.detach())}
+        if self.cfg.variant != "fixed":
+            c = count_loss(d, batch.count)
+            total = total + self.cfg.count_weight * c
+            parts["count"] = float(c.detach())
+        if self.cfg.variant in ("act", "pondernet"):
+            pc = ponder_cost(d, self.cfg.variant, self.cfg.lambda_p)
+            total = total + self.cfg.ponder_weight * pc
+            parts["ponder"] = float(pc.detach())
+        parts["instructions"] = float(d.n_instructions.float().mean())
+        return total, parts
+
+
+# ---------------------------------------------------------------------------------- evaluation
+def _spearman(x, y) -> float:
+    def rank(a):
+        a = np.asarray(a, dtype=float)
+        order = a.argsort(kind="stable")
+        r = np.empty(len(a))
+        r[order] = np.arange(len(a))
+        for v in np.unique(a):  # ties share their mean rank
+            r[a == v] = r[a == v].mean()
+        return r
+
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = rank(x), rank(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+@torch.no_grad()
+def evaluate(model: DirectiveModel, rows: int = 512, seed: int = 12345) -> dict:
+    """Accuracy (right count and every slot right), exact-count rate, slot accuracy, instructions
+    used, on fixed in-distribution ('train' split) and extrapolation ('test' split) sets."""
+    model.eval()
+    out = {}
+    per_difficulty: dict[int, list] = {}
+    all_d, all_n = [], []
+    for split, name in (("train", "in_distribution"), ("test", "extrapolation")):
+        gen = torch.Generator().manual_seed(seed + (split == "test"))
+        correct = exact = slots_ok = slots = 0
+        for start in range(0, rows, 256):
+            batch = model.task.sample(min(256, rows - start), gen, split)
+            d, eng, pred = model(batch)
+            ok = model.task.slot_correct(pred, batch.targets) & batch.target_mask
+            count_ok = d.n_outputs == batch.count
+            row_ok = count_ok & (ok | ~batch.target_mask).all(1)
+            correct += int(row_ok.sum())
+            exact += int(count_ok.sum())
+            slots_ok += int(ok.sum())
+            slots += int(batch.target_mask.sum())
+            for k, n in zip(batch.difficulty.tolist(), d.n_instructions.tolist()):
+                per_difficulty.setdefault(k, []).append(n)
+                all_d.append(k), all_n.append(n)
+        out[name] = {"accuracy": correct / rows, "exact_count": exact / rows, "slot_accuracy": slots_ok / slots}
+    out["instructions_by_difficulty"] = {str(k): float(np.mean(v)) for k, v in sorted(per_difficulty.items())}
+    out["spearman_instructions_difficulty"] = _spearman(all_d, all_n)
+    model.train()
+    return out
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file, fsync, then os.replace: a reader sees the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def load_run(folder: Path) -> tuple[DirectiveModel, dict]:
+    state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    cfg = RunConfig(**state["config"])
+    model = DirectiveModel(get_task(cfg.task), cfg)
+    model.load_state_dict(state["model"])
+    return model, state
+
+
+def train(cfg: RunConfig, folder: str | Path, resume: bool = True, progress: bool = True, log=print) -> dict:
+    """Trains until ``max_steps`` or ``max_minutes`` of training time (resumed time included);
+    checkpoints every ``checkpoint_every`` steps and at the end; writes metrics.json. Returns it."""
+    folder = Path(folder)
+    ckpt = folder / "checkpoint.pt"
+    torch.manual_seed(cfg.seed)
+    model = DirectiveModel(get_task(cfg.task), cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    step, elapsed = 0, 0.0
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state["config"]["task"] != cfg.task or state["config"]["variant"] != cfg.variant:
+            raise ValueError(f"{ckpt}: holds a {state['config']['task']}/{state['config']['variant']} run, not "
+                             f"{cfg.task}/{cfg.variant}; use another --out")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed = state["step"], state["elapsed"]
+
+    def save():
+        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
+                     "config": dataclasses.asdict(cfg)}, ckpt)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(cfg.max_minutes * 60), initial=int(elapsed), unit="s", dynamic_ncols=True,
+                   desc=f"{cfg.task}/{cfg.variant}")
+    parts = {}
+    try:
+        while step < cfg.max_steps and elapsed < cfg.max_minutes * 60:
+            t0 = time.perf_counter()
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            batch = model.task.sample(cfg.batch_size, gen, "train")
+            loss, parts = model.losses(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            dt = time.perf_counter() - t0
+            elapsed += dt
+            if bar is not None:
+                bar.update(min(int(elapsed) - bar.n, bar.total - bar.n))
+                bar.set_postfix(step=step, **{k: f"{v:.3g}" for k, v in parts.items()})
+            if step % cfg.checkpoint_every == 0:
+                save()
+    finally:
+        if bar is not None:
+            bar.close()
+        save()
+    metrics = evaluate(model, cfg.eval_rows)
+    metrics.update(task=cfg.task, variant=cfg.variant, steps=step, train_seconds=round(elapsed, 1),
+                   last_losses=parts, config=dataclasses.asdict(cfg))
+    write_json_atomic(metrics, folder / "metrics.json")
+    return metrics

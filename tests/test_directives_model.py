@@ -1,0 +1,131 @@
+"""TransformEngine, directive losses, tasks, training/resume and the `craft directives` CLI."""
+import json
+import math
+import pytest
+import torch
+
+from craft.directives import TransformDirective, run_directive
+from craft.directives.engine import TransformEngine
+from craft.directives.losses import count_loss, expected_count, halting_distribution, ponder_cost, position_in_slot
+from craft.directives.tasks import AdditionTask, CountsTask, ParityTask
+from craft.directives.train import DirectiveModel, RunConfig, load_run, train
+
+
+def _directive(r, h, D=8, mode="clamp", seed=0):
+    out, state = run_directive(r, h, mode=mode)
+    inst = torch.randn(r.shape[0], r.shape[1], D, generator=torch.Generator().manual_seed(seed))
+    return TransformDirective(inst * out.active[..., None], out.p, out.active, halting_probs=out.dh,
+                              slot_index=out.slot, closes=out.closes, n_outputs=state.n_closed)
+
+
+def test_engine_pours_results_by_return_probability():
+    r = torch.tensor([[0.3, 0.5, 0.9, 0.6, 0.7, 0.2]])
+    h = torch.tensor([[0.1, 0.1, 0.1, 0.2, 0.95, 0.1]])
+    d = _directive(r, h)
+    # p: 0.3, 0.5, 0.2 (closes slot 0), 0.6, 0.4 (closes slot 1, halts), then nothing
+    torch.testing.assert_close(d.return_probs, torch.tensor([[0.3, 0.5, 0.2, 0.6, 0.4, 0.0]]))
+    assert d.n_outputs.tolist() == [2] and d.mask.tolist() == [[True] * 5 + [False]]
+    eng = TransformEngine(8)
+    ctx = torch.randn(1, 3, 8)
+    out = eng(d, ctx)
+    p, res = d.return_probs[0], out.results[0]
+    torch.testing.assert_close(out.slots[0, 0], (p[:3, None] * res[:3]).sum(0))
+    torch.testing.assert_close(out.slots[0, 1], (p[3:5, None] * res[3:5]).sum(0))
+    torch.testing.assert_close(out.slot_fill, torch.ones(1, 2))
+
+
+def test_engine_masked_instructions_leave_state_and_gradients_flow():
+    r = torch.rand(4, 7) * 0.8 + 0.1
+    h = torch.rand(4, 7)
+    d = _directive(r.requires_grad_(), h.requires_grad_())
+    eng = TransformEngine(8)
+    out = eng(d, torch.randn(4, 5, 8), torch.tensor([[True] * 5, [True] * 2 + [False] * 3] * 2))
+    out.slots.pow(2).sum().backward()
+    assert r.grad is not None and r.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in eng.parameters())
+
+
+def test_halting_distribution_and_count_loss_push_the_right_way():
+    r = torch.full((3, 10), 0.6)
+    h = torch.tensor([0.2, 0.5, 0.9])[:, None].expand(3, 10).clone().requires_grad_()
+    d = _directive(r, h)
+    dist = halting_distribution(d)
+    torch.testing.assert_close(dist.sum(1), torch.ones(3))
+    # whole outputs once halted: expected count vs the hard count
+    assert (expected_count(d) <= d.n_outputs.float() + 1e-6).all()
+    loss = count_loss(d, torch.tensor([8, 8, 8]))  # all rows halt too early: want less halting
+    loss.backward()
+    assert bool((h.grad[d.closes] > 0).any()) and bool((h.grad >= 0).all())
+
+
+def test_ponder_costs():
+    r = torch.tensor([[0.3, 0.5, 0.9, 0.6, 0.7, 0.2]], requires_grad=True)
+    h = torch.tensor([[0.1, 0.1, 0.1, 0.2, 0.95, 0.1]])
+    d = _directive(r, h)
+    assert position_in_slot(d)[0, :5].tolist() == [0, 1, 2, 0, 1]
+    act = ponder_cost(d, "act")  # (N + R) per output = (5 + 0.2 + 0.4) / 2
+    assert math.isclose(float(act.detach()), 2.8, rel_tol=1e-6)
+    act.backward()
+    assert r.grad[0, 0] < 0  # a larger early return probability shrinks the remainder
+    p = torch.tensor([0.3, 0.5, 0.2, 0.6, 0.4])
+    j = torch.tensor([0, 1, 2, 0, 1.0])
+    lam = 0.3
+    kl = (p * (p.log() - (math.log(lam) + j * math.log(1 - lam)))).sum() / 2
+    assert math.isclose(float(ponder_cost(d, "pondernet", lam)), float(kl), rel_tol=1e-5)
+    with pytest.raises(ValueError, match="ponder"):
+        ponder_cost(d, "graves")
+
+
+def test_tasks_targets():
+    g = torch.Generator().manual_seed(0)
+    t = CountsTask()
+    b = t.sample(200, g)
+    for i in range(200):
+        n = int(b.context_mask[i].sum())
+        key, val = b.context[i, :n, 0], b.context[i, :n, 1:]
+        c = int(b.command[i])
+        want = [val, val.flip(0), val.cumsum(0), val[key > 0], val[: n // 2 * 2:2] + val[1: n // 2 * 2:2]][c]
+        assert int(b.count[i]) == len(want) >= 1
+        torch.testing.assert_close(b.targets[i, :len(want)], want)
+    assert int(t.sample(64, g, "test").count.max()) > 12
+    p = ParityTask().sample(300, g)
+    k = b_k = p.context_mask.sum(1)
+    assert torch.equal(p.difficulty, b_k) and int(k.max()) <= 8
+    plus = ((p.context[..., 0] > 0) & p.context_mask).sum(1) % 2
+    assert torch.equal(plus.float(), p.targets[:, 0, 0])
+    assert int(ParityTask().sample(50, g, "test").difficulty.min()) >= 9
+    a = AdditionTask().sample(50, g)
+    digits = a.context.reshape(50, -1, 5, 10).argmax(-1) * (a.context.reshape(50, -1, 5, 10).sum(-1) > 0)
+    nums = (digits * 10 ** torch.arange(5)).sum(-1)
+    sums = (a.targets * 10 ** torch.arange(6)).sum(-1)
+    assert torch.equal(sums * a.target_mask, nums.cumsum(1) * a.target_mask)
+
+
+def test_fixed_baseline_schedule_gives_the_task_count():
+    cfg = RunConfig(task="counts", variant="fixed", dim=16, n_heads=2, n_layers=1)
+    model = DirectiveModel(CountsTask(), cfg)
+    b = model.task.sample(6, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        d, eng, pred = model(b)
+    assert torch.equal(d.n_outputs, b.count) and torch.equal(eng.n_slots, b.count)
+    assert torch.equal(d.n_instructions, b.count * model.task.fixed_steps)
+
+
+def test_train_resume_and_cli(tmp_path, capsys):
+    cfg = RunConfig(task="parity", variant="act", dim=16, n_heads=2, n_layers=1, batch_size=8, max_steps=2,
+                    eval_rows=16, checkpoint_every=1)
+    m = train(cfg, tmp_path / "act", progress=False)
+    assert m["steps"] == 2 and (tmp_path / "act" / "checkpoint.pt").is_file()
+    model, state = load_run(tmp_path / "act")
+    m2 = train(RunConfig(**{**cfg.__dict__, "max_steps": 3}), tmp_path / "act", progress=False)
+    assert m2["steps"] == 3  # resumed at 2
+    with pytest.raises(ValueError, match="another --out"):
+        train(RunConfig(**{**cfg.__dict__, "task": "counts"}), tmp_path / "act", progress=False)
+    from craft.cli import main
+
+    assert main(["directives", "eval", str(tmp_path), "--rows", "8", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    for key in ("in_distribution_accuracy", "extrapolation_accuracy", "exact_count_rate", "baselines"):
+        assert key in rep
+    assert main(["directives", "eval", str(tmp_path / "nothing")]) == 1
+    assert "no directive checkpoint" in capsys.readouterr().err
