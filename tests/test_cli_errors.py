@@ -101,6 +101,8 @@ def test_generate_refuses_a_prompt_longer_than_the_context(here, capsys, checkpo
     error_line(capsys, ["generate", "x" * 100, "--checkpoint", str(checkpoint)], "prompt: 100 tokens", "context holds 32")
     assert main(["generate", "# A", "--checkpoint", str(checkpoint), "--max-new-tokens", "5", "--seed", "1"]) == 0
     assert capsys.readouterr().out.startswith("# A")
+    assert main(["generate", "# A", "--checkpoint", str(checkpoint), "--seed", "1"]) == 0  # default cut to the context
+    assert capsys.readouterr().out.startswith("# A")
 
 
 def test_bad_checkpoints_are_named(here, capsys, checkpoint):

@@ -147,7 +147,7 @@ class Trainer:
         self._lock = RunLock(self.out_dir)
         if self.rank == 0:
             self._lock.acquire()
-            remove_stale_temporaries(self.out_dir / "checkpoints", "step_*.pt")
+            self._remove_stale_temporaries()
         try:
             self._own_group = self._init_distributed()
             config, state = self._resume_state(config, resume)
@@ -179,6 +179,14 @@ class Trainer:
         self._last_saved_step = -1
 
     # ------------------------------------------------------------------ construction
+    def _remove_stale_temporaries(self) -> None:
+        """Checkpoint temporaries a killed run left (safe: this process holds the run lock)."""
+        folder = self.out_dir / "checkpoints"
+        remove_stale_temporaries(folder, "step_*.pt")
+        for p in folder.glob(".step_*.pt.tmp-*") if folder.is_dir() else ():  # names of earlier versions
+            if p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+
     def _init_distributed(self) -> bool:
         """Joins the process group torchrun describes; True when this trainer created it."""
         if self.world_size > 1 and not dist.is_initialized():
