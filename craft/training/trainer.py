@@ -154,8 +154,11 @@ class Trainer:
             self.config = config
             self.device = self._pick_device(config.device)
             self.tokenizer = self.corpus.tokenizer
-            self._build_model(config, state)
-            self._build_data(config)
+            model_config = self._model_config(config, state)
+            self._build_data(config)  # before the model: a seq_len the corpus cannot fill fails without allocating
+            torch.manual_seed(config.seed)
+            self.model = LanguageModel(model_config).to(self.device)
+            self.model.tokenizer = self.tokenizer
             self._build_optimizer(config)
             self.step = 0
             if state is not None:
@@ -212,9 +215,9 @@ class Trainer:
                              "corpus the run started with")
         return config, state
 
-    def _build_model(self, config: TrainConfig, state: dict | None) -> None:
-        """The model (seeded by ``config.seed``; a resumed run's model config comes from its checkpoint)
-        and ``seq_len``, checked against the tokenizer and the model's context."""
+    def _model_config(self, config: TrainConfig, state: dict | None) -> ModelConfig:
+        """The model's config (a resumed run's comes from its checkpoint) and ``seq_len``, checked
+        against the tokenizer and the model's context."""
         if state is not None:
             model_config = ModelConfig.from_dict(state["model_config"])
         else:
@@ -228,9 +231,7 @@ class Trainer:
             raise ValueError(f"seq_len={self.seq_len}: longer than the model's context_length="
                              f"{model_config.context_length}")
         config.seq_len = self.seq_len
-        torch.manual_seed(config.seed)
-        self.model = LanguageModel(model_config).to(self.device)
-        self.model.tokenizer = self.tokenizer
+        return model_config
 
     def _build_data(self, config: TrainConfig) -> None:
         """Packed windows, the train/eval split, the seeded sampler and the batch layout."""
