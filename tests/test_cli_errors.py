@@ -98,7 +98,8 @@ def test_generate_bounds_name_the_flag(here, capsys, checkpoint, args, needles):
 
 
 def test_generate_refuses_a_prompt_longer_than_the_context(here, capsys, checkpoint):
-    error_line(capsys, ["generate", "x" * 100, "--checkpoint", str(checkpoint)], "prompt: 100 tokens", "context holds 32")
+    error_line(capsys, ["generate", "x" * 100, "--checkpoint", str(checkpoint)], "prompt: 100 tokens",
+               "context holds 32")
     assert main(["generate", "# A", "--checkpoint", str(checkpoint), "--max-new-tokens", "5", "--seed", "1"]) == 0
     assert capsys.readouterr().out.startswith("# A")
     assert main(["generate", "# A", "--checkpoint", str(checkpoint), "--seed", "1"]) == 0  # default cut to the context

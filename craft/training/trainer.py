@@ -8,9 +8,10 @@ the time limit are all-reduced once per step, so every process stops at the same
 Ctrl-C: the first SIGINT is noted and the run stops at the end of the current step, saves a
 checkpoint and raises KeyboardInterrupt; a second SIGINT interrupts at once, still saving the last
 completed step: before the update it drops the partial step, and during the update (optimizer,
-schedule, step counter) it waits until the update is whole. ``resume`` continues from a checkpoint exactly: model, optimizer, scheduler,
-RNG states and data position are restored, so the losses after resuming are those of an
-uninterrupted run.
+schedule, step counter) it waits until the update is whole. ``resume`` continues from a checkpoint
+exactly: model, optimizer, scheduler, RNG states and data position are restored, so the losses
+after resuming are those of an uninterrupted run. The run folder is locked while a trainer uses
+it (:class:`RunLock`).
 """
 from __future__ import annotations
 
