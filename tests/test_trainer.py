@@ -1,6 +1,7 @@
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,3 +230,39 @@ def test_compiled_bf16_training_with_document_ids_resumes_exactly(corpus, tmp_pa
         assert torch.equal(a, b), n
     for a, b in zip(losses(full), losses(eager)):  # bf16: compiled and eager kernels round differently
         assert a == pytest.approx(b, abs=0.05)
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(corpus, tmp_path):
+    """A trainer killed with SIGKILL (possibly mid-save) leaves a resumable run: its lock dies with it,
+    its temporaries are cleaned, and training on from the last checkpoint gives the uninterrupted model."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    kw = dict(max_steps=8, sample_every=0, eval_every=0, checkpoint_every=1, keep_checkpoints=2)
+    full = Trainer(config(**dict(kw, checkpoint_every=0)), corpus, tmp_path / "full")
+    full.train()
+    code = ("import time, torch, tests.test_trainer as t\n"
+            "torch.set_num_threads(1)\n"
+            "slow = lambda tr, s, final=False: time.sleep(0.3 * (s >= 3))  # time to be killed before the end\n"
+            f"t.Trainer(t.config(**{kw!r}), {str(corpus)!r}, {str(tmp_path / 'run')!r}, callbacks=[slow]).train()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while (latest_checkpoint(tmp_path / "run") is None or load_checkpoint(
+                latest_checkpoint(tmp_path / "run"))["step"] < 3) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    step = load_checkpoint(latest_checkpoint(tmp_path / "run"))["step"]
+    assert 3 <= step < 8, step
+    rest = Trainer(config(**kw), corpus, tmp_path / "run", resume=True)
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*.tmp"))
+    rest.train()
+    assert losses(rest) == losses(full)[rest.history[0]["step"] - 1:]
+    for (n, a), b in zip(full.model.state_dict().items(), rest.model.state_dict().values()):
+        assert torch.equal(a, b), n
