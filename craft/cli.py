@@ -50,6 +50,8 @@ def _parse_set(items: list[str]) -> tuple[dict, dict]:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
+        if key in ("preset", "tokenizer"):
+            raise CliError(f"--set {key}: use --{key} instead")
         if key in model_fields:
             model[key] = value
         elif key in train_fields:
