@@ -94,6 +94,9 @@ def test_train_settings_errors_name_the_setting(here, capsys, args, needles):
     (["--max-aux-docs", "100000"], ["--max-aux-docs", "4096"]),
     (["--max-new-tokens", "1000000"], ["--max-new-tokens 1000000", "context of 32"]),
     (["--max-new-tokens", "0"], ["--max-new-tokens"]),
+    (["--corpus", "docs"], ["--corpus 'docs': is not a pretokenized corpus", "craft corpus build"]),
+    (["--corpus", "nowhere"], ["--corpus 'nowhere': does not exist"]),
+    (["--max-link-depth", "-1"], ["--max-link-depth"]),
 ])
 def test_generate_bounds_name_the_flag(here, capsys, checkpoint, args, needles):
     error_line(capsys, ["generate", "# A", "--checkpoint", str(checkpoint), *args], *needles)
