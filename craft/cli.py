@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 
 DEFAULT_RUNS = Path("runs")
+DEFAULT_NEW_TOKENS = 200
 
 
 class CliError(Exception):
@@ -49,6 +50,8 @@ def _parse_set(items: list[str]) -> tuple[dict, dict]:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
+        if key in ("preset", "tokenizer"):
+            raise CliError(f"--set {key}: use --{key} instead")
         if key in model_fields:
             model[key] = value
         elif key in train_fields:
@@ -162,7 +165,7 @@ def _check_generate_args(args) -> None:
     """Bounds of ``craft generate``'s numeric options, each error naming its flag."""
     if args.num_samples < 1:
         raise CliError(f"--num-samples: expected an int >= 1, got {args.num_samples}")
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise CliError(f"--max-new-tokens: expected an int >= 1, got {args.max_new_tokens}")
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise CliError(f"--temperature: expected a finite number >= 0 (0 = greedy), got {args.temperature}")
@@ -208,11 +211,15 @@ def cmd_generate(args) -> int:
     tok = model.tokenizer
     prompt = args.prompt if args.prompt is not None else "# "
     if _wants_linked(args):
+        if args.max_new_tokens is None:
+            args.max_new_tokens = DEFAULT_NEW_TOKENS
         return _generate_linked(model, prompt, args)
     ids = tok.encode(prompt) or [tok.eos_id]
     context = _model_context(model)
     if len(ids) >= context:
         raise CliError(f"prompt: {len(ids)} tokens, but the model's context holds {context}; shorten the prompt")
+    if args.max_new_tokens is None:  # the default fills the context at most
+        args.max_new_tokens = min(DEFAULT_NEW_TOKENS, context - len(ids))
     if len(ids) + args.max_new_tokens > context:
         raise CliError(f"--max-new-tokens {args.max_new_tokens}: the prompt ({len(ids)} tokens) plus the new tokens "
                        f"exceed the model's context of {context}; use at most {context - len(ids)}")
@@ -334,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="continue a prompt with a trained model")
     g.add_argument("prompt", nargs="?", help="text to continue (default '# ', a document title)")
     g.add_argument("--checkpoint", help="checkpoint file or run folder (default: latest under runs/)")
-    g.add_argument("--max-new-tokens", type=int, default=200,
-                   help="plain generation: prompt + new tokens must fit the model's context")
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"default {DEFAULT_NEW_TOKENS}; plain generation: prompt + new tokens must fit the model's "
+                        "context (the default is cut to fit)")
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-k", type=int)
     g.add_argument("--top-p", type=float)

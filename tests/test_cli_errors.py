@@ -74,6 +74,8 @@ def test_skipped_corpus_files_are_reported(here, capsys):
     (["--set", "vocab_size=10"], ["vocab_size 10 is smaller than the tokenizer's 258"]),
     (["--seed", str(2 ** 70)], ["seed: expected an int < 2**63"]),
     (["--set", "device=bogus"], ["--device 'bogus'"]),
+    (["--set", "tokenizer=char"], ["--set tokenizer: use --tokenizer"]),
+    (["--set", "context_length=100000000"], ["seq_len=100000000", "corpus has only"]),  # before any allocation
 ])
 def test_train_settings_errors_name_the_setting(here, capsys, args, needles):
     error_line(capsys, ["train", "--corpus", "docs", "--max-steps", "1", "--no-progress", *SMALL_SET_ARGS, *args],
@@ -92,14 +94,20 @@ def test_train_settings_errors_name_the_setting(here, capsys, args, needles):
     (["--max-aux-docs", "100000"], ["--max-aux-docs", "4096"]),
     (["--max-new-tokens", "1000000"], ["--max-new-tokens 1000000", "context of 32"]),
     (["--max-new-tokens", "0"], ["--max-new-tokens"]),
+    (["--corpus", "docs"], ["--corpus 'docs': is not a pretokenized corpus", "craft corpus build"]),
+    (["--corpus", "nowhere"], ["--corpus 'nowhere': does not exist"]),
+    (["--max-link-depth", "-1"], ["--max-link-depth"]),
 ])
 def test_generate_bounds_name_the_flag(here, capsys, checkpoint, args, needles):
     error_line(capsys, ["generate", "# A", "--checkpoint", str(checkpoint), *args], *needles)
 
 
 def test_generate_refuses_a_prompt_longer_than_the_context(here, capsys, checkpoint):
-    error_line(capsys, ["generate", "x" * 100, "--checkpoint", str(checkpoint)], "prompt: 100 tokens", "context holds 32")
+    error_line(capsys, ["generate", "x" * 100, "--checkpoint", str(checkpoint)], "prompt: 100 tokens",
+               "context holds 32")
     assert main(["generate", "# A", "--checkpoint", str(checkpoint), "--max-new-tokens", "5", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("# A")
+    assert main(["generate", "# A", "--checkpoint", str(checkpoint), "--seed", "1"]) == 0  # default cut to the context
     assert capsys.readouterr().out.startswith("# A")
 
 

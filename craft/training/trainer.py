@@ -8,9 +8,10 @@ the time limit are all-reduced once per step, so every process stops at the same
 Ctrl-C: the first SIGINT is noted and the run stops at the end of the current step, saves a
 checkpoint and raises KeyboardInterrupt; a second SIGINT interrupts at once, still saving the last
 completed step: before the update it drops the partial step, and during the update (optimizer,
-schedule, step counter) it waits until the update is whole. ``resume`` continues from a checkpoint exactly: model, optimizer, scheduler,
-RNG states and data position are restored, so the losses after resuming are those of an
-uninterrupted run.
+schedule, step counter) it waits until the update is whole. ``resume`` continues from a checkpoint
+exactly: model, optimizer, scheduler, RNG states and data position are restored, so the losses
+after resuming are those of an uninterrupted run. The run folder is locked while a trainer uses
+it (:class:`RunLock`).
 """
 from __future__ import annotations
 
@@ -147,15 +148,18 @@ class Trainer:
         self._lock = RunLock(self.out_dir)
         if self.rank == 0:
             self._lock.acquire()
-            remove_stale_temporaries(self.out_dir / "checkpoints", "step_*.pt")
+            self._remove_stale_temporaries()
         try:
             self._own_group = self._init_distributed()
             config, state = self._resume_state(config, resume)
             self.config = config
             self.device = self._pick_device(config.device)
             self.tokenizer = self.corpus.tokenizer
-            self._build_model(config, state)
-            self._build_data(config)
+            model_config = self._model_config(config, state)
+            self._build_data(config)  # before the model: a seq_len the corpus cannot fill fails without allocating
+            torch.manual_seed(config.seed)
+            self.model = LanguageModel(model_config).to(self.device)
+            self.model.tokenizer = self.tokenizer
             self._build_optimizer(config)
             self.step = 0
             if state is not None:
@@ -179,6 +183,14 @@ class Trainer:
         self._last_saved_step = -1
 
     # ------------------------------------------------------------------ construction
+    def _remove_stale_temporaries(self) -> None:
+        """Checkpoint temporaries a killed run left (safe: this process holds the run lock)."""
+        folder = self.out_dir / "checkpoints"
+        remove_stale_temporaries(folder, "step_*.pt")
+        for p in folder.glob(".step_*.pt.tmp-*") if folder.is_dir() else ():  # names of earlier versions
+            if p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+
     def _init_distributed(self) -> bool:
         """Joins the process group torchrun describes; True when this trainer created it."""
         if self.world_size > 1 and not dist.is_initialized():
@@ -204,9 +216,9 @@ class Trainer:
                              "corpus the run started with")
         return config, state
 
-    def _build_model(self, config: TrainConfig, state: dict | None) -> None:
-        """The model (seeded by ``config.seed``; a resumed run's model config comes from its checkpoint)
-        and ``seq_len``, checked against the tokenizer and the model's context."""
+    def _model_config(self, config: TrainConfig, state: dict | None) -> ModelConfig:
+        """The model's config (a resumed run's comes from its checkpoint) and ``seq_len``, checked
+        against the tokenizer and the model's context."""
         if state is not None:
             model_config = ModelConfig.from_dict(state["model_config"])
         else:
@@ -220,9 +232,7 @@ class Trainer:
             raise ValueError(f"seq_len={self.seq_len}: longer than the model's max_seq_len="
                              f"{model_config.max_seq_len}")
         config.seq_len = self.seq_len
-        torch.manual_seed(config.seed)
-        self.model = LanguageModel(model_config).to(self.device)
-        self.model.tokenizer = self.tokenizer
+        return model_config
 
     def _build_data(self, config: TrainConfig) -> None:
         """Packed windows, the train/eval split, the seeded sampler and the batch layout."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TextIO
 
+from craft.data.pretokenize import is_pretokenized
 from craft.generation.linked.config import EVICTION_POLICIES, GENERATION_MASK_KINDS
 from craft.generation.linked.generator import generate_linked
 from craft.generation.linked.result import GenerationResult
@@ -43,10 +45,16 @@ def add_linked_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 
 def check_linked_options(args: argparse.Namespace) -> None:
-    """Refuses option values that would allocate without bound, naming the flag (ValueError)."""
+    """Refuses, naming the flag (ValueError), a ``--corpus`` that is not a pretokenized corpus and
+    option values out of range or that would allocate without bound (``--max-aux-docs``)."""
     if not 0 <= args.max_aux_docs <= MAX_AUX_DOCS:
         raise ValueError(f"--max-aux-docs: expected an int in [0, {MAX_AUX_DOCS}] (the link mask is dense, "
                          f"(n + 1)^2), got {args.max_aux_docs}")
+    corpus = getattr(args, "corpus", None)
+    if corpus is not None and not is_pretokenized(corpus):
+        what = "does not exist" if not Path(corpus).exists() else "is not a pretokenized corpus"
+        raise ValueError(f"--corpus {corpus!r}: {what}; build one with `craft corpus build FOLDER --out DIR` "
+                         "and pass DIR")
     for flag, name in (("--max-link-depth", "max_link_depth"), ("--threads", "threads"),
                        ("--max-tokens-per-document", "max_tokens_per_document"),
                        ("--max-seq-len", "max_seq_len")):
