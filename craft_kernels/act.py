@@ -36,6 +36,12 @@ from craft_kernels._backend import use_triton
 from craft_kernels.native import _dispatch
 
 
+# Bits of the decision tape the forward scan records per step and the reverse scan replays: the one
+# Python definition, used by the Triton kernels; csrc/act_scan.cpp defines the same enum and exports
+# it as craft_kernels._C.act_tape_bits() (tests check they agree).
+TAPE_BITS = {"clamped": 1, "capped": 2, "close": 4, "hsat": 8, "overflow": 16, "active": 32}
+
+
 class ACTOutput(NamedTuple):
     slots: torch.Tensor  # (B, S, D) results' dtype
     slot_fill: torch.Tensor  # (B, S) probability poured into each slot
@@ -129,7 +135,11 @@ def _fwd_torch(x, r, h, m, eps, carry):
         if not bool(m.all()):  # masked steps have weight 0, but 0 * inf/nan would not be 0
             xs = xs.masked_fill(~m[..., None], 0)
         slots = torch.bmm(_assignment(w, safe, S, carry), xs)
+        if not bool(torch.isfinite(slots).all()):  # 0 * inf from other steps' zero weights: pour exactly
+            slots = None
     else:
+        slots = None
+    if slots is None:
         slots = xs.new_zeros(B, S + 1, D)
         for k in range(2 if carry else 1):  # piece 0: where the step starts; piece 1: carry mode's excess
             slots.scatter_add_(1, safe[..., k, None].expand(B, N, D), w[..., k, None] * xs)
@@ -155,9 +165,9 @@ def _fwd_triton(x, r, h, m, eps, carry):
     w = torch.zeros(B, N, 2, dtype=sd, device=dev)
     idx = torch.full((B, N, 2), -1, dtype=torch.int64, device=dev)
     tape = torch.zeros(B, N, dtype=torch.uint8, device=dev)
-    halt = torch.zeros(B, dtype=sd, device=dev)
+    halt = torch.zeros(B, dtype=torch.float64, device=dev)  # the scan runs in float64 (as in C++)
     closed = torch.zeros(B, dtype=torch.int64, device=dev)
-    thr = torch.tensor(1 - eps, dtype=sd, device=dev)
+    thr = torch.tensor(1 - eps, dtype=torch.float64, device=dev)
     m8 = m.view(torch.uint8)
     if B and N:
         bd = _block_d(D)

@@ -16,6 +16,8 @@ using U8 = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 namespace craft {
 namespace {
 
+// The decision tape's bits. craft_kernels/act.py (TAPE_BITS) holds the same values for the Triton
+// kernels; act_tape_bits() exports these so a test checks that the two agree.
 enum : uint8_t { CLAMPED = 1, CAPPED = 2, CLOSE = 4, HSAT = 8, OVERFLOW = 16, ACTIVE = 32 };
 
 // Returns w (B,N,2), slot (B,N,2) (-1 = no piece), tape (B,N), halt (B,), n_closed (B,).
@@ -147,6 +149,16 @@ py::tuple act_scan_backward(U8 tape, F64 gw, F64 ghalt, bool carry) {
 void bind_act_scan(py::module_& m) {
     m.def("act_scan_forward", &act_scan_forward, py::arg("r"), py::arg("h"), py::arg("mask"), py::arg("eps"),
           py::arg("carry"));
+    m.def("act_tape_bits", []() {
+        py::dict d;
+        d["clamped"] = int(CLAMPED);
+        d["capped"] = int(CAPPED);
+        d["close"] = int(CLOSE);
+        d["hsat"] = int(HSAT);
+        d["overflow"] = int(OVERFLOW);
+        d["active"] = int(ACTIVE);
+        return d;
+    });
     m.def("act_scan_backward", &act_scan_backward, py::arg("tape"), py::arg("gw"), py::arg("ghalt"), py::arg("carry"));
 }
 

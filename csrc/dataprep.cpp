@@ -1,6 +1,7 @@
 // Data-prep ops: unit padding, greedy next-fit join-padding, agent-level flattening, DVT building.
 // Inputs arrive validated and converted to contiguous int64 by the Python wrappers
-// (craft_kernels/native/dataprep.py); every loop runs with the GIL released.
+// (craft_kernels/native/dataprep.py), which pass private copies of every array indexed with, so the
+// loops can run with the GIL released while other threads rewrite the caller's arrays.
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -164,12 +165,103 @@ Arr compose_offsets(std::vector<Arr> levels) {
     return cur;
 }
 
-// DVT arrays for a batch of trees. levels[0] maps words -> tokens, levels[l] maps level-l units to
-// level l-1 units; the units of the last level are the roots. Node level: 0 = token (leaf), l+1 =
-// units of levels[l]. Pre-order ids: tree by tree, a node before its children, children in order.
+// ---- build_dvt, in steps: node counts, subtree sizes, pre-order ids, per-node fields, children.
+// levels[0] maps words -> tokens, levels[l] maps level-l units to level l-1 units; the units of the
+// last level are the roots. Node level: 0 = token (leaf), l+1 = units of levels[l]. Pre-order ids:
+// tree by tree, a node before its children, children in order. off[l] are the offsets of node
+// level l+1 into node level l; count[l] the nodes of node level l.
+
+// Subtree sizes bottom-up, per node level.
+std::vector<std::vector<i64>> dvt_subtree_sizes(const std::vector<const i64*>& off, const std::vector<i64>& count) {
+    const size_t K = off.size();
+    std::vector<std::vector<i64>> size(K + 1);
+    size[0].assign(static_cast<size_t>(count[0]), 1);
+    for (size_t l = 1; l <= K; ++l) {
+        size[l].resize(static_cast<size_t>(count[l]));
+        const i64* o = off[l - 1];
+        for (i64 u = 0; u < count[l]; ++u) {
+            i64 s = 1;
+            for (i64 c = o[u]; c < o[u + 1]; ++c) s += size[l - 1][static_cast<size_t>(c)];
+            size[l][static_cast<size_t>(u)] = s;
+        }
+    }
+    return size;
+}
+
+// Pre-order ids top-down: root ids are running sums of tree sizes; a first child is its parent's id
+// + 1, a next sibling the previous sibling's id + its subtree size. Fills ln[l][u] and tree offsets.
+void dvt_preorder_ids(const std::vector<const i64*>& off, const std::vector<i64>& count,
+                      const std::vector<std::vector<i64>>& size, const std::vector<i64*>& ln, i64* tree_off) {
+    const size_t K = off.size();
+    i64 next = 0;
+    for (i64 t = 0; t < count[K]; ++t) {
+        ln[K][t] = next;
+        tree_off[t] = next;
+        next += size[K][static_cast<size_t>(t)];
+    }
+    tree_off[count[K]] = next;
+    for (size_t l = K; l >= 1; --l) {
+        const i64* o = off[l - 1];
+        for (i64 u = 0; u < count[l]; ++u) {
+            i64 id = ln[l][u] + 1;
+            for (i64 c = o[u]; c < o[u + 1]; ++c) {
+                ln[l - 1][c] = id;
+                id += size[l - 1][static_cast<size_t>(c)];
+            }
+        }
+    }
+}
+
+struct DvtNodes {  // the per-node outputs, indexed by pre-order id
+    i64 *parent, *level, *tree, *unit, *subtree;
+};
+
+// Level, unit, subtree size of every node; parent and tree (roots first, then inherited downwards).
+void dvt_node_fields(const std::vector<const i64*>& off, const std::vector<i64>& count,
+                     const std::vector<std::vector<i64>>& size, const std::vector<i64*>& ln, const DvtNodes& n) {
+    const size_t K = off.size();
+    for (size_t l = 0; l <= K; ++l) {
+        for (i64 u = 0; u < count[l]; ++u) {
+            const i64 id = ln[l][u];
+            n.level[id] = static_cast<i64>(l);
+            n.unit[id] = u;
+            n.subtree[id] = size[l][static_cast<size_t>(u)];
+            if (l == K) {
+                n.parent[id] = -1;
+                n.tree[id] = u;
+            }
+        }
+    }
+    for (size_t l = K; l >= 1; --l) {
+        const i64* o = off[l - 1];
+        for (i64 u = 0; u < count[l]; ++u) {
+            const i64 id = ln[l][u];
+            for (i64 c = o[u]; c < o[u + 1]; ++c) {
+                n.parent[ln[l - 1][c]] = id;
+                n.tree[ln[l - 1][c]] = n.tree[id];
+            }
+        }
+    }
+}
+
+// Children CSR in pre-order of the parents.
+void dvt_children(const std::vector<const i64*>& off, const std::vector<i64*>& ln, const DvtNodes& n, i64 total,
+                  i64* child_off, i64* children) {
+    i64 pos = 0;
+    for (i64 id = 0; id < total; ++id) {
+        child_off[id] = pos;
+        const i64 l = n.level[id];
+        if (l == 0) continue;
+        const i64* o = off[static_cast<size_t>(l - 1)];
+        for (i64 c = o[n.unit[id]]; c < o[n.unit[id] + 1]; ++c) children[pos++] = ln[static_cast<size_t>(l - 1)][c];
+    }
+    child_off[total] = pos;
+}
+
+// The DVT arrays of a batch of trees (levels validated and owned by the wrapper).
 py::dict build_dvt(std::vector<Arr> levels) {
-    const size_t K = levels.size();          // unit levels; node levels are 0..K
-    std::vector<i64> count(K + 1);           // nodes per node level
+    const size_t K = levels.size();
+    std::vector<i64> count(K + 1);
     count[0] = levels[0].data()[levels[0].shape(0) - 1];
     for (size_t l = 0; l < K; ++l) count[l + 1] = levels[l].shape(0) - 1;
     i64 total = 0;
@@ -181,81 +273,18 @@ py::dict build_dvt(std::vector<Arr> levels) {
         tree_off = new_array({n_trees + 1}), children = new_array({total - n_trees});
     std::vector<Arr> level_nodes;
     for (size_t l = 0; l <= K; ++l) level_nodes.push_back(new_array({count[l]}));
-
     std::vector<const i64*> off(K);
     for (size_t l = 0; l < K; ++l) off[l] = levels[l].data();
     std::vector<i64*> ln(K + 1);
     for (size_t l = 0; l <= K; ++l) ln[l] = level_nodes[l].mutable_data();
-    i64 *par = parent.mutable_data(), *lev = level.mutable_data(), *tr = tree.mutable_data(),
-        *un = unit.mutable_data(), *co = child_off.mutable_data(), *st = subtree.mutable_data(),
-        *to = tree_off.mutable_data(), *ch = children.mutable_data();
+    const DvtNodes nodes{parent.mutable_data(), level.mutable_data(), tree.mutable_data(), unit.mutable_data(),
+                         subtree.mutable_data()};
     {
         py::gil_scoped_release nogil;
-        // subtree sizes bottom-up, per level
-        std::vector<std::vector<i64>> size(K + 1);
-        size[0].assign(static_cast<size_t>(count[0]), 1);
-        for (size_t l = 1; l <= K; ++l) {
-            size[l].resize(static_cast<size_t>(count[l]));
-            const i64* o = off[l - 1];
-            const std::vector<i64>& below = size[l - 1];
-            for (i64 u = 0; u < count[l]; ++u) {
-                i64 s = 1;
-                for (i64 c = o[u]; c < o[u + 1]; ++c) s += below[c];
-                size[l][u] = s;
-            }
-        }
-        // pre-order ids top-down: root ids are running sums; a first child is its parent's id + 1,
-        // a next sibling is the previous sibling's id + its subtree size
-        i64 next = 0;
-        for (i64 t = 0; t < n_trees; ++t) {
-            ln[K][t] = next;
-            to[t] = next;
-            next += size[K][t];
-        }
-        to[n_trees] = next;
-        for (size_t l = K; l >= 1; --l) {
-            const i64* o = off[l - 1];
-            for (i64 u = 0; u < count[l]; ++u) {
-                i64 id = ln[l][u] + 1;
-                for (i64 c = o[u]; c < o[u + 1]; ++c) {
-                    ln[l - 1][c] = id;
-                    id += size[l - 1][c];
-                }
-            }
-        }
-        // per-node arrays, and the tree of every node (roots first, then inherited downwards)
-        for (size_t l = 0; l <= K; ++l) {
-            for (i64 u = 0; u < count[l]; ++u) {
-                const i64 id = ln[l][u];
-                lev[id] = static_cast<i64>(l);
-                un[id] = u;
-                st[id] = size[l][u];
-                if (l == K) {
-                    par[id] = -1;
-                    tr[id] = u;
-                }
-            }
-        }
-        for (size_t l = K; l >= 1; --l) {
-            const i64* o = off[l - 1];
-            for (i64 u = 0; u < count[l]; ++u) {
-                const i64 id = ln[l][u];
-                for (i64 c = o[u]; c < o[u + 1]; ++c) {
-                    par[ln[l - 1][c]] = id;
-                    tr[ln[l - 1][c]] = tr[id];
-                }
-            }
-        }
-        // children CSR in pre-order of the parents
-        i64 pos = 0;
-        for (i64 id = 0; id < total; ++id) {
-            co[id] = pos;
-            const i64 l = lev[id];
-            if (l == 0) continue;
-            const i64* o = off[l - 1];
-            for (i64 c = o[un[id]]; c < o[un[id] + 1]; ++c) ch[pos++] = ln[l - 1][c];
-        }
-        co[total] = pos;
+        const auto size = dvt_subtree_sizes(off, count);
+        dvt_preorder_ids(off, count, size, ln, tree_off.mutable_data());
+        dvt_node_fields(off, count, size, ln, nodes);
+        dvt_children(off, ln, nodes, total, child_off.mutable_data(), children.mutable_data());
     }
     py::dict d;
     d["parent"] = parent;

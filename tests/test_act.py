@@ -219,3 +219,26 @@ def test_both_cpu_pour_paths_match_reference(monkeypatch, by_matmul, mode):
     gb = torch.autograd.grad(loss(b), leaves)
     for p, q in zip(ga, gb):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12, equal_nan=True)
+
+
+def test_tape_bits_have_one_meaning():
+    """The Triton kernels take the tape bits from act.TAPE_BITS; the C++ scan must use the same."""
+    from craft_kernels.act import TAPE_BITS
+    from craft_kernels.native import _dispatch
+
+    assert _dispatch.ext().act_tape_bits() == TAPE_BITS
+    assert sorted(TAPE_BITS.values()) == [1 << k for k in range(len(TAPE_BITS))]
+
+
+@pytest.mark.parametrize("mode", ["clamp", "carry"])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_non_finite_result_stays_in_its_slot(mode, bad):
+    """0 * inf in the matmul pour spread NaN into every slot of the row; the definition keeps it in
+    the slot its step pours into."""
+    x = torch.ones(1, 4, 3)
+    x[0, 0, 1] = bad
+    r = torch.tensor([[0.6, 0.6, 0.5, 0.5]])
+    o = act_accumulate(x, r, mode=mode)
+    ref = act_accumulate_reference(x, r, mode=mode)
+    torch.testing.assert_close(o.slots, ref.slots, equal_nan=True)
+    assert torch.isfinite(o.slots[0, 1:]).all() and torch.isfinite(o.slots[0, :, [0, 2]]).all()

@@ -235,3 +235,13 @@ def test_craft_native_python_runs_the_reference():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env=dict(os.environ, CRAFT_NATIVE=env)).stdout.split()
         assert out[-1] == want
+
+
+def test_greedy_join_result_is_the_sequence_of_groups(native_impl):
+    g = ck.greedy_join([3, 6, 4, 7, 5, 4], 10)
+    assert len(g) == 4 and [x.tolist() for x in g] == [[0, 1], [2], [3], [4, 5]]
+    assert g[-1].tolist() == [4, 5] and [x.tolist() for x in g[1:3]] == [[2], [3]]
+    assert g.offsets.tolist() == [0, 2, 3, 4, 6]  # the CSR form stays an attribute
+    assert list(ck.greedy_join([], 5)) == []
+    with pytest.raises(IndexError):
+        g[4]

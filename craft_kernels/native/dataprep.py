@@ -51,9 +51,35 @@ def pad_units(tokens, offsets, width: int, pad_id: int, truncate: bool = False) 
 
 
 # --------------------------------------------------------------------------- greedy_join
-class Groups(NamedTuple):
-    """Groups of consecutive units: group ``g`` holds units ``offsets[g]:offsets[g+1]``."""
-    offsets: np.ndarray
+class Groups(Sequence):
+    """Groups of consecutive units, as the sequence of groups: ``groups[g]`` is the int64 array of
+    the unit indices of group ``g`` (``units offsets[g]:offsets[g+1]``), ``len(groups)`` the number
+    of groups, ``list(groups)`` every group. ``offsets`` (G + 1,) int64 is the CSR form."""
+
+    __slots__ = ("offsets",)
+
+    def __init__(self, offsets: np.ndarray):
+        self.offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, g):
+        if isinstance(g, slice):
+            return [self[i] for i in range(*g.indices(len(self)))]
+        n = len(self)
+        if isinstance(g, bool) or not isinstance(g, (int, np.integer)):
+            raise TypeError(f"group index: expected an int or a slice, got {type(g).__name__}")
+        if not -n <= g < n:
+            raise IndexError(f"group index {g} out of range for {n} groups")
+        g = int(g) % n
+        return np.arange(self.offsets[g], self.offsets[g + 1], dtype=np.int64)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Groups) and np.array_equal(self.offsets, other.offsets)
+
+    def __repr__(self) -> str:
+        return f"Groups({self.tolist()!r})"
 
     def tolist(self) -> list[list[int]]:
         o = self.offsets.tolist()

@@ -59,7 +59,7 @@ def test_float64_matches_reference_exactly(seed, B, N, D, mode, eps):
     _diff(x, r, h, m, mode, (1e-12, 1e-12), eps=eps)
 
 
-# fp32: the scan runs in fp32, results are poured with fp32 accumulation (~1e-7 relative per add,
+# fp32: the scan runs in fp64 (as in C++), results are poured with fp32 accumulation (~1e-7 relative per add,
 # N <= 20 adds); fp16: slots are stored in fp16 (2^-11 relative) after fp32 accumulation.
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, (2e-5, 2e-6)), (torch.float16, (2e-3, 2e-3))])
 @pytest.mark.parametrize("mode", ["clamp", "carry"])
@@ -81,3 +81,28 @@ def test_empty_rows_and_no_mask():
     assert o.slots.shape == (0, 0, 3) and o.slot_index.shape == (0, 4)
     x, r, h, _ = _inputs(2, 2, 7, 5, torch.float32, masked=False)
     _diff(x, r, h, None, "clamp", (2e-5, 2e-6))
+
+
+@pytest.mark.parametrize("mode", ["clamp", "carry"])
+def test_threshold_is_exact_in_float32(mode):
+    """fp32 steps summing to fp32(1 - eps) (17 ulps below 1, under the true 1 - 1e-6) keep the slot
+    open by the definition; a scan in fp32 against an fp32 threshold closed it."""
+    r = torch.tensor([[0.5, 0.5 - 17 * 2.0**-24, 0.3, 0.25]], dtype=torch.float32)
+    assert float(r[0, :2].double().sum()) == float(torch.tensor(1 - 1e-6, dtype=torch.float32))
+    x = torch.randn(1, 4, 5)
+    h = torch.full((1, 4), 0.2)
+    _diff(x, r, h, None, mode, (2e-6, 1e-7), eps=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["clamp", "carry"])
+def test_triton_and_cpp_paths_agree(mode, monkeypatch, dtype=torch.float32):
+    """Same decisions (slot of every step, closed slots) and values within fp32 rounding."""
+    x, r, h, m = _inputs(7, 3, 24, 8, dtype)
+    a = act_accumulate(x, r, h, m, mode=mode)
+    monkeypatch.setenv("CRAFT_KERNELS_IMPL", "torch")  # the C++ scan
+    b = act_accumulate(x, r, h, m, mode=mode)
+    assert torch.equal(a.slot_index, b.slot_index) and torch.equal(a.n_slots, b.n_slots)
+    assert torch.equal(a.halted, b.halted)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-3, atol=2e-3)
+    for f in ("slots", "slot_fill", "clamped_probs", "halting"):
+        torch.testing.assert_close(getattr(a, f), getattr(b, f), **tol, msg=f)
