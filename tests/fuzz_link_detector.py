@@ -1,7 +1,7 @@
 """Fuzzing the C++ link detector against its Python twin (run by test_link_detector_fuzz.py in a
 subprocess, so a crash fails that test). Adversarial vocabularies (every token a few bytes drawn
 mostly from the special ones), token streams, chunkings, limits from 0 to the ends of int64, batched
-streams. CRAFT_FUZZ_EXAMPLES sets the number of examples per property (default 150)."""
+streams. CRAFT_FUZZ_EXAMPLES sets the number of examples per property (default 80)."""
 import os
 
 import numpy as np
@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from craft_kernels import BatchLinkDetector, LinkDetector
 from craft_kernels.native import _dispatch
 
-EXAMPLES = int(os.environ.get("CRAFT_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("CRAFT_FUZZ_EXAMPLES", "80"))
 I64_MAX = 2**63 - 1
 BYTES = st.sampled_from(list(b"[]()!\\\n<>`~ \t\rab"))
 VOCAB = st.lists(st.lists(BYTES, max_size=4).map(bytes), min_size=1, max_size=24)
