@@ -86,6 +86,12 @@ class Stream {
                 flags_ = tt.flags_after(ids + start, i - start, flags_);
                 pos_ += i - start;
                 if (i == n) return;
+            } else if (state_ == FENCE && fline_ == BODY) {  // inside a fenced line: only its newline matters
+                // (nothing is open in a fence, and the newline sets every flag the fence reads)
+                const i64 start = i;
+                while (i < n && !tt.has_newline(ids[i])) ++i;
+                pos_ += i - start;
+                if (i == n) return;
             }
             push_one(tt, lim, ids[i++], out);
         }

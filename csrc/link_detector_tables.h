@@ -110,9 +110,11 @@ struct TokenTables {
     std::string bytes;  // every token's bytes, concatenated
     std::vector<TokenInfo> info;
     std::vector<FlagStep> idle;   // idle[2 * t + esc_before]
-    std::vector<uint64_t> opens;  // bit t: token t may leave the idle state ('[', or '`' / '~' with code)
+    std::vector<uint64_t> opens;     // bit t: token t may leave the idle state ('[', or '`' / '~' with code)
+    std::vector<uint64_t> newlines;  // bit t: token t holds a newline (all a fenced line's content waits for)
 
     bool may_open(i64 t) const { return (opens[static_cast<size_t>(t) >> 6] >> (t & 63)) & 1; }
+    bool has_newline(i64 t) const { return (newlines[static_cast<size_t>(t) >> 6] >> (t & 63)) & 1; }
     const FlagStep& step(i64 t, uint8_t flags) const { return idle[2 * static_cast<size_t>(t) + (flags & ESC)]; }
 
     // The flags after ids[0, n), none of which may open, from `flags` before them. Only the tokens
@@ -130,6 +132,7 @@ struct TokenTables {
         info.reserve(tb.size());
         idle.reserve(2 * tb.size());
         opens.assign((tb.size() + 63) / 64, 0);
+        newlines.assign((tb.size() + 63) / 64, 0);
         for (const auto& b : tb) {
             char* p = nullptr;
             py::ssize_t n = 0;
@@ -137,15 +140,17 @@ struct TokenTables {
             if (bytes.size() + static_cast<size_t>(n) > UINT32_MAX / 4)
                 throw py::value_error("token_bytes: more than 1 GiB of token bytes");
             uint8_t k = n == 0 ? EMPTY : PLAIN;
-            bool opener = false;
+            bool opener = false, newline = false;
             for (py::ssize_t i = 0; i < n; ++i) {
                 const char c = p[i];
+                newline = newline || c == '\n';
                 if (is_special(static_cast<unsigned char>(c))) k = SPECIAL;
                 if (c == '[' || (skip_code && (c == '`' || c == '~'))) opener = true;
             }
             idle.push_back(flag_step(p, n, false));
             idle.push_back(flag_step(p, n, true));
             if (opener) opens[info.size() >> 6] |= uint64_t{1} << (info.size() & 63);
+            if (newline) newlines[info.size() >> 6] |= uint64_t{1} << (info.size() & 63);
             info.push_back({static_cast<uint32_t>(bytes.size()), static_cast<uint32_t>(n) << 2 | k});
             bytes.append(p, static_cast<size_t>(n));
         }

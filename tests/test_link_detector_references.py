@@ -78,7 +78,7 @@ def test_commonmark_spec_examples(native_impl):
     assert set(differ) == set(DIVERGENCES), {k: v for k, v in differ.items() if k not in DIVERGENCES}
 
 
-def _readme_texts(max_bytes: int = 400_000) -> list[str]:
+def _readme_texts(max_bytes: int = 200_000) -> list[str]:
     """Markdown descriptions of the installed distributions (sorted by name), up to max_bytes in all."""
     texts, total = [], 0
     for dist in sorted(importlib.metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower()):

@@ -1,0 +1,202 @@
+"""Link detection: the C++ LinkDetector against what a competent user would run instead -- join the
+tokens' bytes (tiktoken's ``decode_bytes``, Rust) and run a compiled ``re`` pattern -- on ~1M GPT-2
+tokens of real markdown (the installed packages' READMEs), with Python's garbage collector on.
+
+Timing: both sides in the same process, interleaved round by round, medians with min-max spread
+(``interleaved``). The Python twin stays as an extra column. Every record names the CPU and its ISA.
+The regex finds less than the detector (no nesting, badges, code, escapes); it is the speed bar."""
+import gc
+import importlib.metadata
+import platform
+import re
+import statistics
+import time
+
+import numpy as np
+import pytest
+
+from craft.tokenizers import GPT2Tokenizer
+from craft_kernels import BatchLinkDetector, LinkDetector
+from craft_kernels.native import _dispatch
+
+LINK = re.compile(rb"(!?)\[([^\[\]\n]*)\]\(([^()\n]*)\)")
+
+
+def cpu_info() -> dict:
+    """CPU model and the ISA flags that matter here (AVX2 / AVX-512 / AVX512-BF16 / AMX)."""
+    model, flags = platform.processor(), set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    return {"cpu": model, "isa": " ".join(isa) or "unknown"}
+
+
+def interleaved(fns: dict, rounds: int = 7) -> dict:
+    """Median and spread (seconds) of each function, called in turn each round after one warm-up call."""
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    gc.enable()
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: (statistics.median(v), min(v), max(v)) for k, v in times.items()}
+
+
+def record(benchmark, timings: dict, units: int, ours: str, baseline: str, **extra):
+    """Stores every side's median, spread and tokens/s, and ours / baseline as the headline ratio."""
+    info = benchmark.extra_info
+    for k, (med, lo, hi) in timings.items():
+        info[f"{k}_s"] = f"{med:.6f} ({lo:.6f}-{hi:.6f})"
+        info[f"{k}_tokens_per_s"] = round(units / med)
+    info["speedup_vs_baseline"] = round(timings[baseline][0] / timings[ours][0], 2)
+    info["baseline"] = baseline
+    info.update(cpu_info(), gc="enabled", **extra)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    tok = GPT2Tokenizer()
+    texts = [d.read_text("METADATA") or "" for d in importlib.metadata.distributions()]
+    ids = tok.encode("\n\n".join(t for t in texts if "](" in t))
+    reps = max(1, 1_000_000 // max(len(ids), 1))
+    return tok, np.array(ids * reps, dtype=np.int64)
+
+
+class RegexLinks:
+    """The competent alternative for a stream: append each push's bytes, run the compiled pattern over
+    the text not yet settled, and keep the tail from the last "[" after the last match (so a link split
+    across pushes is found); links as (is_image, text, target) tuples."""
+
+    def __init__(self, tok):
+        self.decode_bytes = tok.encoding.decode_bytes
+        self.tail = b""
+
+    def reset(self):
+        self.tail = b""
+
+    def push_many(self, ids) -> list:
+        text = self.tail + self.decode_bytes(ids)
+        out, end = [], 0
+        for m in LINK.finditer(text):
+            out.append(m.groups())
+            end = m.end()
+        cut = text.rfind(b"[", end)
+        self.tail = text[cut:][-4096:] if cut >= 0 else b""
+        return out
+
+    def scan(self, ids) -> list:
+        return LINK.findall(self.decode_bytes(ids))
+
+
+def test_link_detection_streaming_64_token_pushes(benchmark, corpus):
+    """Generation-like: the stream pushed 64 tokens at a time."""
+    tok, ids = corpus
+    chunks = [c.tolist() for c in np.array_split(ids, max(1, len(ids) // 64))]
+    arrays = np.array_split(ids, max(1, len(ids) // 64))
+    det, rx = LinkDetector.for_tokenizer(tok), RegexLinks(tok)
+    with _dispatch.use("python"):
+        twin = LinkDetector.for_tokenizer(tok)
+
+    def run(d, cs=arrays):
+        d.reset()
+        return sum(len(d.push_many(c)) for c in cs)
+
+    def run_arrays():
+        det.reset()
+        return sum(len(det.push_many_arrays(c)) for c in arrays)
+
+    n_ours, n_re = run(det), run(rx, chunks)
+    assert run_arrays() == n_ours == run(twin) and n_re > 0.9 * n_ours
+    t = interleaved({"cpp": lambda: run(det), "cpp_arrays": run_arrays, "bytes_re": lambda: run(rx, chunks)})
+    t["python_twin"] = interleaved({"python_twin": lambda: run(twin)}, rounds=1)["python_twin"]
+    benchmark.pedantic(lambda: run(det), rounds=3, iterations=1)
+    record(benchmark, t, len(ids), "cpp", "bytes_re", links=n_ours, links_re=n_re, push_tokens=64)
+
+
+def test_link_detection_scan_whole_array(benchmark, corpus):
+    """One call over the whole stream (indexing a corpus): DetectedLink objects, arrays, or bytes + re."""
+    tok, ids = corpus
+    det, rx = LinkDetector.for_tokenizer(tok), RegexLinks(tok)
+    id_list = ids.tolist()
+    assert len(det.scan_arrays(ids)) == len(det.scan(ids))
+    t = interleaved({"cpp_arrays": lambda: det.scan_arrays(ids), "cpp_links": lambda: det.scan(ids),
+                     "bytes_re": lambda: rx.scan(id_list)})
+    benchmark.pedantic(lambda: det.scan_arrays(ids), rounds=3, iterations=1)
+    record(benchmark, t, len(ids), "cpp_arrays", "bytes_re", links=len(det.scan_arrays(ids)))
+
+
+def test_link_detection_push_one_token(benchmark, corpus):
+    """Decoding one stream: one call per token. The regex side appends the token's bytes and searches
+    only when the token holds a ")" (what a careful streaming user does)."""
+    tok, ids = corpus
+    ids = ids[:50_000].tolist()
+    tb = tok.token_bytes
+    det = LinkDetector.for_tokenizer(tok)
+
+    def ours():
+        det.reset()
+        push = det.push
+        return sum(push(t) is not None for t in ids)
+
+    def regex():
+        tail, n = b"", 0
+        for t in ids:
+            b = tb[t]
+            tail += b
+            if b")" in b:
+                m = None
+                for m in LINK.finditer(tail):
+                    n += 1
+                if m is not None:
+                    tail = tail[m.end():]
+            if len(tail) > 4096:
+                tail = tail[-2048:]
+        return n
+
+    t = interleaved({"cpp": ours, "bytes_re": regex}, rounds=5)
+    benchmark.pedantic(ours, rounds=3, iterations=1)
+    record(benchmark, t, len(ids), "cpp", "bytes_re", links=ours(), links_re=regex())
+
+
+def test_link_detection_batch_64_streams(benchmark, corpus):
+    """BatchLinkDetector: 64 streams, one push of (64,) ids per decoding step; the regex side keeps one
+    RegexLinks per stream and pushes each stream's token."""
+    tok, ids = corpus
+    steps = ids[:64 * 2000].reshape(2000, 64)
+    step_lists = steps.tolist()
+    batch = BatchLinkDetector.for_tokenizer(tok, 64)
+    tb = tok.token_bytes
+
+    def ours():
+        batch.reset()
+        return sum(sum(x is not None for x in batch.push(row)) for row in steps)
+
+    def regex():
+        tails, n = [b""] * 64, 0
+        for row in step_lists:
+            for r, t in enumerate(row):
+                b = tb[t]
+                tails[r] += b
+                if b")" in b:
+                    m = None
+                    for m in LINK.finditer(tails[r]):
+                        n += 1
+                    if m is not None:
+                        tails[r] = tails[r][m.end():]
+                if len(tails[r]) > 4096:
+                    tails[r] = tails[r][-2048:]
+        return n
+
+    t = interleaved({"cpp": ours, "bytes_re": regex}, rounds=5)
+    benchmark.pedantic(ours, rounds=3, iterations=1)
+    record(benchmark, t, steps.size, "cpp", "bytes_re", links=ours(), links_re=regex())
