@@ -33,6 +33,7 @@ import numbers
 import warnings
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
@@ -328,8 +329,9 @@ class DocMaskState:
     slot (CPU/SDPA path); ``block_mask(n)`` -> the same as a ``BlockMask`` with one query block
     (CUDA/flex path, ``n <= block_size``). Both equal the rows of ``doc_dense_mask`` rebuilt from
     ``doc_ids`` and the links. The state keeps the visible-slot row of the current document and
-    its per-block counts up to date: ``append(n)`` costs O(n); a step's ``query_mask(n)`` copies
-    that row (n x max_seq_len bools) and fixes the n x n corner, ``block_mask(n)`` reads the block
+    its per-block counts up to date: ``append(n)`` costs O(n) element writes (on CPU through NumPy
+    views of the same memory, no torch op per write); a step's ``query_mask(n)`` copies that row
+    (n x max_seq_len bools) and fixes the n x n corner, ``block_mask(n)`` reads the block
     counts and recomputes only the blocks holding the query tokens; ``start_document``, ``evict``
     and ``compact`` cost O(max_seq_len). The BlockMask's mask mod reads the state's own buffers (updated in place),
     so a compiled flex kernel never recompiles between steps; use each BlockMask before the next
@@ -363,6 +365,9 @@ class DocMaskState:
         self._slots = torch.arange(self.max_seq_len, device=dev)
         self._qslots = torch.zeros(self.block_size, dtype=torch.int64, device=dev)  # read by the mask mod
         self._mask_mod = self._make_mask_mod()
+        # CPU: NumPy views of the same memory, so a decoding step's few element updates cost no
+        # torch op dispatch (the step is O(n) element writes plus one row copy)
+        self._np = (self.doc_ids.numpy(), self._row.numpy(), self._count.numpy()) if dev.type == "cpu" else None
 
     @property
     def max_len(self) -> int:
@@ -412,9 +417,18 @@ class DocMaskState:
         if self.length + n > self.max_seq_len:
             raise ValueError(f"n: {n} more tokens do not fit ({self.length} of {self.max_seq_len} slots used); "
                              "evict a document and compact()")
-        slots = self._slots[self.length:self.length + n]
+        a, b = self.length, self.length + n
+        if self._np is not None:
+            ids, row, count = self._np
+            ids[a:b] = self.current_doc
+            row[a:b] = True  # a document's own earlier tokens are visible under every kind
+            for blk in range(a // self.block_size, (b - 1) // self.block_size + 1):  # blocks the slots touch
+                count[blk] += min(b, (blk + 1) * self.block_size) - max(a, blk * self.block_size)
+            self.length, self._n_last = b, n
+            return self._slots[a:b].clone()
+        slots = self._slots[a:b]
         self.doc_ids[slots] = self.current_doc
-        self._row[slots] = True  # a document's own earlier tokens are visible under every kind
+        self._row[slots] = True
         self._count.index_add_(0, slots // self.block_size, torch.ones_like(slots))
         self.length += n
         self._n_last = n
@@ -454,6 +468,9 @@ class DocMaskState:
     def query_mask(self, n_query: int = 1) -> torch.Tensor:
         """bool ``(1, 1, n_query, max_seq_len)``: the last ``n_query`` appended tokens against every slot."""
         self._check_query(n_query)
+        if n_query == 1 and self._np is not None:
+            # one query token: its own slot (the corner) is already visible in the row
+            return torch.from_numpy(self._np[1].copy()).view(1, 1, 1, self.max_seq_len)
         rows = self._row.expand(n_query, self.max_seq_len).clone()
         s = self._slots[self.length - n_query:self.length]
         cur = self.doc_ids[s]
