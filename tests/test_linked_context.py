@@ -128,7 +128,7 @@ class Harness:
         if getattr(self, "queryable", False):  # the step's mask for the token just placed
             last = ctx.length - 1
             assert docs[last] == ctx.current
-            full = torch.full((ctx.max_context_length,), -1, dtype=torch.int64)
+            full = torch.full((ctx.max_seq_len,), -1, dtype=torch.int64)
             full[: ctx.length] = torch.tensor(mids, dtype=torch.int64)
             dense = doc_dense_mask(full[None], ctx.mask_kind, links[None] if ctx.mask_kind == "cross_doc_link" else None)
             assert torch.equal(ctx.query_mask(1)[0, 0, 0], dense[0, 0, last])

@@ -188,7 +188,7 @@ def test_prompt_links_resolved_before_the_prompt(model, tok, corpus_dir):
 @pytest.mark.parametrize("policy", ["drop_oldest", "stop_new"])
 def test_eviction_policies(model, tok, corpus_dir, policy):
     scripts = {PROMPT: " [a](Python) [b](os.path) [c](New Topic) [d](os) done."}
-    res = run(model, tok, scripts, corpus=corpus_dir, max_context_length=48, max_tokens_per_document=40,
+    res = run(model, tok, scripts, corpus=corpus_dir, max_seq_len=48, max_tokens_per_document=40,
               eviction_policy=policy)
     root, full = res.root_document, PROMPT + " [a](Python) [b](os.path) [c](New Topic) [d](os) done."
     if policy == "drop_oldest":  # older linked documents make room; the root completes
@@ -224,11 +224,11 @@ def test_kv_cache_generator_matches_full_recompute(model, tok, corpus_dir, case)
     if case.startswith("doc_causal_evictions"):
         prompt = PROMPT
         scripts = {PROMPT: " [a](Python) text [b](Topic A) more [c](os) end", "# Topic A\n": "Child [d](os.path) body"}
-        kw = dict(eviction_policy="drop_oldest", mask_kind="doc_causal", max_context_length=64)
+        kw = dict(eviction_policy="drop_oldest", mask_kind="doc_causal", max_seq_len=64)
     else:
         prompt = "Read [a](Python) and [b](Topic A)."
         scripts = {prompt: " More words here", "# Topic A\n": "Child body"}
-        kw = dict(eviction_policy="stop_new", mask_kind="cross_doc_link", max_context_length=128)
+        kw = dict(eviction_policy="stop_new", mask_kind="cross_doc_link", max_seq_len=128)
     seen = {"fast": [], "naive": []}
 
     def recorder(name):
@@ -264,7 +264,7 @@ def test_errors(model, tok, corpus_dir):
     with pytest.raises(ValueError, match="constrain_links_to_corpus"):
         generate_linked(model, PROMPT, constrain_links_to_corpus=True)
     with pytest.raises(ValueError, match="max_tokens_per_document"):
-        generate_linked(model, PROMPT, max_tokens_per_document=512, max_context_length=512)
+        generate_linked(model, PROMPT, max_tokens_per_document=512, max_seq_len=512)
     with pytest.raises(TypeError, match="compile"):
         generate_linked(model, PROMPT, compile=1.5)
 

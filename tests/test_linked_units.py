@@ -55,7 +55,7 @@ def test_config_defaults_and_round_trip():
     ({"top_p": 0.0}, ValueError, "top_p"),
     ({"top_p": 1.5}, ValueError, "top_p"),
     ({"max_tokens_per_document": 1}, ValueError, "max_tokens_per_document"),
-    ({"max_tokens_per_document": 64, "max_context_length": 32}, ValueError, "max_tokens_per_document"),
+    ({"max_tokens_per_document": 64, "max_seq_len": 32}, ValueError, "max_tokens_per_document"),
     ({"max_link_depth": -1}, ValueError, "max_link_depth"),
     ({"max_auxiliary_documents": True}, TypeError, "max_auxiliary_documents"),
     ({"eviction_policy": "lru"}, ValueError, "eviction_policy"),
@@ -72,6 +72,15 @@ def test_config_from_kwargs_names_unknown_options():
     with pytest.raises(TypeError, match="max_depth"):
         GenerationConfig.from_kwargs(max_depth=2)
     assert GenerationConfig.from_kwargs(max_link_depth=2).max_link_depth == 2
+
+
+def test_config_old_option_names_are_deprecated_aliases():
+    """eos_token_id / max_context_length were public: they map to eos_id / max_seq_len, with a warning."""
+    with pytest.warns(DeprecationWarning, match="eos_id"):
+        c = GenerationConfig.from_kwargs(eos_token_id=3, max_context_length=64)
+    assert (c.eos_id, c.max_seq_len) == (3, 64)
+    with pytest.raises(TypeError, match="twice"), pytest.warns(DeprecationWarning):
+        GenerationConfig.from_kwargs(eos_id=3, eos_token_id=3)
 
 
 # ---------------------------------------------------------------- result

@@ -28,7 +28,8 @@ def add_linked_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     g.add_argument("--max-aux-docs", type=int, default=5, metavar="N", help="documents besides the root")
     g.add_argument("--max-tokens-per-document", type=int, default=None, metavar="N",
                    help="default: the checkpoint's training seq_len")
-    g.add_argument("--max-context-length", type=int, default=None, metavar="N", help="KV-cache slots (default: model context)")
+    g.add_argument("--max-seq-len", "--max-context-length", dest="max_seq_len", type=int, default=None, metavar="N",
+                   help="KV-cache slots (default: the model's max_seq_len); --max-context-length is its old name")
     g.add_argument("--eviction-policy", choices=EVICTION_POLICIES, default="drop_oldest")
     g.add_argument("--mask-kind", choices=GENERATION_MASK_KINDS, default="cross_doc_link")
     g.add_argument("--constrain-links", action="store_true", help="link targets must be corpus titles (needs --corpus)")
@@ -42,7 +43,7 @@ def add_linked_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 def linked_options(args: argparse.Namespace) -> dict:
     """The :func:`generate_linked` keyword arguments named by ``args``."""
     opts = dict(max_link_depth=args.max_link_depth, max_auxiliary_documents=args.max_aux_docs,
-                max_tokens_per_document=args.max_tokens_per_document, max_context_length=args.max_context_length,
+                max_tokens_per_document=args.max_tokens_per_document, max_seq_len=args.max_seq_len,
                 eviction_policy=args.eviction_policy, mask_kind=args.mask_kind,
                 constrain_links_to_corpus=args.constrain_links, allow_corpus_fallback=not args.no_corpus_fallback,
                 process_prompt_links=not args.no_prompt_links, num_threads=args.threads)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import asdict, dataclass
 
 from craft.generation.sampling import check_sampling_args
 
 EVICTION_POLICIES = ("drop_oldest", "stop_new")
+_RENAMED = {"eos_token_id": "eos_id", "max_context_length": "max_seq_len"}  # old public name -> name
 GENERATION_MASK_KINDS = ("cross_doc_link", "doc_causal")
 
 
@@ -31,7 +33,7 @@ class GenerationConfig:
     Budgets: ``max_new_tokens`` counts tokens sampled over the whole run (all documents);
     ``max_tokens_per_document`` bounds one document in context (header/prompt + generated + EOS;
     ``None`` = the checkpoint's training ``seq_len``, else the model's context length);
-    ``max_context_length`` is the number of KV-cache slots shared by every active document
+    ``max_seq_len`` is the number of KV-cache slots shared by every active document
     (``None`` = the model's context length). ``max_auxiliary_documents`` counts corpus and generated
     documents besides the root; ``max_link_depth`` is how many link hops from the root are followed
     (0 = none); ``allow_recursive_links=False`` follows only the root's links.
@@ -52,14 +54,14 @@ class GenerationConfig:
     top_k: int | None = None
     top_p: float | None = None
     max_tokens_per_document: int | None = None
-    max_context_length: int | None = None
+    max_seq_len: int | None = None
     max_auxiliary_documents: int = 5
     max_link_depth: int = 1
     allow_corpus_fallback: bool = True
     eviction_policy: str = "drop_oldest"
     process_prompt_links: bool = True
     allow_recursive_links: bool = True
-    eos_token_id: int | None = None
+    eos_id: int | None = None
     device: str | None = None
     mask_kind: str = "cross_doc_link"
     constrain_links_to_corpus: bool = False
@@ -74,11 +76,11 @@ class GenerationConfig:
         if self.top_p is not None:
             self.top_p = float(self.top_p)
         _int("max_tokens_per_document", self.max_tokens_per_document, 2, allow_none=True)
-        _int("max_context_length", self.max_context_length, 2, allow_none=True)
-        if (self.max_tokens_per_document is not None and self.max_context_length is not None
-                and self.max_tokens_per_document > self.max_context_length):
-            raise ValueError(f"max_tokens_per_document: {self.max_tokens_per_document} exceeds max_context_length="
-                             f"{self.max_context_length}; a document must fit in the context")
+        _int("max_seq_len", self.max_seq_len, 2, allow_none=True)
+        if (self.max_tokens_per_document is not None and self.max_seq_len is not None
+                and self.max_tokens_per_document > self.max_seq_len):
+            raise ValueError(f"max_tokens_per_document: {self.max_tokens_per_document} exceeds max_seq_len="
+                             f"{self.max_seq_len}; a document must fit in the context")
         _int("max_auxiliary_documents", self.max_auxiliary_documents, 0)
         _int("max_link_depth", self.max_link_depth, 0)
         for name in ("allow_corpus_fallback", "process_prompt_links", "allow_recursive_links",
@@ -88,7 +90,7 @@ class GenerationConfig:
             raise ValueError(f"eviction_policy: expected one of {EVICTION_POLICIES}, got {self.eviction_policy!r}")
         if self.mask_kind not in GENERATION_MASK_KINDS:
             raise ValueError(f"mask_kind: expected one of {GENERATION_MASK_KINDS}, got {self.mask_kind!r}")
-        _int("eos_token_id", self.eos_token_id, 0, allow_none=True)
+        _int("eos_id", self.eos_id, 0, allow_none=True)
         if self.device is not None and not isinstance(self.device, str):
             self.device = str(self.device)
         if not isinstance(self.root_title, str) or not self.root_title.strip():
@@ -96,9 +98,24 @@ class GenerationConfig:
         _int("seed", self.seed, 0, allow_none=True)
         _int("num_threads", self.num_threads, 1, allow_none=True)
 
+    @staticmethod
+    def renamed_options(options: dict) -> dict:
+        """``options`` with deprecated option names replaced by the library's names (with a warning)."""
+        out = dict(options)
+        for old, new in _RENAMED.items():
+            if old in out:
+                warnings.warn(f"generation option {old!r} is deprecated: call it {new!r}", DeprecationWarning,
+                              stacklevel=3)
+                if new in out:
+                    raise TypeError(f"{new}, {old}: the same option twice (the second is its old name)")
+                out[new] = out.pop(old)
+        return out
+
     @classmethod
     def from_kwargs(cls, **kwargs) -> "GenerationConfig":
-        """Like ``GenerationConfig(**kwargs)`` but names unknown options and lists the valid ones."""
+        """Like ``GenerationConfig(**kwargs)`` but names unknown options and lists the valid ones
+        (deprecated names are accepted, see :meth:`renamed_options`)."""
+        kwargs = cls.renamed_options(kwargs)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(kwargs) - names)
         if unknown:

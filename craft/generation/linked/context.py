@@ -51,7 +51,7 @@ class ContextDocument:
 
 
 class DocumentContext:
-    """Documents in a ``max_context_length``-slot KV cache (see module docstring).
+    """Documents in a ``max_seq_len``-slot KV cache (see module docstring).
 
     ``max_documents`` bounds the documents active at once (mask ids are reused after eviction);
     ``max_tokens_per_document`` bounds one document's tokens; ``eviction_policy`` is
@@ -61,7 +61,7 @@ class DocumentContext:
     ``model.compact_cache``).
     """
 
-    def __init__(self, max_context_length: int, max_documents: int, eviction_policy: str = "drop_oldest",
+    def __init__(self, max_seq_len: int, max_documents: int, eviction_policy: str = "drop_oldest",
                  mask_kind: str = "cross_doc_link", max_tokens_per_document: int | None = None, device="cpu",
                  on_compact: Callable[[torch.Tensor], None] | None = None):
         from craft_kernels import DocMaskState
@@ -70,16 +70,16 @@ class DocumentContext:
             raise ValueError(f"eviction_policy: expected one of {EVICTION_POLICIES}, got {eviction_policy!r}")
         if mask_kind not in GENERATION_MASK_KINDS:
             raise ValueError(f"mask_kind: expected one of {GENERATION_MASK_KINDS}, got {mask_kind!r}")
-        if max_context_length < 1 or max_documents < 1:
-            raise ValueError(f"max_context_length, max_documents: must be >= 1, got {max_context_length}, {max_documents}")
-        self.max_context_length = int(max_context_length)
+        if max_seq_len < 1 or max_documents < 1:
+            raise ValueError(f"max_seq_len, max_documents: must be >= 1, got {max_seq_len}, {max_documents}")
+        self.max_seq_len = int(max_seq_len)
         self.max_documents = int(max_documents)
-        self.max_tokens_per_document = int(max_tokens_per_document or max_context_length)
-        if self.max_tokens_per_document > self.max_context_length:
-            raise ValueError(f"max_tokens_per_document: {self.max_tokens_per_document} exceeds max_context_length="
-                             f"{self.max_context_length}")
+        self.max_tokens_per_document = int(max_tokens_per_document or max_seq_len)
+        if self.max_tokens_per_document > self.max_seq_len:
+            raise ValueError(f"max_tokens_per_document: {self.max_tokens_per_document} exceeds max_seq_len="
+                             f"{self.max_seq_len}")
         self.eviction_policy, self.mask_kind = eviction_policy, mask_kind
-        self.mask = DocMaskState(self.max_context_length, self.max_documents, kind=mask_kind, device=device)
+        self.mask = DocMaskState(self.max_seq_len, self.max_documents, kind=mask_kind, device=device)
         self.on_compact = on_compact
         self.docs: list[ContextDocument] = []
         self.current: int | None = None
@@ -99,7 +99,7 @@ class DocumentContext:
 
     @property
     def free_slots(self) -> int:
-        return self.max_context_length - self.length
+        return self.max_seq_len - self.length
 
     def find(self, title: str) -> int | None:
         return self._by_title.get(title)
@@ -145,7 +145,7 @@ class DocumentContext:
                 torch.tensor(self._slot_pos, dtype=torch.int64))
 
     def query_mask(self, n_query: int = 1) -> torch.Tensor:
-        """bool (1, 1, n_query, max_context_length): the last ``n_query`` placed tokens against
+        """bool (1, 1, n_query, max_seq_len): the last ``n_query`` placed tokens against
         every slot (from the incremental mask state)."""
         return self.mask.query_mask(n_query)
 
@@ -198,12 +198,12 @@ class DocumentContext:
     def make_room(self, n: int, protect: Sequence[int] = ()) -> None:
         """Frees ``n`` slots, evicting under ``drop_oldest`` (never the current document, its
         ancestors or ``protect``) then compacting once. Raises :class:`ContextFull` otherwise."""
-        if n > self.max_context_length:
-            raise ContextFull(f"{n} tokens can never fit in {self.max_context_length} slots")
+        if n > self.max_seq_len:
+            raise ContextFull(f"{n} tokens can never fit in {self.max_seq_len} slots")
         if n <= self.free_slots:
             return
         if not self.can_fit(n, protect):
-            raise ContextFull(f"{n} more tokens do not fit ({self.length} of {self.max_context_length} slots used, "
+            raise ContextFull(f"{n} more tokens do not fit ({self.length} of {self.max_seq_len} slots used, "
                               f"eviction_policy={self.eviction_policy!r})")
         prot = set(protect) | (set(self.ancestors(self.current)) if self.current is not None else set())
         freed = 0

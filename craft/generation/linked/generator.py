@@ -8,7 +8,7 @@ links to) or generated recursively (within depth and count limits), then the par
 sees it. Each step runs the model on one token: ``forward_step`` writes its K/V at the slot the
 ``DocumentContext`` gives and attends through the incremental ``DocMaskState`` query mask.
 With ``compile=True`` those one-token steps go through ``torch.compile`` (static shapes: the mask is
-always (1, 1, 1, max_context_length), positions are tensors, eviction compacts the cache in place,
+always (1, 1, 1, max_seq_len), positions are tensors, eviction compacts the cache in place,
 so one compiled step serves the whole run); prefills of several tokens stay eager.
 
 Cached keys/values keep what a token saw when it was computed: a parent's tokens written before a
@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from craft.generation.generate import select_decode_step
+from craft.generation.generate import model_max_seq_len, select_decode_step
 from craft.generation.sampling import LogitsProcessor, apply_processors, sample
 from craft.generation.linked.config import GenerationConfig
 from craft.generation.linked.context import ContextFull, DocumentContext
@@ -36,25 +36,25 @@ from craft.generation.linked.result import GeneratedDocument, GenerationResult
 def resolve_config(model, tokenizer, config: GenerationConfig) -> GenerationConfig:
     """Fills the ``None`` fields from the model (context length, device), its checkpoint's training
     ``seq_len`` (per-document limit) and the tokenizer (EOS id); checks they fit together."""
-    ctx_len = int(model.config.context_length)
-    max_ctx = config.max_context_length or ctx_len
+    ctx_len = model_max_seq_len(model)
+    max_ctx = config.max_seq_len or ctx_len
     per_doc = config.max_tokens_per_document
     if per_doc is None:
         seq_len = (getattr(model, "train_config", None) or {}).get("seq_len")
         per_doc = min(int(seq_len or ctx_len), max_ctx)
     if per_doc > max_ctx:
-        raise ValueError(f"max_tokens_per_document: {per_doc} exceeds max_context_length={max_ctx}")
+        raise ValueError(f"max_tokens_per_document: {per_doc} exceeds max_seq_len={max_ctx}")
     if per_doc > ctx_len:
-        raise ValueError(f"max_tokens_per_document: {per_doc} exceeds the model's context_length={ctx_len} "
+        raise ValueError(f"max_tokens_per_document: {per_doc} exceeds the model's max_seq_len={ctx_len} "
                          "(positions inside a document must stay within what the model was built for)")
-    eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_id
+    eos = config.eos_id if config.eos_id is not None else tokenizer.eos_id
     vocab = int(model.config.vocab_size)
     if not 0 <= eos < vocab:
-        raise ValueError(f"eos_token_id: {eos} is outside the model's vocabulary [0, {vocab})")
+        raise ValueError(f"eos_id: {eos} is outside the model's vocabulary [0, {vocab})")
     if tokenizer.vocab_size > vocab:
         raise ValueError(f"tokenizer: its {tokenizer.vocab_size} ids exceed the model's vocab_size={vocab}")
     device = config.device or str(next(model.parameters()).device)
-    return config.replace(max_context_length=max_ctx, max_tokens_per_document=per_doc, eos_token_id=eos, device=device)
+    return config.replace(max_seq_len=max_ctx, max_tokens_per_document=per_doc, eos_id=eos, device=device)
 
 
 class SingleDocumentGenerator:
@@ -67,12 +67,12 @@ class SingleDocumentGenerator:
 
     def __init__(self, model, tokenizer, config: GenerationConfig, logits_processors: Sequence[LogitsProcessor] = (),
                  compile: bool | str = False):
-        if config.max_context_length is None or config.max_tokens_per_document is None or config.eos_token_id is None:
+        if config.max_seq_len is None or config.max_tokens_per_document is None or config.eos_id is None:
             raise ValueError("config: resolve it first with resolve_config(model, tokenizer, config)")
         self.model, self.tokenizer, self.cfg = model, tokenizer, config
         self.processors = list(logits_processors)
         self.step = select_decode_step(compile)
-        self.eos = int(config.eos_token_id)
+        self.eos = int(config.eos_id)
         self.device = torch.device(config.device)
         self.generator = None
         if config.seed is not None:
@@ -83,8 +83,8 @@ class SingleDocumentGenerator:
 
     def _new_context(self) -> DocumentContext:
         cfg = self.cfg
-        self.model.setup_cache(1, cfg.max_context_length, device=self.device)
-        return DocumentContext(cfg.max_context_length, cfg.max_auxiliary_documents + 1, cfg.eviction_policy,
+        self.model.setup_cache(1, cfg.max_seq_len, device=self.device)
+        return DocumentContext(cfg.max_seq_len, cfg.max_auxiliary_documents + 1, cfg.eviction_policy,
                                cfg.mask_kind, cfg.max_tokens_per_document, device=self.device,
                                on_compact=self.model.compact_cache)
 
@@ -399,20 +399,19 @@ class PromptLinkProcessor:
 
 def generate_linked(model, prompt: str | Sequence[int], corpus: DocumentCorpus | str | None = None, *,
                     tokenizer=None, logits_processors: Sequence[LogitsProcessor] = (), config: GenerationConfig | None = None,
-                    generator: torch.Generator | None = None, eos_id: int | None = None, compile: bool = False,
-                    **options) -> GenerationResult:
+                    generator: torch.Generator | None = None, compile: bool = False, **options) -> GenerationResult:
     """Generates a root document from ``prompt`` (text, or token ids) and the documents it links to.
 
     ``corpus``: a :class:`DocumentCorpus`, a corpus directory, or None. ``tokenizer`` defaults to
     ``model.tokenizer``, then the corpus's. ``options`` are :class:`GenerationConfig` fields (or pass
-    ``config``); ``eos_id`` is an alias of ``eos_token_id``; ``generator`` a torch.Generator for
+    ``config``; the old names ``eos_token_id`` and ``max_context_length`` still work, with a
+    DeprecationWarning); ``generator`` a torch.Generator for
     sampling (else ``seed``). ``compile`` (True or a ``torch.compile`` mode) compiles the one-token
     decode step; the one-off compilation takes seconds, so it pays off for long runs
     (benchmarks/test_linked_generation.py measures both).
     Returns a :class:`GenerationResult`.
     """
-    if eos_id is not None:
-        options["eos_token_id"] = eos_id
+    options = GenerationConfig.renamed_options(options)
     if config is None:
         config = GenerationConfig.from_kwargs(**options)
     elif options:
