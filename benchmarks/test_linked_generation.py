@@ -101,7 +101,7 @@ def test_linked_generation_tokens_per_second(benchmark, preset, tokenizer, words
     model = LanguageModel(ModelConfig.preset(preset, vocab_size=tok.vocab_size)).eval()
     scripts = scenario(tok, words)
     cfg = resolve_config(model, tok, GenerationConfig(temperature=0.0, max_new_tokens=10_000, max_link_depth=1,
-                                                      max_context_length=cache))
+                                                      max_seq_len=cache))
     threads = torch.get_num_threads()
     fns = {
         "ours_compiled": lambda: run_once(LinkedDocumentGenerator, model, tok, cfg, scripts, compile=True),
@@ -125,7 +125,7 @@ def test_linked_generation_tokens_per_second(benchmark, preset, tokenizer, words
     finally:
         torch.set_num_threads(threads)
     info = benchmark.extra_info
-    info.update(machine_info(), preset=preset, tokenizer=tokenizer, cache_slots=cfg.max_context_length,
+    info.update(machine_info(), preset=preset, tokenizer=tokenizer, cache_slots=cfg.max_seq_len,
                 params=model.num_parameters(), sampled_tokens=n_tokens, threads=1, rounds=3,
                 context_tokens=int(sum(len(d.tokens) for d in ref.get_all_documents())),
                 first_run_with_compile_s=round(t_first, 2))

@@ -74,6 +74,15 @@ def test_config_from_kwargs_names_unknown_options():
     assert GenerationConfig.from_kwargs(max_link_depth=2).max_link_depth == 2
 
 
+def test_config_old_option_names_are_deprecated_aliases():
+    """eos_token_id / max_context_length were public: they map to eos_id / max_seq_len, with a warning."""
+    with pytest.warns(DeprecationWarning, match="eos_id"):
+        c = GenerationConfig.from_kwargs(eos_token_id=3, max_context_length=64)
+    assert (c.eos_id, c.max_seq_len) == (3, 64)
+    with pytest.raises(TypeError, match="twice"), pytest.warns(DeprecationWarning):
+        GenerationConfig.from_kwargs(eos_id=3, eos_token_id=3)
+
+
 # ---------------------------------------------------------------- result
 def _doc(title, parent=None, links=(), source="generated", text=None):
     return GeneratedDocument(title=title, text=text or f"# {title}\n", source=source, is_root=parent is None,

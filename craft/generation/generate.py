@@ -26,9 +26,7 @@ from craft.generation.sampling import (
 
 def model_max_seq_len(model) -> int:
     """Positions the model was built for (its rotary tables / training context)."""
-    cfg = model.config
-    n = getattr(cfg, "max_seq_len", None)
-    return int(n if n is not None else cfg.context_length)
+    return int(model.config.max_seq_len)
 
 
 def prefill(model, tokens: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor | None = None,

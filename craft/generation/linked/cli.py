@@ -33,7 +33,8 @@ def add_linked_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                    help=f"documents besides the root (at most {MAX_AUX_DOCS})")
     g.add_argument("--max-tokens-per-document", type=int, default=None, metavar="N",
                    help="default: the checkpoint's training seq_len")
-    g.add_argument("--max-seq-len", "--max-context-length", dest="max_seq_len", type=int, default=None, metavar="N", help="KV-cache slots (default: model context)")
+    g.add_argument("--max-seq-len", "--max-context-length", dest="max_seq_len", type=int, default=None, metavar="N",
+                   help="KV-cache slots (default: the model's max_seq_len); --max-context-length is its old name")
     g.add_argument("--eviction-policy", choices=EVICTION_POLICIES, default="drop_oldest")
     g.add_argument("--mask-kind", choices=GENERATION_MASK_KINDS, default="cross_doc_link")
     g.add_argument("--constrain-links", action="store_true", help="link targets must be corpus titles (needs --corpus)")

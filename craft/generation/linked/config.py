@@ -25,7 +25,7 @@ def _bool(name, v):
         raise TypeError(f"{name}: expected True or False, got {v!r}")
 
 
-_RENAMED = {"max_context_length": "max_seq_len", "eos_token_id": "eos_id"}
+_RENAMED = {"max_context_length": "max_seq_len", "eos_token_id": "eos_id"}  # old public name -> name
 
 
 @renamed(**_RENAMED)
@@ -103,7 +103,8 @@ class GenerationConfig:
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "GenerationConfig":
-        """Like ``GenerationConfig(**kwargs)`` but names unknown options and lists the valid ones."""
+        """Like ``GenerationConfig(**kwargs)`` but names unknown options and lists the valid ones
+        (deprecated names are accepted, with a DeprecationWarning)."""
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = rename_kwargs(cls.__name__, kwargs, _RENAMED)
         unknown = sorted(set(kwargs) - names)

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from craft.generation.generate import select_decode_step
+from craft.generation.generate import model_max_seq_len, select_decode_step
 from craft.generation.sampling import LogitsProcessor, apply_processors, sample
 from craft.generation.linked.config import GenerationConfig
 from craft.generation.linked.context import ContextFull, DocumentContext
@@ -36,7 +36,7 @@ from craft.generation.linked.result import GeneratedDocument, GenerationResult
 def resolve_config(model, tokenizer, config: GenerationConfig) -> GenerationConfig:
     """Fills the ``None`` fields from the model (context length, device), its checkpoint's training
     ``seq_len`` (per-document limit) and the tokenizer (EOS id); checks they fit together."""
-    ctx_len = int(model.config.max_seq_len)
+    ctx_len = model_max_seq_len(model)
     max_ctx = config.max_seq_len or ctx_len
     per_doc = config.max_tokens_per_document
     if per_doc is None:
@@ -399,13 +399,13 @@ class PromptLinkProcessor:
 
 def generate_linked(model, prompt: str | Sequence[int], corpus: DocumentCorpus | str | None = None, *,
                     tokenizer=None, logits_processors: Sequence[LogitsProcessor] = (), config: GenerationConfig | None = None,
-                    generator: torch.Generator | None = None, compile: bool = False,
-                    **options) -> GenerationResult:
+                    generator: torch.Generator | None = None, compile: bool = False, **options) -> GenerationResult:
     """Generates a root document from ``prompt`` (text, or token ids) and the documents it links to.
 
     ``corpus``: a :class:`DocumentCorpus`, a corpus directory, or None. ``tokenizer`` defaults to
     ``model.tokenizer``, then the corpus's. ``options`` are :class:`GenerationConfig` fields (or pass
-    ``config``); ``generator`` a torch.Generator for
+    ``config``; the old names ``eos_token_id`` and ``max_context_length`` still work, with a
+    DeprecationWarning); ``generator`` a torch.Generator for
     sampling (else ``seed``). ``compile`` (True or a ``torch.compile`` mode) compiles the one-token
     decode step; the one-off compilation takes seconds, so it pays off for long runs
     (benchmarks/test_linked_generation.py measures both).
