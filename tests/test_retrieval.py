@@ -193,3 +193,12 @@ def test_cli_train_eval_json_and_errors(tmp_path):
         p = _craft(*args)
         assert p.returncode == 1 and p.stderr.startswith("craft: error:") and msg in p.stderr, (args, p.stderr)
         assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_text_embeddings_from_the_bundled_wordllama_model():
+    pytest.importorskip("wordllama")
+    from craft.retrieval.semantic_ids import text_embeddings
+    e = text_embeddings(["red matte lipstick", "lipstick, red", "hair dryer 2000W"])
+    assert e.shape == (3, 256)
+    sim = e @ e.T
+    assert sim[0, 1] > sim[0, 2] + 0.3  # related titles are closer than unrelated ones
