@@ -158,6 +158,9 @@ def test_train_resume_and_evaluate(tmp_path):
     res = evaluate(model, codes, data, "test", beams=12, batch_users=8)
     assert res["invalid_id_rate"] == 0.0 and res["users"] == len(data.test)
     assert set(res["baselines"]) == {"popularity", "transition"} and "alpha" in res["hybrid"]
+    # a beam as wide as the catalog is exact: the oracle's full ranking gives the same metrics
+    res = evaluate(model, codes, data, "valid", beams=30, batch_users=8, hybrid=False, exact_users=12)
+    assert res["exact"]["users"] == 12 and res["exact"]["beam"] == pytest.approx(res["exact"]["exact"])
 
 
 def _craft(*args, cwd=None):
@@ -184,9 +187,18 @@ def test_cli_train_eval_json_and_errors(tmp_path):
     for args, msg in [(("train", "--data", str(bad), "--out", str(out)), "bad.txt:2:"),
                       (("train", "--data", str(data), "--out", str(out), "--sids", "wat"), "--sids 'wat'"),
                       (("train", "--data", str(data), "--out", str(out), "--sids", "letter:" + str(tmp_path / "no.json")),
-                       "no.json: no such"),
+                       "no.json: no such file"),
                       (("eval", str(tmp_path)), "not a retrieval run folder"),
                       (("eval", str(out), "--beam", "5"), "--beam: at least 10")]:
         p = _craft(*args)
         assert p.returncode == 1 and p.stderr.startswith("craft: error:") and msg in p.stderr, (args, p.stderr)
         assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_text_embeddings_from_the_bundled_wordllama_model():
+    pytest.importorskip("wordllama")
+    from craft.retrieval.semantic_ids import text_embeddings
+    e = text_embeddings(["red matte lipstick", "lipstick, red", "hair dryer 2000W"])
+    assert e.shape == (3, 256)
+    sim = e @ e.T
+    assert sim[0, 1] > sim[0, 2] + 0.3  # related titles are closer than unrelated ones

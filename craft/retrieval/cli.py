@@ -50,6 +50,8 @@ def register(subparsers) -> None:
     e.add_argument("--batch-users", type=int, default=256)
     e.add_argument("--max-users", type=int, help="evaluate only the first N users (quick checks)")
     e.add_argument("--no-hybrid", action="store_true", help="skip the hybrid ranker (saves a validation decode)")
+    e.add_argument("--exact-users", type=int, default=0,
+                   help="also score every item exactly for the first N users (the beam-search oracle; slow)")
     e.add_argument("--data", help="interactions file (default: the one the run was trained on)")
     e.add_argument("--threads", type=int)
     e.add_argument("--json", action="store_true", help="print one JSON object")
@@ -69,15 +71,22 @@ def _positive(args, names):
             raise _error(f"--{n.replace('_', '-')}: expected a positive number, got {v}")
 
 
+def _check_sids(spec: str) -> tuple[str, str]:
+    kind, _, path = spec.partition(":")
+    if kind not in ("cf", "text", "letter", "attributes") or (kind != "cf") != bool(path):
+        raise _error(f"--sids {spec!r}: expected cf, text:FILE, letter:FILE or attributes:FILE")
+    if path and not Path(path).is_file():
+        raise _error(f"--sids {spec!r}: {path}: no such file")
+    return kind, path
+
+
 def build_codes(data, spec: str, quantizer: str, levels: int, codebook_size: int, seed: int, log):
     """(codes (n_items + 1, L + 1) with the collision code, report of the IDs before it)."""
     import numpy as np
     from craft.data.recsys import read_attributes, read_item_text, read_letter_index
     from craft.retrieval import semantic_ids as S
 
-    kind, _, path = spec.partition(":")
-    if kind not in ("cf", "text", "letter", "attributes") or (kind != "cf") != bool(path):
-        raise _error(f"--sids {spec!r}: expected cf, text:FILE, letter:FILE or attributes:FILE")
+    kind, path = _check_sids(spec)
     if kind == "letter":
         codes = read_letter_index(path, data.n_items)
     else:
@@ -108,6 +117,7 @@ def cmd_train(args) -> int:
 
     _positive(args, ["max_minutes", "epochs", "batch_size", "lr", "dim", "layers", "heads", "hidden_dim",
                      "max_history", "levels", "codebook_size", "threads"])
+    _check_sids(args.sids)
     if not 0 <= args.dropout < 1:
         raise _error(f"--dropout: expected a value in [0, 1), got {args.dropout}")
     if args.threads:
@@ -162,7 +172,7 @@ def cmd_eval(args) -> int:
         raise _error(f"{args.data or run['data']}: {data.n_items} items, the run's IDs cover {len(codes) - 1}")
     res = evaluate(model, codes, data, args.split, args.beam, hybrid=not args.no_hybrid,
                    batch_users=args.batch_users, progress=not args.no_progress and not args.json,
-                   max_users=args.max_users)
+                   max_users=args.max_users, exact_users=args.exact_users)
     res["run"] = str(args.dir)
     res["step"] = run["step"]
     print(json.dumps(res, indent=1) if args.json else format_results(res))

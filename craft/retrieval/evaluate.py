@@ -15,8 +15,8 @@ import torch
 
 from craft.data.recsys import Examples, RecsysData
 from craft.retrieval.baselines import Popularity, TransitionHeuristic, evaluate_ranker
-from craft.retrieval.decode import BeamTimer, beam_search, build_trie, hybrid_rank, score_items
-from craft.retrieval.metrics import metrics_from_ranks, ranks_from_lists
+from craft.retrieval.decode import BeamTimer, beam_search, build_trie, exact_scores, hybrid_rank, score_items
+from craft.retrieval.metrics import metrics_from_ranks, ranks_from_lists, target_ranks
 
 ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -67,7 +67,11 @@ def _hybrid_metrics(items, logp, extra, extra_lp, h_cand, alpha, targets):
 
 
 def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", beams: int = 20,
-             hybrid: bool = True, batch_users: int = 256, progress: bool = False, max_users: int | None = None) -> dict:
+             hybrid: bool = True, batch_users: int = 256, progress: bool = False, max_users: int | None = None,
+             exact_users: int = 0) -> dict:
+    """Metrics of the model (beam search), the baselines and the hybrid on ``split``; with
+    ``exact_users`` > 0 also beam vs exact full-catalog scoring (:func:`exact_scores`, pessimistic
+    ties) on the split's first ``exact_users`` users."""
     if split not in ("valid", "test"):
         raise ValueError(f"split: expected 'valid' or 'test', got {split!r}")
     if beams < 10:
@@ -104,6 +108,14 @@ def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", be
         e, elp, eh = (ve, vlp, vh) if split == "valid" else _hybrid_inputs(model, codes_t, ex, heur, items, beams, batch_users)
         hm, _ = _hybrid_metrics(items, logp, e, elp, eh, alpha, ex.target)
         res["hybrid"] = {"alpha": alpha, **hm, "valid_ndcg@10_by_alpha": {str(a): v for a, v in scores.items()}}
+    if exact_users:
+        n = min(exact_users, len(ex))
+        ranks = []
+        for i in range(0, n, 8):
+            sc = exact_scores(model, codes_t, ex.history[i:min(n, i + 8)], data.n_items, chunk_rows=8192)
+            ranks.append(target_ranks(sc, ex.target[i:min(n, i + 8)]))
+        res["exact"] = {"users": n, "exact": metrics_from_ranks(np.concatenate(ranks)),
+                        "beam": metrics_from_ranks(ranks_from_lists(items[:n], ex.target[:n]))}
     res["seconds"] = time.perf_counter() - t_start
     return res
 
@@ -118,6 +130,10 @@ def format_results(res: dict) -> str:
         lines.append(row(f"hybrid a={res['hybrid']['alpha']:g}", res["hybrid"]))
     for name, m in res["baselines"].items():
         lines.append(row(name, m))
+    if "exact" in res:
+        lines.append(f"beam vs exact full-catalog scoring on the first {res['exact']['users']} users:")
+        lines.append(row("  beam", res["exact"]["beam"]))
+        lines.append(row("  exact", res["exact"]["exact"]))
     lines.append(f"invalid IDs {100 * res['invalid_id_rate']:.3f}%  decode {res['decode_seconds']:.1f} s "
                  f"({res['users_per_sec']:.0f} users/s, constraint {100 * res['constraint_share']:.1f}% of decode)  "
                  f"total {res['seconds']:.1f} s")

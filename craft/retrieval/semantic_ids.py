@@ -87,9 +87,14 @@ def attribute_embeddings(attrs: list[list[int]], dim: int = 64, seed: int = 0) -
 def text_embeddings(texts: list[str], dim: int = 256) -> np.ndarray:
     """float32 (len(texts), dim) unit rows from ``wordllama``'s bundled model (no network). Raises
     ImportError when the package is missing."""
-    from wordllama import WordLlama  # optional dependency
+    import os
 
-    wl = WordLlama.load(dim=dim)
+    import wordllama  # optional dependency
+    from wordllama import WordLlama
+
+    # the wheel ships weights/ and tokenizers/; pointing the cache at the package finds both, and
+    # disable_download makes a missing file an error instead of a download
+    wl = WordLlama.load(dim=dim, cache_dir=os.path.dirname(wordllama.__file__), disable_download=True)
     x = np.asarray(wl.embed([t or " " for t in texts]), dtype=np.float32)
     return _normalise(x)
 
