@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from craft.directives.directive import MODES, DirectiveState, TransformDirective, directive_step
-from craft.generation.kv_cache import KVCache  # the one import of the static cache
+from craft.models.kv_cache import KVCache  # the one import of the static cache
 from craft.models.config import ModelConfig
 from craft.models.transformer import Block, RMSNorm, rope_angles
 
@@ -70,7 +70,7 @@ class DirectiveDecoder(nn.Module):
         if not eps < min_prob < 0.5:
             raise ValueError(f"min_prob: expected eps ({eps}) < min_prob < 0.5, got {min_prob}")
         self.config = ModelConfig(vocab_size=1, dim=dim, n_layers=n_layers, n_heads=n_heads,
-                                  ff_dim=hidden_dim or 4 * dim, context_length=max_seq_len)
+                                  hidden_dim=hidden_dim or 4 * dim, max_seq_len=max_seq_len)
         self.mode, self.min_prob, self.eps, self.max_seq_len = mode, min_prob, eps, max_seq_len
         self.layers = nn.ModuleList(Block(self.config) for _ in range(n_layers))
         self.norm = RMSNorm(dim, self.config.norm_eps)
