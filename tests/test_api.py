@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # files whose owners still import a private craft_kernels module; switch them to the public names
 # (craft_kernels.bf16_is_fast, craft_kernels.format_backend_info) and empty this set
-PENDING = {"craft/training/trainer.py", "craft/cli.py"}
+PENDING: set[str] = set()
 
 
 def _private_imports(path: Path) -> list[str]:

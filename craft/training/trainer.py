@@ -37,7 +37,7 @@ from craft.training.checkpoint import (
     checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint, set_rng_state,
 )
 from craft.training.config import RUN_FIELDS, TrainConfig
-from craft_kernels._backend import bf16_is_fast
+from craft_kernels import bf16_is_fast
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
