@@ -98,9 +98,17 @@ class CoreBase {
             holder = as_ids_(obj);
             if (!view(holder, p, n)) throw py::type_error("ids: the converter did not return a 1-d int64 array");
         }
-        ids_.assign(p, p + n);
-        check_ids(ids_.data(), n);
-        return ids_.data();
+        ids_.resize(static_cast<size_t>(n));
+        i64* q = ids_.data();
+        i64 lo = 0, hi = 0;
+        for (i64 i = 0; i < n; ++i) {  // one pass: copy, and min/max of the copy (vectorised)
+            const i64 v = p[i];
+            q[i] = v;
+            lo = std::min(lo, v);
+            hi = std::max(hi, v);
+        }
+        if (lo < 0 || hi >= tt_.vocab()) check_ids(q, n);  // finds the offending index for the message
+        return q;
     }
     void release_ids() {
         if (ids_.capacity() > kKeepIdBuffer) std::vector<i64>().swap(ids_);
@@ -183,12 +191,6 @@ class CoreBase {
 
     void check_ids(const i64* p, i64 n) const {
         const i64 vocab = tt_.vocab();
-        i64 lo = 0, hi = 0;
-        for (i64 i = 0; i < n; ++i) {  // vectorised min/max; the message is looked for only on failure
-            lo = std::min(lo, p[i]);
-            hi = std::max(hi, p[i]);
-        }
-        if (lo >= 0 && hi < vocab) return;
         for (i64 i = 0; i < n; ++i) {
             if (p[i] < 0)
                 throw py::value_error("ids: ids must be >= 0, found " + std::to_string(p[i]) + " at index " +

@@ -552,9 +552,9 @@ class LinkDetector:
     ``inside_target`` (True after ``](`` and before the closing ``)``) and ``current_target_bytes``
     (the target so far, ``b""`` outside a target).
 
-    Safe to share between threads: calls on one detector run one at a time. The C++ core reads a
-    1-d int64 array in place while it holds the GIL and copies it before releasing the GIL (long
-    calls), so another thread writing to the array cannot crash it.
+    Safe to share between threads: calls on one detector run one at a time. The C++ core copies the
+    ids into a buffer it owns and checks them there before reading them, so another thread writing
+    to the caller's array during a call cannot crash it.
     """
 
     def __init__(self, token_bytes: Sequence[bytes], max_text_bytes: int = 1024, max_target_bytes: int = 1024,
