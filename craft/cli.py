@@ -37,6 +37,7 @@ class CliError(Exception):
 
 def _parse_set(items: list[str]) -> tuple[dict, dict]:
     from craft.models import ModelConfig
+    from craft.models.config import _RENAMED as MODEL_RENAMED
     from craft.training import TrainConfig
 
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -52,6 +53,9 @@ def _parse_set(items: list[str]) -> tuple[dict, dict]:
             value = raw
         if key in ("preset", "tokenizer"):
             raise CliError(f"--set {key}: use --{key} instead")
+        if key in MODEL_RENAMED:
+            print(f"craft: warning: --set {key} is deprecated, use --set {MODEL_RENAMED[key]}", file=sys.stderr)
+            key = MODEL_RENAMED[key]
         if key in model_fields:
             model[key] = value
         elif key in train_fields:
