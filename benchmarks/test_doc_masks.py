@@ -75,7 +75,7 @@ def _decode_state(T=4096, n_docs=32, room=160):
 def test_decode_step_row_vs_row_from_ids(compare):
     """CPU path, one decoding step at T=4096: append a token and get its mask row, vs what a user
     would write instead: the one row computed from the doc ids and links (O(T), no T x T mask)."""
-    st = _decode_state()
+    st = _decode_state(room=600)  # room for every timed step of both sides
     slots = torch.arange(st.max_len)
 
     def step():
@@ -99,7 +99,5 @@ def test_decode_step_row_vs_row_from_ids(compare):
     st.doc_ids[st.length] = -1
     assert torch.equal(row_from_ids(), rebuild())
     dense = interleaved(step, rebuild, rounds=20)["ratio"]
-    start = st.length
     compare(step, row_from_ids, rounds=200, warmup=5, T=st.max_len, n_docs=32, path="SDPA row",
             baseline_kind="the row computed from the ids (O(T))", speedup_vs_dense_rebuild=round(dense, 2))
-    assert st.length - start < 160 - 1

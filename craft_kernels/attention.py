@@ -30,8 +30,14 @@ def _bucket(T) -> int:
     return b
 
 
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+# where nothing was calibrated (inside torch.compile tracing): the span kernel's vector code is
+# shaped for AVX-512; elsewhere SDPA is the safe default (read once here: tracing cannot read files)
+_SPAN_DEFAULT = "span" if "avx512f" in _backend.cpu_flags() else "sdpa"
+
+
 def _span_key(q, docs: bool) -> str:
-    return f"hd{q.shape[-1]}|T{_bucket(q.shape[2])}|{'docs' if docs else 'causal'}|{str(q.dtype)[6:]}"
+    return f"hd{q.shape[-1]}|T{_bucket(q.shape[2])}|{'docs' if docs else 'causal'}|{_DTYPE_NAMES.get(q.dtype, 'other')}"
 
 
 def _calibration_cases(hd: int, T: int, docs: bool, dtype: torch.dtype) -> dict:
@@ -51,9 +57,8 @@ def _calibration_cases(hd: int, T: int, docs: bool, dtype: torch.dtype) -> dict:
 
 def _span_wins(q: torch.Tensor, docs: bool) -> bool:
     hd, T, dtype = q.shape[-1], _bucket(q.shape[2]), q.dtype
-    default = "span" if "avx512f" in _backend.cpu_flags() else "sdpa"
     return _backend.choose("doc_attention", _span_key(q, docs),
-                           candidates=lambda: _calibration_cases(hd, T, docs, dtype), default=default) == "span"
+                           candidates=lambda: _calibration_cases(hd, T, docs, dtype), default=_SPAN_DEFAULT) == "span"
 
 
 @functools.lru_cache(maxsize=None)

@@ -114,7 +114,9 @@ def _prepare(doc_ids, kind: str, links):
         raise ValueError(f"doc_ids: expected shape (B, T), got {tuple(doc_ids.shape)}; use ids[None] for one row")
     doc_ids = doc_ids.long()
     n_docs = 0
-    if doc_ids.numel():
+    # inside torch.compile tracing the value checks would read data (a graph break); kinds without
+    # links need no value from the data, so there they are checked only in eager calls
+    if doc_ids.numel() and not (torch.compiler.is_compiling() and kind != "cross_doc_link"):
         lo, hi = torch.aminmax(doc_ids)
         if int(lo) < -1:
             raise ValueError(f"doc_ids: must be >= 0, or -1 for padding; got {int(lo)}")

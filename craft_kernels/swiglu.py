@@ -9,8 +9,9 @@ Paths (picked per call by ``craft_kernels._backend.kernels_impl``; CRAFT_KERNELS
   also saves only gate and up (the compiled one-liner a competent user would write, and as fast).
   Which of the two runs is a per-machine choice per dtype (``craft_kernels._backend.choose``:
   calibrated once, cached; ``CRAFT_IMPL_SWIGLU=compiled|eager`` forces one). The compiled function
-  sees 2-d ``(rows, F)`` views with dynamic shapes, so new shapes never recompile (and never reach
-  Dynamo's recompile limit, past which it would run eager silently). Compilation happens on the
+  (one per dtype) sees 2-d ``(rows, F)`` views, specialised on the first shape and dynamic from the
+  second, so new shapes never recompile again (and never reach Dynamo's recompile limit, past
+  which it would run eager silently). Compilation happens on the
   first call; if it fails there (no C++ compiler, say), that call and every later one run the
   eager path and ``craft info`` says why. Tensors under 32k elements and fp64 always run eager
   (a compiled call's overhead would dominate; fp64 stays exact).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+import types
 import warnings
 
 import torch
@@ -115,11 +117,14 @@ def _bwd_math(do, g, u):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled():
+def _compiled(dtype: torch.dtype):
     # the plain math compiled at the autograd level: AOTAutograd derives one fused backward that
     # recomputes sigmoid (saves only gate and up), as the compiled one-liner a user would write does.
-    # dynamic=True: one graph per dtype and row layout (contiguous or strided halves), whatever the shape
-    return torch.compile(_fwd_math, dynamic=True)
+    # One code object per dtype, so Dynamo's recompile limit (per code object) is never reached:
+    # dynamic=None specialises on the first shape and marks the dims dynamic once a second shape
+    # arrives, so a dtype holds at most 2 row layouts x (static + dynamic) = 4 graphs.
+    code = _fwd_math.__code__.replace(co_name=f"_fwd_math_{str(dtype)[6:]}")
+    return torch.compile(types.FunctionType(code, _fwd_math.__globals__, code.co_name), dynamic=None)
 
 
 _compile_error: str | None = None  # why compilation failed in this process, if it did
@@ -132,7 +137,7 @@ class _CompileFailed(RuntimeError):
 def _run_compiled(g, u):
     global _compile_error
     try:
-        return _compiled()(_rows(g), _rows(u)).reshape(g.shape)
+        return _compiled(g.dtype)(_rows(g), _rows(u)).reshape(g.shape)
     except Exception as e:  # compile is lazy: a missing or broken toolchain shows up on the first call
         if _compile_error is None:
             msg = str(e).strip()

@@ -144,3 +144,15 @@ def test_craft_info_prints_each_ops_path_and_reason(tmp_path):
     assert d["doc_attention"]["all"] == "sdpa (CRAFT_IMPL_DOC_ATTENTION=sdpa)"
     assert d["autocast"]["all"].startswith("fp32 (CRAFT_IMPL_AUTOCAST=fp32")
     assert "not chosen yet" in d["swiglu"]["all"]
+
+
+@pytest.mark.parametrize("path", ["sdpa", "span"])
+def test_doc_attention_compiles_fullgraph_on_either_path(fresh, monkeypatch, path):
+    # a model compiled with fullgraph must trace whichever path this machine's dispatch picks
+    monkeypatch.setenv("CRAFT_IMPL_DOC_ATTENTION", path)
+    _backend.reset_dispatch()
+    q = torch.randn(2, 2, 64, 16)
+    ids = torch.zeros(2, 64, dtype=torch.long)
+    ids[1, -5:] = -1
+    f = torch.compile(lambda q, ids: doc_attention(q, q, q, ids, kind="doc_causal"), fullgraph=True)
+    torch.testing.assert_close(f(q, ids), doc_attention(q, q, q, ids, kind="doc_causal"))
