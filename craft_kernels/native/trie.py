@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from craft_kernels._validate import check_int
 from craft_kernels.native import _dispatch
 from craft_kernels.native._validate import int_array, positive_int
 
@@ -350,8 +351,7 @@ class Trie:
         if on_empty == "eos":
             if eos_id is None:
                 raise ValueError("eos_id: required with on_empty='eos'")
-            if isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer)) or not 0 <= eos_id < v:
-                raise ValueError(f"eos_id: expected an int in [0, {v}), got {eos_id!r}")
+            check_int(eos_id, "eos_id", 0, v - 1, hint=" (the vocabulary)")
         s = self._states(states)
         if s.shape != (b,):
             raise ValueError(f"states: expected {b} states, one per logits row, got shape {s.shape}")
