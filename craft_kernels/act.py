@@ -140,9 +140,14 @@ def _fwd_torch(x, r, h, m, eps, carry):
     else:
         slots = None
     if slots is None:
-        slots = xs.new_zeros(B, S + 1, D)
+        # rows of (B * (S + 1), D): index_add_ adds whole contiguous rows (vectorised over D), where
+        # scatter_add_ with an expanded (B, N, D) index visits every element through its index
+        rows = (torch.arange(B, device=dev)[:, None, None] * (S + 1) + safe).reshape(B * N, 2)
+        flat = xs.new_zeros(B * (S + 1), D)
+        xf = xs.reshape(B * N, D)
         for k in range(2 if carry else 1):  # piece 0: where the step starts; piece 1: carry mode's excess
-            slots.scatter_add_(1, safe[..., k, None].expand(B, N, D), w[..., k, None] * xs)
+            flat.index_add_(0, rows[:, k], xf * w.reshape(B * N, 2)[:, k, None])
+        slots = flat.view(B, S + 1, D)
     return (slots[:, :S].to(x.dtype).contiguous(), w, idx, torch.from_numpy(tape).to(dev),
             torch.from_numpy(halt).to(dev, x.dtype), torch.from_numpy(closed).to(dev))
 
@@ -220,10 +225,11 @@ def _bwd_torch(gslots, gw, ghalt, x, w, idx, tape, carry):
         for k in range(2 if carry else 1):  # absent pieces read slot S-1: their gw is never used
             gw[..., k] += dots.gather(1, safe[:, None, :, k].clamp(max=S - 1)).squeeze(1)
     else:
-        gs = torch.cat([gslots.to(sd), gslots.new_zeros(B, 1, D, dtype=sd)], 1)
+        gs = torch.cat([gslots.to(sd), gslots.new_zeros(B, 1, D, dtype=sd)], 1).reshape(B * (S + 1), D)
+        rows = (torch.arange(B, device=x.device)[:, None, None] * (S + 1) + safe).reshape(B, N, 2)
         gx = xs.new_zeros(x.shape)
-        for k in range(2 if carry else 1):
-            g = gs.gather(1, safe[..., k, None].expand(B, N, D))
+        for k in range(2 if carry else 1):  # whole-row gathers (index_select), as in the forward
+            g = gs.index_select(0, rows[..., k].reshape(-1)).view(B, N, D)
             gx += w[..., k, None] * g
             gw[..., k] += (g * xs).sum(-1)
     gx = gx.to(x.dtype)

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
+from craft_kernels._validate import check_int
+
 MASK_KINDS = ("causal", "full", "doc_causal", "doc_bidirectional", "cross_doc_link")
 
 
@@ -301,8 +303,7 @@ def doc_block_mask(doc_ids: torch.Tensor, kind: str = "doc_causal", links: torch
     ``create_block_mask(doc_mask_mod(doc_ids, kind, links), B, None, T, T, BLOCK_SIZE=block_size)``'s;
     T need not be a multiple of ``block_size`` (the tail block is never full)."""
     doc_ids, links = _prepare(doc_ids, kind, links)
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size: expected an int >= 1, got {block_size!r}")
+    block_size = check_int(block_size, "block_size", 1)
     B, T = doc_ids.shape
     if B == 0 or T == 0:
         raise ValueError(f"doc_ids: expected B >= 1 and T >= 1, got shape {tuple(doc_ids.shape)}")
@@ -414,8 +415,7 @@ class DocMaskState:
         """Give the next ``n`` slots to the current document; returns them, int64 ``(n,)``."""
         if self.current_doc is None:
             raise RuntimeError("append: no current document; call start_document(doc) first")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: expected an int >= 1, got {n!r}")
+        n = check_int(n, "n", 1)
         if self.length + n > self.max_seq_len:
             raise ValueError(f"n: {n} more tokens do not fit ({self.length} of {self.max_seq_len} slots used); "
                              "evict a document and compact()")
@@ -463,9 +463,7 @@ class DocMaskState:
 
     # -- masks
     def _check_query(self, n_query: int) -> None:
-        if isinstance(n_query, bool) or not isinstance(n_query, int) or not 1 <= n_query <= self._n_last:
-            raise ValueError(f"n_query: must be an int in [1, {self._n_last}] (tokens of the last append of "
-                             f"the current document), got {n_query!r}")
+        check_int(n_query, "n_query", 1, self._n_last, hint=" (tokens of the last append of the current document)")
 
     def query_mask(self, n_query: int = 1) -> torch.Tensor:
         """bool ``(1, 1, n_query, max_seq_len)``: the last ``n_query`` appended tokens against every slot."""

@@ -30,11 +30,20 @@ Arr pad_units(Arr tokens, Arr offsets, i64 width, i64 pad_id) {
     i64* o = out.mutable_data();
     {
         py::gil_scoped_release nogil;
-        for (i64 u = 0; u < n_units; ++u) {
-            const i64 len = std::min(off[u + 1] - off[u], width);
-            i64* row = o + u * width;
-            std::copy(tok + off[u], tok + off[u] + len, row);
-            std::fill(row + len, row + width, pad_id);
+        if (width <= 16) {  // short rows: one select per slot, no library call per unit
+            for (i64 u = 0; u < n_units; ++u) {
+                const i64 len = std::min(off[u + 1] - off[u], width);
+                const i64* src = tok + off[u];
+                i64* row = o + u * width;
+                for (i64 k = 0; k < width; ++k) row[k] = k < len ? src[k] : pad_id;
+            }
+        } else {
+            for (i64 u = 0; u < n_units; ++u) {
+                const i64 len = std::min(off[u + 1] - off[u], width);
+                i64* row = o + u * width;
+                std::copy(tok + off[u], tok + off[u] + len, row);
+                std::fill(row + len, row + width, pad_id);
+            }
         }
     }
     return out;

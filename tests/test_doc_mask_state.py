@@ -141,7 +141,7 @@ def test_state_errors():
     with pytest.raises(RuntimeError, match="start_document"):
         st_.append(1)
     st_.start_document(0)
-    with pytest.raises(ValueError, match="n: expected an int >= 1"):
+    with pytest.raises(ValueError, match="n: must be >= 1"):
         st_.append(0)
     st_.append(4)
     with pytest.raises(ValueError, match="do not fit"):

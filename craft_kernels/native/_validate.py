@@ -1,9 +1,12 @@
-"""Argument checks shared by the native-op wrappers: every message names the argument and the fix."""
+"""Array checks shared by the native-op wrappers (integer scalars: craft_kernels._validate.check_int);
+every message names the argument and the fix."""
 from __future__ import annotations
 
 import os
 
 import numpy as np
+
+from craft_kernels._validate import I64_MAX as _I64_MAX, check_int
 
 
 def int_array(x, name: str, ndim: int = 1, copy: bool = False) -> np.ndarray:
@@ -28,16 +31,11 @@ def int_array(x, name: str, ndim: int = 1, copy: bool = False) -> np.ndarray:
     return np.array(a, dtype=np.int64, order="C", copy=True) if copy else np.ascontiguousarray(a, dtype=np.int64)
 
 
-_I64_MAX = np.iinfo(np.int64).max
 
 
 def int64_scalar(x, name: str) -> int:
     """`x` as a Python int that fits in int64 (token ids such as `pad_id`, which may be negative, e.g. -100)."""
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
-    if not -_I64_MAX - 1 <= int(x) <= _I64_MAX:
-        raise ValueError(f"{name}: {x} does not fit in int64")
-    return int(x)
+    return check_int(x, name)
 
 
 def offsets_array(x, name: str, total: int | None = None) -> np.ndarray:
@@ -58,13 +56,7 @@ def offsets_array(x, name: str, total: int | None = None) -> np.ndarray:
 
 
 def positive_int(x, name: str, minimum: int = 1) -> int:
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
-    if x < minimum:
-        raise ValueError(f"{name}: must be >= {minimum}, got {x}")
-    if x > _I64_MAX:
-        raise ValueError(f"{name}: {x} does not fit in int64")
-    return int(x)
+    return check_int(x, name, minimum)
 
 
 def ids_in_range(a: np.ndarray, name: str, vocab_size: int | None) -> None:

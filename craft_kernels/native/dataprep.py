@@ -14,6 +14,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from craft_kernels._validate import check_int
 from craft_kernels.native import _dispatch
 from craft_kernels.native._validate import (
     check_output_size, ids_in_range, int64_scalar, int_array, offsets_array, positive_int,
@@ -68,8 +69,7 @@ class Groups(Sequence):
         if isinstance(g, slice):
             return [self[i] for i in range(*g.indices(len(self)))]
         n = len(self)
-        if isinstance(g, bool) or not isinstance(g, (int, np.integer)):
-            raise TypeError(f"group index: expected an int or a slice, got {type(g).__name__}")
+        g = check_int(g, "group index")
         if not -n <= g < n:
             raise IndexError(f"group index {g} out of range for {n} groups")
         g = int(g) % n
@@ -246,8 +246,7 @@ def flatten_level(tokens, level_offsets, level: int) -> Flattened:
     sentences each give six units at level 1."""
     tokens = int_array(tokens, "tokens")
     levels = _check_levels(tokens, level_offsets)
-    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < len(levels):
-        raise ValueError(f"level: must be an int in [0, {len(levels)}) for {len(levels)} levels, got {level!r}")
+    level = check_int(level, "level", 0, len(levels) - 1, hint=f" for {len(levels)} levels")
     kept = levels[: level + 1]
     if _dispatch.use_cpp():
         tok_off = _dispatch.ext().compose_offsets(kept)

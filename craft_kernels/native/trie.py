@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from craft_kernels._validate import check_int
 from craft_kernels.native import _dispatch
 from craft_kernels.native._validate import int_array, positive_int
 
@@ -202,6 +203,8 @@ class Trie:
 
     def lookup(self, seq) -> np.ndarray:
         """int64 ids of the items whose full sequence is ``seq`` (empty if none)."""
+        if self._core is not None and type(seq) is np.ndarray and seq.dtype == np.int64 and seq.ndim == 1:
+            return self._core.items_one(seq, -1, True)
         return self._under(seq, "seq", -1, exact=True)
 
     def longest_prefix(self, seq) -> int:
@@ -214,6 +217,9 @@ class Trie:
     def items_with_prefix(self, prefix, limit: int | None = None) -> np.ndarray:
         """int64 ids of the items whose sequence starts with ``prefix`` (in sequence order), at most
         ``limit``. The retrieval fallback is ``items_with_prefix(seq[:longest_prefix(seq)])``."""
+        if limit is None and self._core is not None and type(prefix) is np.ndarray and prefix.dtype == np.int64 \
+                and prefix.ndim == 1:  # the decoding hot path: one C++ call
+            return self._core.items_one(prefix, -1, False)
         lim = -1 if limit is None else positive_int(limit, "limit", 0)
         return self._under(prefix, "prefix", lim, exact=False)
 
@@ -350,8 +356,7 @@ class Trie:
         if on_empty == "eos":
             if eos_id is None:
                 raise ValueError("eos_id: required with on_empty='eos'")
-            if isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer)) or not 0 <= eos_id < v:
-                raise ValueError(f"eos_id: expected an int in [0, {v}), got {eos_id!r}")
+            check_int(eos_id, "eos_id", 0, v - 1, hint=" (the vocabulary)")
         s = self._states(states)
         if s.shape != (b,):
             raise ValueError(f"states: expected {b} states, one per logits row, got shape {s.shape}")

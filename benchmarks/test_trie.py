@@ -1,4 +1,6 @@
-"""Trie: C++ vs the pure-Python references (and peers) in the same run."""
+"""Trie: C++ vs marisa-trie, the compact trie a user would pick instead (goals: >= 2x single
+lookups, >= 10x batched), and vs a dict-per-node trie (the common hand-written baseline), in the
+same run, timed by the same harness."""
 import numpy as np
 import pytest
 import torch

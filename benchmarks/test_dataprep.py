@@ -1,0 +1,112 @@
+"""Data-prep ops: C++ vs what a competent user writes instead, NumPy-vectorised, at ~1M tokens
+(goal >= 5x), both timed by the same harness in the same run. The pure-Python references are an
+extra, naive column only (build_dvt has no short NumPy form, so its row is C++ vs that reference)."""
+import numpy as np
+import pytest
+
+import craft_kernels as ck
+from craft_kernels.native import _dispatch
+
+N_TOKENS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def nested():
+    rng = np.random.default_rng(0)
+    word_len = rng.integers(1, 9, size=N_TOKENS // 4)
+    word_len = word_len[np.cumsum(word_len) <= N_TOKENS]
+    tokens = rng.integers(4, 200, size=int(word_len.sum())).astype(np.int64)
+    words = np.concatenate([[0], np.cumsum(word_len)])
+    sent_len = rng.integers(1, 15, size=len(word_len))
+    sent_len = sent_len[np.cumsum(sent_len) <= len(word_len)]
+    sent_len[-1] += len(word_len) - sent_len.sum()
+    sents = np.concatenate([[0], np.cumsum(sent_len)])
+    para_len = rng.integers(1, 6, size=len(sent_len))
+    para_len = para_len[np.cumsum(para_len) <= len(sent_len)]
+    para_len[-1] += len(sent_len) - para_len.sum()
+    paras = np.concatenate([[0], np.cumsum(para_len)])
+    return tokens, [words, sents, paras]
+
+
+# ---------------------------------------------------------------- the NumPy baselines
+def pad_units_numpy(tokens, offsets, width, pad_id):
+    lengths = np.diff(offsets)
+    out = np.full((len(lengths), width), pad_id, dtype=np.int64)
+    out[np.arange(width) < lengths[:, None]] = tokens  # units fit: row-major order is token order
+    return out
+
+
+def flatten_level_numpy(tokens, levels, level):
+    off = levels[0]
+    for sel in levels[1:level + 1]:
+        off = off[sel]
+    return tokens, levels[:level + 1], off
+
+
+def join_pad_numpy(tokens, offsets, budget, join_id, pad_id):
+    """Next-fit grouping is sequential (a loop over units, not tokens); the rows are filled vectorised."""
+    lengths = np.diff(offsets).tolist()
+    row, col, used = np.empty(len(lengths), np.int64), np.empty(len(lengths), np.int64), -1
+    g = -1
+    for i, n in enumerate(lengths):
+        if used >= 0 and used + 1 + n <= budget:
+            col[i], used = used + 1, used + 1 + n
+        else:
+            g, col[i], used = g + 1, 0, n
+        row[i] = g
+    ids = np.full((g + 1, budget), pad_id, dtype=np.int64)
+    starts = np.repeat(row * budget + col - offsets[:-1], np.diff(offsets)) + np.arange(len(tokens))
+    ids.reshape(-1)[starts] = tokens
+    joins = (row[1:] == row[:-1]).nonzero()[0] + 1
+    ids.reshape(-1)[row[joins] * budget + col[joins] - 1] = join_id
+    return ids
+
+
+def _cpp(fn):
+    def run():
+        with _dispatch.use("cpp"):
+            return fn()
+    return run
+
+
+@pytest.mark.parametrize("op", ["pad_units", "flatten_level", "join_pad"])
+def test_dataprep_cpp_vs_numpy(compare, nested, op):
+    tokens, levels = nested
+    sent_tokens = ck.flatten_level(tokens, levels, 1).unit_token_offsets
+    words = levels[0]
+    ours, base = {
+        "pad_units": (lambda: ck.pad_units(tokens, words, 8, 1), lambda: pad_units_numpy(tokens, words, 8, 1)),
+        "flatten_level": (lambda: ck.flatten_level(tokens, levels, 2), lambda: flatten_level_numpy(tokens, levels, 2)),
+        "join_pad": (lambda: ck.join_pad(tokens, words, 64, 3, 1),
+                     lambda: join_pad_numpy(tokens, words, 64, 3, 1)),
+    }[op]
+    a, b = _cpp(ours)(), base()
+    if op == "pad_units":
+        assert np.array_equal(a, b)
+    elif op == "join_pad":
+        assert np.array_equal(a.ids, b)
+    else:
+        assert np.array_equal(a.unit_token_offsets, b[2])
+    compare(_cpp(ours), base, units=len(tokens), unit_name="tokens", baseline_reps=5, rounds=5, op=op,
+            baseline_kind="numpy_vectorised")
+
+
+@pytest.mark.parametrize("op", ["join_pad", "build_dvt", "pad_units", "flatten_level"])
+def test_dataprep_cpp_vs_python_reference(compare, nested, op):
+    """The naive column: the pure-Python twins (the specification), not a fair baseline."""
+    tokens, levels = nested
+    sent_tokens = ck.flatten_level(tokens, levels, 1).unit_token_offsets
+    calls = {
+        "join_pad": lambda: ck.join_pad(tokens, sent_tokens, 256, 3, 1, split_long=True),
+        "build_dvt": lambda: ck.build_dvt(levels),
+        "pad_units": lambda: ck.pad_units(tokens, levels[0], 8, 1),
+        "flatten_level": lambda: ck.flatten_level(tokens, levels, 2),
+    }
+    fn = calls[op]
+
+    def ref():
+        with _dispatch.use("python"):
+            return fn()
+
+    compare(_cpp(fn), ref, units=len(tokens), unit_name="tokens", baseline_reps=1, rounds=3, op=op,
+            baseline_kind="python_reference")

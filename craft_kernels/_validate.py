@@ -1,0 +1,24 @@
+"""The one integer-argument check of craft_kernels: every message names the argument and the fix."""
+from __future__ import annotations
+
+import numpy as np
+
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+
+
+def check_int(x, name: str, minimum: int | None = None, maximum: int | None = None, hint: str = "") -> int:
+    """``x`` as a Python int: an int (or NumPy integer, never a bool) that fits in int64 and lies in
+    ``[minimum, maximum]`` (either bound optional). TypeError for a non-int, ValueError otherwise;
+    ``hint`` is appended to range errors (what the bound means)."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
+    v = int(x)
+    if not I64_MIN <= v <= I64_MAX:
+        raise ValueError(f"{name}: {v} does not fit in int64")
+    low = minimum is not None and v < minimum
+    high = maximum is not None and v > maximum
+    if low or high:
+        if minimum is not None and maximum is not None:
+            raise ValueError(f"{name}: must be an int in [{minimum}, {maximum}]{hint}, got {v}")
+        raise ValueError(f"{name}: must be {'>= ' + str(minimum) if low else '<= ' + str(maximum)}{hint}, got {v}")
+    return v
