@@ -112,7 +112,7 @@ def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", be
         n = min(exact_users, len(ex))
         ranks = []
         for i in range(0, n, 8):
-            sc = exact_scores(model, codes_t, ex.history[i:min(n, i + 8)], data.n_items, chunk_rows=8192)
+            sc = exact_scores(model, codes_t, ex.history[i:min(n, i + 8)], data.n_items, chunk_rows=batch_users * beams)
             ranks.append(target_ranks(sc, ex.target[i:min(n, i + 8)]))
         res["exact"] = {"users": n, "exact": metrics_from_ranks(np.concatenate(ranks)),
                         "beam": metrics_from_ranks(ranks_from_lists(items[:n], ex.target[:n]))}
