@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from craft.data.recsys import leave_one_out
-from craft.retrieval.decode import (beam_search, build_trie, exact_scores, history_codes, hybrid_rank,
-                                    score_items)
+from craft.retrieval.decode import beam_search, build_trie, exact_scores, history_codes, hybrid_rank
 from craft.retrieval.evaluate import evaluate, invalid_rate
 from craft.retrieval.model import Tiger, TigerConfig
 from craft.retrieval.semantic_ids import (add_collision_code, attribute_embeddings, cf_embeddings, kmeans,
                                           quality_report, residual_kmeans, rqvae)
-from craft.retrieval.train import load_run, train
+from craft.retrieval.train import train
 
 
 def _sequences(n_users=120, n_items=40, seed=0):

@@ -46,8 +46,9 @@ def invalid_rate(top: np.ndarray, n_items: int) -> float:
 
 
 def _hybrid_inputs(model, codes_t, ex, heur, items, beams, batch_users=256):
-    """Per user: heuristic scores (N, n+1) as a torch tensor is too big for all users at once, so this
-    returns (extra items (N, beams), their exact log-probs, heuristic values of all candidates)."""
+    """In chunks of users (the heuristic's (N, n_items + 1) scores would not fit at once): the heuristic's
+    top ``beams`` items (N, beams), their exact model log-probs, and the heuristic's values of all
+    candidates ``[items, extra]`` (N, 2 * beams)."""
     extra, extra_lp, h_cand = [], [], []
     for i in range(0, len(ex), batch_users):
         hs = heur.scores(ex.history[i:i + batch_users])
