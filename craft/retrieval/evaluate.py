@@ -46,8 +46,9 @@ def invalid_rate(top: np.ndarray, n_items: int) -> float:
 
 
 def _hybrid_inputs(model, codes_t, ex, heur, items, beams, batch_users=256):
-    """Per user: heuristic scores (N, n+1) as a torch tensor is too big for all users at once, so this
-    returns (extra items (N, beams), their exact log-probs, heuristic values of all candidates)."""
+    """In chunks of users (the heuristic's (N, n_items + 1) scores would not fit at once): the heuristic's
+    top ``beams`` items (N, beams), their exact model log-probs, and the heuristic's values of all
+    candidates ``[items, extra]`` (N, 2 * beams)."""
     extra, extra_lp, h_cand = [], [], []
     for i in range(0, len(ex), batch_users):
         hs = heur.scores(ex.history[i:i + batch_users])
@@ -112,7 +113,7 @@ def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", be
         n = min(exact_users, len(ex))
         ranks = []
         for i in range(0, n, 8):
-            sc = exact_scores(model, codes_t, ex.history[i:min(n, i + 8)], data.n_items, chunk_rows=8192)
+            sc = exact_scores(model, codes_t, ex.history[i:min(n, i + 8)], data.n_items, chunk_rows=batch_users * beams)
             ranks.append(target_ranks(sc, ex.target[i:min(n, i + 8)]))
         res["exact"] = {"users": n, "exact": metrics_from_ranks(np.concatenate(ranks)),
                         "beam": metrics_from_ranks(ranks_from_lists(items[:n], ex.target[:n]))}
