@@ -128,7 +128,7 @@ def test_decoder_cache_paths_agree_and_rows_halt_whole():
 
 def test_decoder_halting_bias_starts_negative_and_inputs_checked():
     dec = DirectiveDecoder(dim=32, n_layers=1, n_heads=4)
-    assert float(dec.halt_head.bias) == -3.0
+    assert float(dec.halt_head.bias.detach()) == -3.0
     cmd, ctx, cm = _decoder_inputs()
     with pytest.raises(ValueError, match="context_mask"):
         dec(cmd, ctx, cm.float())
