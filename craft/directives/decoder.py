@@ -127,21 +127,17 @@ class DirectiveDecoder(nn.Module):
             cache = "growing" if torch.is_grad_enabled() else "static"
         if cache not in ("static", "growing", "none"):
             raise ValueError(f"cache: expected 'auto', 'static', 'growing' or 'none', got {cache!r}")
+        if not isinstance(compact_every, int) or compact_every < 1:
+            raise ValueError(f"compact_every: expected a positive int, got {compact_every!r}")
         L = N + max_instructions
         key_ok = torch.cat([context_mask, torch.ones(B, L - N, dtype=torch.bool, device=dev)], 1)  # (B, L)
         slots = torch.arange(L, device=dev)
         x0 = torch.cat([context, command[:, None]], 1)
-        if cache == "static":
-            for layer in self.layers:
-                c = self.config
-                layer.attention.kv_cache = KVCache(B, c.n_kv_heads, L, c.head_dim, x0.dtype, dev)
-        elif cache == "growing":
-            for layer in self.layers:
-                layer.attention.kv_cache = GrowingKVCache()
+        c = self.config
+        for layer in self.layers:
+            layer.attention.kv_cache = (KVCache(B, c.n_kv_heads, L, c.head_dim, x0.dtype, dev) if cache == "static"
+                                        else GrowingKVCache())
         try:
-            if cache == "none":
-                for layer in self.layers:
-                    layer.attention.kv_cache = GrowingKVCache()
             pos = slots[: N + 1]
             cos_all, sin_all = rope_angles(slots, self.inv_freq)  # once; each step slices its row
             if cache == "static":  # the step mask is a slice of one (B, 1, L, L) mask, rebuilt after compaction
