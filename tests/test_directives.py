@@ -128,7 +128,7 @@ def test_decoder_cache_paths_agree_and_rows_halt_whole():
 
 def test_decoder_halting_bias_starts_negative_and_inputs_checked():
     dec = DirectiveDecoder(dim=32, n_layers=1, n_heads=4)
-    assert float(dec.halt_head.bias) == -3.0
+    assert float(dec.halt_head.bias.detach()) == -3.0
     cmd, ctx, cm = _decoder_inputs()
     with pytest.raises(ValueError, match="context_mask"):
         dec(cmd, ctx, cm.float())
@@ -138,3 +138,14 @@ def test_decoder_halting_bias_starts_negative_and_inputs_checked():
         dec(cmd, ctx, max_instructions=500)
     with pytest.raises(ValueError, match="return_probs"):
         TransformDirective(torch.zeros(2, 3, 4), torch.zeros(2, 4), torch.zeros(2, 3, dtype=torch.bool))
+
+
+def test_rows_halt_at_act_epsilon_with_the_remainder():
+    """A close that brings the halting probability to >= 0.99 halts the row and adds the remainder,
+    so the hard count equals the halting distribution's (no row parked at halt = 0.9998)."""
+    r = torch.full((2, 8), 0.6)
+    h = torch.tensor([[0.995] * 8, [0.98] * 8])
+    out, state = run_directive(r, h)
+    assert state.n_closed.tolist() == [1, 2]
+    torch.testing.assert_close(out.dh.sum(1), torch.ones(2))
+    assert out.active[0].tolist() == [True, True] + [False] * 6

@@ -84,8 +84,8 @@ class DirectiveDecoder(nn.Module):
                              persistent=False)
 
     # ------------------------------------------------------------------ pieces
-    def _blocks(self, x, pos, mask):
-        cos, sin = rope_angles(pos, self.inv_freq)
+    def _blocks(self, x, pos, mask, rope=None):
+        cos, sin = rope_angles(pos, self.inv_freq) if rope is None else rope
         for layer in self.layers:
             x = layer(x, cos, sin, None, pos, mask)
         return x
@@ -127,22 +127,21 @@ class DirectiveDecoder(nn.Module):
             cache = "growing" if torch.is_grad_enabled() else "static"
         if cache not in ("static", "growing", "none"):
             raise ValueError(f"cache: expected 'auto', 'static', 'growing' or 'none', got {cache!r}")
+        if not isinstance(compact_every, int) or compact_every < 1:
+            raise ValueError(f"compact_every: expected a positive int, got {compact_every!r}")
         L = N + max_instructions
         key_ok = torch.cat([context_mask, torch.ones(B, L - N, dtype=torch.bool, device=dev)], 1)  # (B, L)
         slots = torch.arange(L, device=dev)
         x0 = torch.cat([context, command[:, None]], 1)
-        if cache == "static":
-            for layer in self.layers:
-                c = self.config
-                layer.attention.kv_cache = KVCache(B, c.n_kv_heads, L, c.head_dim, x0.dtype, dev)
-        elif cache == "growing":
-            for layer in self.layers:
-                layer.attention.kv_cache = GrowingKVCache()
+        c = self.config
+        for layer in self.layers:
+            layer.attention.kv_cache = (KVCache(B, c.n_kv_heads, L, c.head_dim, x0.dtype, dev) if cache == "static"
+                                        else GrowingKVCache())
         try:
-            if cache == "none":
-                for layer in self.layers:
-                    layer.attention.kv_cache = GrowingKVCache()
             pos = slots[: N + 1]
+            cos_all, sin_all = rope_angles(slots, self.inv_freq)  # once; each step slices its row
+            if cache == "static":  # the step mask is a slice of one (B, 1, L, L) mask, rebuilt after compaction
+                step_mask = _mask(slots, slots, key_ok, N)
             hidden = self._blocks(x0, pos, _mask(pos, slots if cache == "static" else pos, key_ok, N))[:, -1]
             seq = x0
             rows = torch.arange(B, device=dev)
@@ -163,6 +162,8 @@ class DirectiveDecoder(nn.Module):
                     if keep.numel() < rows.numel():
                         rows, state, inst = rows[keep], state.select(keep), inst[keep]
                         key_ok, seq = key_ok[keep], seq[keep]
+                        if cache == "static":
+                            step_mask = step_mask[keep]
                         for layer in self.layers:
                             c = layer.attention.kv_cache
                             if cache == "static":
@@ -178,8 +179,8 @@ class DirectiveDecoder(nn.Module):
                     hidden = self._blocks(seq, q, _mask(q, q, key_ok, N))[:, -1]
                 else:
                     q = slots[p: p + 1]
-                    k = slots[: p + 1] if cache == "growing" else slots
-                    hidden = self._blocks(inst[:, None], q, _mask(q, k, key_ok, N))[:, 0]
+                    m = _mask(q, slots[: p + 1], key_ok, N) if cache == "growing" else step_mask[:, :, p: p + 1]
+                    hidden = self._blocks(inst[:, None], q, m, (cos_all[p: p + 1], sin_all[p: p + 1]))[:, 0]
         finally:
             for layer in self.layers:
                 layer.attention.kv_cache = None
@@ -198,6 +199,8 @@ def _mask(q: torch.Tensor, k: torch.Tensor, key_ok: torch.Tensor, N: int) -> tor
 def _assemble(record, B, D, dtype, dev) -> TransformDirective:
     """Scatters each step's (running rows, values) into full-batch (B, I, ...) tensors."""
     def full(vals, rows, fill=0):
+        if rows.numel() == B:  # no row has left yet: rows is arange(B)
+            return vals
         shape = (B,) + tuple(vals.shape[1:])
         base = torch.full(shape, fill, dtype=vals.dtype, device=dev)
         return base.index_copy(0, rows, vals)
