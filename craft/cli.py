@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="run the benchmark suite (pytest benchmarks --benchmark-only)")
     bn.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
     bn.set_defaults(fn=cmd_bench)
+
+    from craft.agents.cli import register as register_agents
+    register_agents(sub)
     return p
 
 
