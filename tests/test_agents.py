@@ -16,7 +16,7 @@ from craft.agents import train as T
 from craft.agents.sentence import SentenceAgentConfig, pack_sentences
 from craft.agents.stack import AgentStack, activation_bytes, budget_batches, WORD_LEVEL, SENTENCE_LEVEL
 from craft.agents.text import JOIN_ID, normalize, text_to_units, units_to_text, word_pieces
-from craft.agents.word import WordAgent, WordAgentConfig, pack_units
+from craft.agents.word import WordAgent, WordAgentConfig, pack_units, pad_to_max
 from craft.data.dvt import DvtBatch
 
 WIDTH = 8
@@ -107,6 +107,9 @@ def test_word_agent_packing_does_not_change_vectors():
     word.config.row_len = 64  # many words per row instead of one or two
     b = word.encode(pieces)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    tok, off = T._flat(pieces)
+    torch.testing.assert_close(word.encode_packed(pad_to_max(tok, off, WIDTH)), a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(word.loss(pad_to_max(tok, off, WIDTH))[0], word.loss(pack_units(tok, off, 64))[0])
     torch.testing.assert_close(a.mean(-1), torch.zeros(len(pieces)), atol=1e-5, rtol=0)  # unit-normalised
 
 

@@ -66,6 +66,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -242,17 +243,21 @@ def eval_word_agent(word: WordAgent, train_text: str, val_text: str, max_tokens:
     val_types = sorted(set(val_words))
     unseen = [t for t in val_types if t not in train_types]
 
-    def rebuilt(words):
-        if not words:
-            return []
-        pieces = [p for x in words for p in word_pieces(x, w)]
+    def exact(words):
+        """Per word: all its pieces rebuilt exactly (grouped by the true piece count, so one wrong
+        join id cannot shift the words after it)."""
+        per_word = [word_pieces(x, w) for x in words]
+        pieces = [p for ps in per_word for p in ps]
         dec = []
         for i in range(0, len(pieces), 8192):
-            chunk = pieces[i:i + 8192]
-            dec += word.decode(word.encode(chunk))
-        return pieces_to_words(dec)
+            dec += word.decode(word.encode(pieces[i:i + 8192]))
+        out, i = [], 0
+        for ps in per_word:
+            out.append(dec[i:i + len(ps)] == ps)
+            i += len(ps)
+        return out
 
-    type_ok = dict(zip(val_types, (a == b for a, b in zip(rebuilt(val_types), val_types))))
+    type_ok = dict(zip(val_types, exact(val_types)))
     tok_acc = float(np.mean([type_ok[x] for x in val_words])) if val_words else float("nan")
     unseen_acc = float(np.mean([type_ok[x] for x in unseen])) if unseen else float("nan")
     pieces = [p for x in val_words for p in word_pieces(x, w)]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from craft_kernels import join_pad
+from craft_kernels import join_pad, pad_units
 from craft.agents.text import JOIN_ID, PAD_ID, VOCAB_SIZE
 from craft.models.transformer import RMSNorm
 
@@ -86,6 +86,19 @@ def pack_units(tokens, offsets, row_len: int) -> Packed:
     jp = join_pad(tokens, offsets, row_len, JOIN_ID, PAD_ID)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     return Packed(t(jp.ids), t(jp.unit_index), t(jp.position), len(offsets) - 1, t(np.diff(offsets)))
+
+
+def pad_to_max(tokens, offsets, width: int) -> Packed:
+    """The pad-to-max layout (the baseline of :func:`pack_units`): one row of ``width`` per unit, via pad_units."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n = len(offsets) - 1
+    ids = torch.from_numpy(pad_units(tokens, offsets, width, PAD_ID))
+    lengths = torch.from_numpy(np.diff(offsets))
+    pos = torch.arange(width).expand(n, width)
+    inside = pos < lengths[:, None]
+    unit = torch.where(inside, torch.arange(n)[:, None], -1)
+    return Packed(ids, unit, torch.where(inside, pos, -1), n, lengths)
 
 
 def pack_lengths(lengths: torch.Tensor, row_len: int) -> Packed:
