@@ -370,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_retrieval(sub)
     from craft.directives.cli import register as register_directives  # `craft directives train|eval`
     register_directives(sub)
+    from craft.agents.cli import register as register_agents  # `craft agents train|eval|roundtrip`
+    register_agents(sub)
     return p
 
 

@@ -1,0 +1,310 @@
+"""Training, evaluation and checkpoints of the agents (``craft agents train|eval|roundtrip``).
+
+A run folder holds ``agent0.pt`` (word agent) and ``agent1.pt`` (sentence agent); level 1 trains
+on top of the folder's frozen level 0. Checkpoints are written atomically (``mkstemp`` in the
+folder, then ``os.replace``) and hold the model, the optimizer, the step and the training seconds
+so far, so ``--resume`` continues where a run stopped. Data: a text file or a folder of .txt/.md
+files, split like nanoGPT's tiny-shakespeare: the first 90% of the characters train, the last 10%
+validate.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from craft.agents.sentence import SentenceAgent, SentenceAgentConfig, pack_sentences
+from craft.agents.stack import AgentStack
+from craft.agents.text import normalize, pieces_to_words, text_to_units, word_pieces
+from craft.agents.word import WordAgent, WordAgentConfig, pack_units
+
+AGENT_FILES = {0: "agent0.pt", 1: "agent1.pt"}
+
+
+# --------------------------------------------------------------------------- data
+def read_corpus(path: str | Path | None) -> str:
+    if path is None:
+        from craft.data import builtin_corpus_dir
+        path = builtin_corpus_dir()
+    path = Path(path)
+    if path.is_file():
+        return path.read_text(encoding="utf-8", errors="replace")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file())
+        if not files:
+            raise ValueError(f"corpus: no .txt or .md files under {path}")
+        return "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+    raise ValueError(f"corpus: {str(path)!r} is neither a file nor a folder")
+
+
+def split_corpus(text: str, train_fraction: float = 0.9) -> tuple[str, str]:
+    n = int(len(text) * train_fraction)
+    return text[:n], text[n:]
+
+
+def pieces_of(text: str, width: int) -> list[list[int]]:
+    return [p for w in text.split() for p in word_pieces(w, width)]
+
+
+def _flat(pieces: list[list[int]]):
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(np.int64)
+    tokens = np.fromiter((t for p in pieces for t in p), dtype=np.int64, count=int(offsets[-1]))
+    return tokens, offsets
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Atomic: written to a temporary file in the same folder, then renamed over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_agent(run: str | Path, level: int):
+    path = Path(run) / AGENT_FILES[level]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no level-{level} agent; train it with `craft agents train --level {level} --out {run}`")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model = (WordAgent(WordAgentConfig(**ck["config"])) if level == 0
+             else SentenceAgent(SentenceAgentConfig(**ck["config"])))
+    model.load_state_dict(ck["model"])
+    return model.eval(), ck
+
+
+def load_stack(run: str | Path) -> AgentStack:
+    word, _ = load_agent(run, 0)
+    sent = load_agent(run, 1)[0] if (Path(run) / AGENT_FILES[1]).is_file() else None
+    return AgentStack(word, sent)
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class TrainSettings:
+    max_minutes: float = 5.0
+    max_steps: int | None = None
+    lr: float = 3e-3
+    batch_units: int = 512        # word pieces (level 0) or sentences (level 1) per step
+    seed: int = 0
+    checkpoint_every: int = 200
+    progress: bool = True
+
+
+def _lr_at(step, total, base):
+    warm = 50
+    if step < warm:
+        return base * (step + 1) / warm
+    return base * max(0.05, 0.5 * (1 + np.cos(np.pi * min(1.0, step / max(1, total)))))
+
+
+def _loop(model, opt, make_batch, out_path, config_dict, s: TrainSettings, start_step, start_seconds, extra, log):
+    from tqdm import tqdm
+
+    total = s.max_steps or 10 ** 9
+    budget = s.max_minutes * 60
+    step, elapsed = start_step, start_seconds
+    est_total = s.max_steps or max(step + 1, 1)
+    bar = tqdm(total=s.max_steps, disable=not s.progress, desc=out_path.name, unit="step")
+    rate = None
+    model.train()
+    t_last = time.perf_counter()
+    while step < total and elapsed < budget:
+        if rate is not None and not s.max_steps:
+            est_total = step + int((budget - elapsed) * rate)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, est_total, s.lr)
+        loss, info = make_batch()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        now = time.perf_counter()
+        elapsed += now - t_last
+        t_last = now
+        rate = step / max(elapsed, 1e-9) if step > start_step + 5 else None
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v:.3f}" for k, v in info.items()})
+            log.append({"step": step, "seconds": elapsed, "loss": loss.item(), **info})
+        if step % s.checkpoint_every == 0:
+            _save(out_path, model, opt, config_dict, step, elapsed, extra, log)
+    bar.close()
+    _save(out_path, model, opt, config_dict, step, elapsed, extra, log)
+    model.eval()
+    return step, elapsed
+
+
+def _save(path, model, opt, config_dict, step, elapsed, extra, log):
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "config": config_dict,
+                           "step": step, "seconds": elapsed, "log": log[-2000:], **extra})
+
+
+def _resume(path: Path, model, opt, resume: bool):
+    if resume and path.is_file():
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        return ck["step"], ck["seconds"], ck.get("log", [])
+    return 0, 0.0, []
+
+
+def train_word_agent(text: str, out: Path, config: WordAgentConfig | None = None,
+                     settings: TrainSettings | None = None, resume: bool = False) -> WordAgent:
+    """Agent 0 on the word pieces of ``text``: each batch draws half its pieces from the running
+    text (frequent words) and half from the distinct pieces (rare spellings)."""
+    s, c = settings or TrainSettings(), config or WordAgentConfig()
+    torch.manual_seed(s.seed)
+    rng = random.Random(s.seed)
+    pieces = pieces_of(text, c.width)
+    types = sorted({tuple(p) for p in pieces})
+    model = WordAgent(c)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
+    path = out / AGENT_FILES[0]
+    step, secs, log = _resume(path, model, opt, resume)
+    half = s.batch_units // 2
+
+    def batch():
+        b = [pieces[rng.randrange(len(pieces))] for _ in range(half)]
+        b += [list(types[rng.randrange(len(types))]) for _ in range(s.batch_units - half)]
+        tok, off = _flat(b)
+        return model.loss(pack_units(tok, off, c.row_len))
+
+    _loop(model, opt, batch, path, c.to_dict(), s, step, secs, {}, log)
+    return model
+
+
+def sentence_units(text: str, width: int, max_words: int):
+    """(pieces, sentence_offsets over pieces) of ``text``."""
+    u = text_to_units(text, width, max_words)
+    tokens, wo = u.tokens, u.level_offsets[0]
+    pieces = [tokens[wo[i]:wo[i + 1]].tolist() for i in range(len(wo) - 1)]
+    return pieces, u.level_offsets[1]
+
+
+def train_sentence_agent(text: str, out: Path, config: SentenceAgentConfig | None = None,
+                         settings: TrainSettings | None = None, resume: bool = False) -> SentenceAgent:
+    """Agent 1 on the sentences of ``text`` over the run folder's frozen Agent 0."""
+    s = settings or TrainSettings(batch_units=128)
+    word, _ = load_agent(out, 0)
+    for p in word.parameters():
+        p.requires_grad_(False)
+    c = config or SentenceAgentConfig(word_dim=word.config.dim)
+    torch.manual_seed(s.seed)
+    rng = random.Random(s.seed)
+    pieces, so = sentence_units(text, word.config.width, c.max_words)
+    # the targets: Agent 0's vectors of every distinct piece, computed once
+    types = {}
+    for p in pieces:
+        types.setdefault(tuple(p), len(types))
+    type_list = [list(t) for t in types]
+    with torch.no_grad():
+        tv = torch.cat([word.encode(type_list[i:i + 8192]) for i in range(0, len(type_list), 8192)])
+    piece_type = np.array([types[tuple(p)] for p in pieces], dtype=np.int64)
+    model = SentenceAgent(c)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
+    path = out / AGENT_FILES[1]
+    step, secs, log = _resume(path, model, opt, resume)
+    n_sent = len(so) - 1
+
+    def batch():
+        idx = sorted(rng.randrange(n_sent) for _ in range(s.batch_units))
+        w_idx = np.concatenate([np.arange(so[i], so[i + 1]) for i in idx])
+        lens = np.array([so[i + 1] - so[i] for i in idx])
+        sent_off = np.concatenate([[0], np.cumsum(lens)])
+        vecs = tv[torch.from_numpy(piece_type[w_idx])]
+        tok, off = _flat([pieces[j] for j in w_idx])
+        return model.loss(vecs, pack_sentences(sent_off, c.row_len), word, pack_units(tok, off, word.config.row_len))
+
+    _loop(model, opt, batch, path, c.to_dict(), s, step, secs, {}, log)
+    return model
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def eval_word_agent(word: WordAgent, train_text: str, val_text: str, max_tokens: int = 20000) -> dict:
+    """Exact rebuild of held-out word tokens and of held-out word types never seen in training."""
+    w = word.config.width
+    val_words = val_text.split()[:max_tokens]
+    train_types = set(train_text.split())
+    val_types = sorted(set(val_words))
+    unseen = [t for t in val_types if t not in train_types]
+
+    def exact(words):
+        """Per word: all its pieces rebuilt exactly (grouped by the true piece count, so one wrong
+        join id cannot shift the words after it)."""
+        per_word = [word_pieces(x, w) for x in words]
+        pieces = [p for ps in per_word for p in ps]
+        dec = []
+        for i in range(0, len(pieces), 8192):
+            dec += word.decode(word.encode(pieces[i:i + 8192]))
+        out, i = [], 0
+        for ps in per_word:
+            out.append(dec[i:i + len(ps)] == ps)
+            i += len(ps)
+        return out
+
+    type_ok = dict(zip(val_types, exact(val_types)))
+    tok_acc = float(np.mean([type_ok[x] for x in val_words])) if val_words else float("nan")
+    unseen_acc = float(np.mean([type_ok[x] for x in unseen])) if unseen else float("nan")
+    pieces = [p for x in val_words for p in word_pieces(x, w)]
+    lens = torch.tensor([len(p) for p in pieces])
+    pred = torch.cat([word.predict_lengths(word.encode(pieces[i:i + 8192])) for i in range(0, len(pieces), 8192)])
+    return {"word_token_accuracy": tok_acc, "unseen_word_type_accuracy": unseen_acc,
+            "word_length_accuracy": float((pred == lens).float().mean()),
+            "held_out_word_tokens": len(val_words), "unseen_word_types": len(unseen)}
+
+
+@torch.no_grad()
+def eval_sentence_agent(stack: AgentStack, val_text: str, max_sentences: int = 2000) -> dict:
+    """Exact rebuild of held-out sentences (<= max_words pieces) and word-count accuracy."""
+    word, sent = stack.word_agent, stack.sentence_agent
+    pieces, so = sentence_units(val_text, word.config.width, sent.config.max_words)
+    n = min(len(so) - 1, max_sentences)
+    so = so[: n + 1]
+    pieces = pieces[: so[-1]]
+    wv = word.encode(pieces)
+    z = sent.encode(wv, so)
+    vecs, counts = sent.decode(z)
+    dec = word.decode(vecs)
+    true_counts = np.diff(so)
+    count_ok = counts.numpy() == true_counts
+    ok, i, j = [], 0, 0
+    for k in range(n):
+        a = pieces[so[k]:so[k + 1]]
+        b = dec[j:j + int(counts[k])]
+        j += int(counts[k])
+        ok.append(a == b)
+    # the vectors themselves: regenerated word vectors vs Agent 0's, where counts agree
+    return {"sentence_accuracy": float(np.mean(ok)), "word_count_accuracy": float(count_ok.mean()),
+            "held_out_sentences": n}
+
+
+@torch.no_grad()
+def eval_roundtrip(stack: AgentStack, val_text: str, max_paragraphs: int = 300, max_sentences: int = 3) -> dict:
+    """compress -> decompress of held-out paragraphs of <= ``max_sentences`` sentences."""
+    from craft.agents.text import _PARA
+
+    paras = [normalize(p) for p in _PARA.split(val_text) if p.split()]
+    keep = []
+    for p in paras:
+        u = text_to_units(p, stack.width, stack.max_words)
+        if len(u.level_offsets[1]) - 1 <= max_sentences:
+            keep.append(p)
+        if len(keep) >= max_paragraphs:
+            break
+    ok = [stack.roundtrip(p) == p for p in keep]
+    return {"paragraph_roundtrip_accuracy": float(np.mean(ok)) if ok else float("nan"), "held_out_paragraphs": len(ok)}
