@@ -156,3 +156,14 @@ def test_doc_attention_compiles_fullgraph_on_either_path(fresh, monkeypatch, pat
     ids[1, -5:] = -1
     f = torch.compile(lambda q, ids: doc_attention(q, q, q, ids, kind="doc_causal"), fullgraph=True)
     torch.testing.assert_close(f(q, ids), doc_attention(q, q, q, ids, kind="doc_causal"))
+
+
+def test_first_call_under_inference_mode_calibrates(fresh):
+    """A decode loop (inference_mode) can be the first SwiGLU call of a process: the calibration it
+    triggers times forward and backward, so it must leave inference mode and enable grad itself."""
+    _backend.reset_dispatch()
+    g, u = torch.randn(256, 256), torch.randn(256, 256)
+    with torch.inference_mode():
+        y = swiglu(g, u)
+    torch.testing.assert_close(y, F.silu(g) * u)
+    assert "swiglu|float32" in json.loads(next(fresh.glob("*.json")).read_text())["choices"]
