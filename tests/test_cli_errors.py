@@ -75,7 +75,7 @@ def test_skipped_corpus_files_are_reported(here, capsys):
     (["--seed", str(2 ** 70)], ["seed: expected an int < 2**63"]),
     (["--set", "device=bogus"], ["--device 'bogus'"]),
     (["--set", "tokenizer=char"], ["--set tokenizer: use --tokenizer"]),
-    (["--set", "context_length=100000000"], ["seq_len=100000000", "corpus has only"]),  # before any allocation
+    (["--set", "max_seq_len=100000000"], ["seq_len=100000000", "corpus has only"]),  # before any allocation
 ])
 def test_train_settings_errors_name_the_setting(here, capsys, args, needles):
     error_line(capsys, ["train", "--corpus", "docs", "--max-steps", "1", "--no-progress", *SMALL_SET_ARGS, *args],

@@ -17,7 +17,9 @@ def int_array(x, name: str, ndim: int = 1, copy: bool = False) -> np.ndarray:
     the caller's array meanwhile."""
     try:
         a = np.asarray(x)
-    except (ValueError, OverflowError) as e:  # ragged nesting
+    except (ValueError, OverflowError) as e:
+        if isinstance(e, ValueError) and "with a sequence" not in str(e):
+            raise  # an error of the caller's own __array__ (e.g. a re-entrant call), not a ragged nesting
         raise TypeError(f"{name}: expected a rectangular {ndim}-d integer array, got a ragged nesting ({e})") from None
     if a.dtype == object and a.size and all(type(v) is int for v in a.flat):
         v = max(a.flat, key=lambda v: abs(v))
