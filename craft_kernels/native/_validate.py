@@ -70,11 +70,15 @@ def ids_in_range(a: np.ndarray, name: str, vocab_size: int | None) -> None:
 
 def check_output_size(n_elements: int, itemsize: int, name: str) -> None:
     """Raises ValueError naming ``name`` when an output of ``n_elements`` items of ``itemsize`` bytes
-    could not fit in this machine's physical memory (instead of allocating until the OS kills us)."""
+    would take more than half this machine's physical memory or more than is available right now
+    (instead of allocating until the OS kills the process)."""
     need = int(n_elements) * int(itemsize)
-    if need > _physical_memory():
-        raise ValueError(f"{name}: the output would need {need / 2**30:.1f} GiB, more than this machine's "
-                         f"{_physical_memory() / 2**30:.1f} GiB of memory; lower {name} or process the input in parts")
+    if need <= 1 << 26:  # 64 MiB: never worth a look at the system
+        return
+    limit = min(_physical_memory() // 2, _available_memory())
+    if need > limit:
+        raise ValueError(f"{name}: the output would need {need / 2**30:.1f} GiB, more than the "
+                         f"{limit / 2**30:.1f} GiB this machine can give it; lower {name} or process the input in parts")
 
 
 def _physical_memory() -> int:
@@ -82,3 +86,14 @@ def _physical_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 1 << 40
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return _physical_memory()
