@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import craft_kernels as ck
-from craft_kernels.native import _dispatch
 
 N_TOKENS = 1_000_000
 
@@ -64,7 +63,7 @@ def join_pad_numpy(tokens, offsets, budget, join_id, pad_id):
 
 def _cpp(fn):
     def run():
-        with _dispatch.use("cpp"):
+        with ck.use_native("cpp"):
             return fn()
     return run
 
@@ -105,7 +104,7 @@ def test_dataprep_cpp_vs_python_reference(compare, nested, op):
     fn = calls[op]
 
     def ref():
-        with _dispatch.use("python"):
+        with ck.use_native("python"):
             return fn()
 
     compare(_cpp(fn), ref, units=len(tokens), unit_name="tokens", baseline_reps=1, rounds=3, op=op,

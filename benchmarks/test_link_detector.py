@@ -17,7 +17,7 @@ import pytest
 
 from craft.tokenizers import GPT2Tokenizer
 from craft_kernels import BatchLinkDetector, LinkDetector
-from craft_kernels.native import _dispatch
+import craft_kernels as ck
 
 LINK = re.compile(rb"(!?)\[([^\[\]\n]*)\]\(([^()\n]*)\)")
 
@@ -104,7 +104,7 @@ def test_link_detection_streaming_64_token_pushes(benchmark, corpus):
     chunks = [c.tolist() for c in np.array_split(ids, max(1, len(ids) // 64))]
     arrays = np.array_split(ids, max(1, len(ids) // 64))
     det, rx = LinkDetector.for_tokenizer(tok), RegexLinks(tok)
-    with _dispatch.use("python"):
+    with ck.use_native("python"):
         twin = LinkDetector.for_tokenizer(tok)
 
     def run(d, cs=arrays):

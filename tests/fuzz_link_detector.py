@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from craft_kernels import BatchLinkDetector, LinkDetector
-from craft_kernels.native import _dispatch
+import craft_kernels as ck
 
 EXAMPLES = int(os.environ.get("CRAFT_FUZZ_EXAMPLES", "80"))
 I64_MAX = 2**63 - 1
@@ -34,11 +34,11 @@ def case(draw):
 def check_single_stream(c):
     vocab, ids, mt, mg, skip_code, cuts = c
     kw = dict(max_text_bytes=mt, max_target_bytes=mg, skip_code=skip_code)
-    with _dispatch.use("python"):
+    with ck.use_native("python"):
         twin = LinkDetector(vocab, **kw)
         want = twin.scan(ids)
         state = (twin.inside_target, twin.current_target_bytes)
-    with _dispatch.use("cpp"):
+    with ck.use_native("cpp"):
         det = LinkDetector(vocab, **kw)
         assert det.scan(np.array(ids, dtype=np.int32)) == want
         assert (det.inside_target, det.current_target_bytes) == state
@@ -62,9 +62,9 @@ def check_batch(c):
     kw = dict(max_text_bytes=mt, max_target_bytes=mg, skip_code=skip_code)
     n = max(map(len, rows))
     rows = [r + [0] * (n - len(r)) for r in rows]
-    with _dispatch.use("python"):
+    with ck.use_native("python"):
         want = [LinkDetector(vocab, **kw).scan(r) for r in rows]
-    with _dispatch.use("cpp"):
+    with ck.use_native("cpp"):
         batch = BatchLinkDetector(vocab, len(rows), **kw)
         got = [[] for _ in rows]
         for step in range(n):

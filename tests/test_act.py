@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 from craft_kernels import act_accumulate
 from craft_kernels.act import act_accumulate_reference
 from craft_kernels.native import _dispatch
+import craft_kernels as ck
 
 
 def _inputs(seed, B, N, D, masked, halting, dtype=torch.float64):
@@ -31,7 +32,7 @@ def test_matches_sequential_reference_values_and_grads(seed, B, N, D, masked, ha
     x, r, h, m = _inputs(seed, B, N, D, masked, halting)
     leaves = [t.clone().requires_grad_() for t in (x, r) + ((h,) if h is not None else ())]
     args = lambda ls: (ls[0], ls[1], ls[2] if h is not None else None, m)  # noqa: E731
-    with _dispatch.use("cpp"):
+    with ck.use_native("cpp"):
         a = act_accumulate(*args(leaves), eps=eps, mode=mode)
     b = act_accumulate_reference(*args(leaves), eps=eps, mode=mode)
     for f in a._fields:
@@ -104,7 +105,7 @@ def test_empty_and_float32():
 
 def test_python_impl_is_the_reference():
     x, r, h, m = _inputs(2, 2, 10, 3, True, True)
-    with _dispatch.use("python"):
+    with ck.use_native("python"):
         a = act_accumulate(x, r, h, m)
     b = act_accumulate_reference(x, r, h, m)
     torch.testing.assert_close(a.slots, b.slots)

@@ -17,9 +17,9 @@ def _csr(lengths):
 
 
 def _both(fn):
-    with _dispatch.use("cpp"):
+    with ck.use_native("cpp"):
         a = fn()
-    with _dispatch.use("python"):
+    with ck.use_native("python"):
         b = fn()
     return a, b
 
@@ -107,7 +107,7 @@ def test_join_pad_matches_reference(lengths, budget, split_long):
     offs = _csr(lengths)
     if not split_long and lengths and max(lengths) > budget:
         for impl in ("cpp", "python"):
-            with _dispatch.use(impl), pytest.raises(ValueError, match="split_long=True"):
+            with ck.use_native(impl), pytest.raises(ValueError, match="split_long=True"):
                 ck.join_pad(tokens, offs, budget, 3, 1)
         return
     a, b = _both(lambda: ck.join_pad(tokens, offs, budget, 3, 1, split_long=split_long))

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 from craft.tokenizers import ByteTokenizer, CharTokenizer, GPT2Tokenizer
 from craft_kernels import BatchLinkDetector, DetectedLink, LinkDetector
 from craft_kernels.native.link_detector import markdown_link
-from craft_kernels.native import _dispatch
+import craft_kernels as ck
 
 GPT2 = GPT2Tokenizer()
 ALPHABET = [b"a", b"b", b" ", b"[", b"]", b"(", b")", b"!", b"\\", b"\n", b"](", b").", b"))", b"([", b"x]", b"ab c",
@@ -20,7 +20,7 @@ def _fields(links):
 
 
 def _scan(impl, token_bytes, ids, **kw):
-    with _dispatch.use(impl):
+    with ck.use_native(impl):
         return LinkDetector(token_bytes, **kw).scan(ids)
 
 
@@ -37,7 +37,7 @@ def test_cpp_matches_reference(ids, max_text, max_target, skip_code):
 @given(st.lists(st.lists(st.integers(0, len(ALPHABET) - 1), min_size=12, max_size=12), min_size=1, max_size=4),
        st.sampled_from(["cpp", "python"]))
 def test_batch_matches_single_streams(rows, impl):
-    with _dispatch.use(impl):
+    with ck.use_native(impl):
         batch = BatchLinkDetector(ALPHABET, len(rows))
         got = [[] for _ in rows]
         for step in range(12):
@@ -53,7 +53,7 @@ def test_batch_matches_single_streams(rows, impl):
 @given(st.lists(st.integers(0, len(ALPHABET) - 1), max_size=40), st.sampled_from(["cpp", "python"]))
 def test_split_invariance_every_split_point(ids, impl):
     whole = _fields(_scan(impl, ALPHABET, ids))
-    with _dispatch.use(impl):
+    with ck.use_native(impl):
         det = LinkDetector(ALPHABET)
         for cut in range(len(ids) + 1):
             det.reset()
@@ -214,9 +214,9 @@ _FLAG_STREAM = st.lists(st.one_of(st.lists(st.integers(0, len(FLAG_ALPHABET) - 1
 @given(_FLAG_STREAM, st.lists(st.integers(1, 9), max_size=30))
 def test_cpp_matches_reference_flags_and_chunks(ids, cuts):
     """C++ pushed in random chunk sizes == the reference over the whole stream (the same DetectedLinks)."""
-    with _dispatch.use("python"):
+    with ck.use_native("python"):
         want = LinkDetector(FLAG_ALPHABET).scan(ids)
-    with _dispatch.use("cpp"):
+    with ck.use_native("cpp"):
         det = LinkDetector(FLAG_ALPHABET)
         got, i = [], 0
         for c in cuts:
@@ -247,9 +247,9 @@ def test_long_stream_matches_reference_in_one_call():
     """A stream long enough that the C++ core releases the GIL (>= 4096 tokens), whole and chunked."""
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 21, size=50_000)  # no code markers: code would hide most links
-    with _dispatch.use("python"):
+    with ck.use_native("python"):
         want = LinkDetector(ALPHABET).scan(ids)
-    with _dispatch.use("cpp"):
+    with ck.use_native("cpp"):
         det = LinkDetector(ALPHABET)
         assert det.scan(ids) == want
         det.reset()

@@ -11,7 +11,7 @@ import pytest
 
 from craft.tokenizers import ByteTokenizer
 from craft_kernels import BatchLinkDetector, LinkDetector
-from craft_kernels.native import _dispatch
+import craft_kernels as ck
 
 TB = ByteTokenizer().token_bytes
 I64_MAX = 2**63 - 1
@@ -123,7 +123,7 @@ def test_isolated_scenario(isolated_run, scenario):
 
 def test_twin_threads_share_one_detector():
     """The Python twin serialises calls with a lock too: each call sees a consistent stream."""
-    with _dispatch.use("python"):
+    with ck.use_native("python"):
         det = LinkDetector(TB)
     chunk = list(b"[ab](cd) text " * 40)
     counts = []
@@ -144,9 +144,9 @@ def test_extreme_limits_match_the_twin(limits):
     text = b"see [a](b), [![c](d)](e), [h](), [](i) and [long " + b"x" * 3000 + b"](f) [g](" + b"y" * 3000 + b")"
     ids = list(text)
     kw = dict(max_text_bytes=limits[0], max_target_bytes=limits[1])
-    with _dispatch.use("python"):
+    with ck.use_native("python"):
         want = LinkDetector(TB, **kw).scan(ids)
-    with _dispatch.use("cpp"):
+    with ck.use_native("cpp"):
         got = LinkDetector(TB, **kw).scan(ids)
     assert got == want and len(want) >= 1
 

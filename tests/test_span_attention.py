@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from craft_kernels import doc_attention, doc_dense_mask
-from craft_kernels.native import _dispatch
+import craft_kernels as ck
 from craft_kernels.span_attention import span_attention
 from test_attention import reference_attention
 
@@ -91,10 +91,10 @@ def test_doc_attention_routes_here_and_matches_python_twin():
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 4, 50, 16, generator=g) for _ in range(3))
     ids = _ids(2, 50, "packed")
-    with _dispatch.use("cpp"):
+    with ck.use_native("cpp"):
         fast = doc_attention(q, k, v, ids, kind="doc_causal")
         causal = doc_attention(q, k, v, None, kind="causal")
-    with _dispatch.use("python"):  # SDPA with the dense span mask
+    with ck.use_native("python"):  # SDPA with the dense span mask
         slow = doc_attention(q, k, v, ids, kind="doc_causal")
         causal_ref = doc_attention(q, k, v, None, kind="causal")
     torch.testing.assert_close(fast, slow, **TOL[torch.float32])
@@ -152,7 +152,7 @@ def test_int64_document_ids_keep_their_identity(base):
 def test_ids_below_minus_one_raise_on_every_path(impl):
     q = torch.randn(1, 2, 6, 16)
     ids = torch.tensor([[0, 0, -2, 1, 1, 1]])
-    with _dispatch.use(impl), pytest.raises(ValueError, match="doc_ids: must be >= 0, or -1 for padding; got -2"):
+    with ck.use_native(impl), pytest.raises(ValueError, match="doc_ids: must be >= 0, or -1 for padding; got -2"):
         doc_attention(q, q, q, ids, kind="doc_causal")
     with pytest.raises(ValueError, match="got -5"):
         span_attention(q, q, q, torch.tensor([[0, -5, 0, 0, 0, 0]], dtype=torch.int32))

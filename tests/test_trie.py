@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from craft_kernels import Trie
-from craft_kernels.native import _dispatch
+import craft_kernels as ck
 from craft_kernels.native.trie import _ARRAYS
 
 seqs_st = st.lists(st.lists(st.integers(0, 6), min_size=0, max_size=5), max_size=30)
@@ -15,7 +15,7 @@ wide_st = st.sampled_from([6, 300, 2**31 - 1]).flatmap(
 
 
 def _build(impl, seqs, ids=None):
-    with _dispatch.use(impl):
+    with ck.use_native(impl):
         return Trie(seqs, ids)
 
 
@@ -57,7 +57,7 @@ def test_build_paths_match_reference(seqs, fixed):
 @given(seqs_st, st.lists(st.lists(st.integers(0, 6), max_size=4), max_size=8), st.sampled_from([None, 0, 1, 3]))
 def test_batched_lookups_match_single_queries(seqs, probes, limit):
     for impl in ("cpp", "python"):
-        with _dispatch.use(impl):
+        with ck.use_native(impl):
             t = Trie(seqs)
             off, items = t.items_with_prefixes(probes, limit=limit)
             assert len(off) == len(probes) + 1
@@ -77,7 +77,7 @@ def test_batched_lookups_match_single_queries(seqs, probes, limit):
 def test_batched_decoding_follows_only_existing_sequences(seqs, seed):
     rng = np.random.default_rng(seed)
     for impl in ("cpp", "python"):
-        with _dispatch.use(impl):
+        with ck.use_native(impl):
             t = Trie(seqs)
             states = t.root_states(4)
             prefixes = [[] for _ in range(4)]
@@ -245,7 +245,7 @@ def test_huge_limit_and_huge_tokens_are_safe(native_impl):
         import sys
         from craft_kernels import Trie
         from craft_kernels.native import _dispatch
-        with _dispatch.use({native_impl!r}):
+        with ck.use_native({native_impl!r}):
             t = Trie([[1, 2, 3], [1, 2, 4], [5]])
             off, items = t.items_with_prefixes([[1], [5], []], limit=sys.maxsize)
             print(off.tolist(), items.tolist(), t.items_with_prefix([1], limit=sys.maxsize).tolist())

@@ -14,7 +14,6 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import craft_kernels as ck
-from craft_kernels.native import _dispatch
 
 settings.register_profile("craft_fuzz", max_examples=int(os.environ.get("CRAFT_FUZZ_EXAMPLES", "30")),
                           deadline=None, derandomize=False, suppress_health_check=list(HealthCheck))
@@ -56,9 +55,9 @@ def _plain(x):
 
 
 def both(fn):
-    with _dispatch.use("cpp"):
+    with ck.use_native("cpp"):
         a = outcome(fn)
-    with _dispatch.use("python"):
+    with ck.use_native("python"):
         b = outcome(fn)
     assert a == b, f"C++ {a!r}\nPython {b!r}"
     return a
@@ -147,9 +146,9 @@ def test_span_attention_ids(row):
     def run():
         return ck.doc_attention(q, k, v, ids, kind="doc_causal")
 
-    with _dispatch.use("cpp"):
+    with ck.use_native("cpp"):
         a = outcome(run)
-    with _dispatch.use("python"):
+    with ck.use_native("python"):
         b = outcome(run)
     assert a[0] == b[0]
     if a[0] == "ok":
@@ -167,9 +166,9 @@ def test_act_accumulate(B, N, D, mode, bad, seed):
         x.view(-1)[seed % x.numel()] = bad
     r = torch.rand(B, N, generator=g, dtype=torch.float64) * 0.98 + 0.01
     h = torch.rand(B, N, generator=g, dtype=torch.float64) * 0.6
-    with _dispatch.use("cpp"):
+    with ck.use_native("cpp"):
         a = ck.act_accumulate(x, r, h, mode=mode)
-    with _dispatch.use("python"):
+    with ck.use_native("python"):
         b = ck.act_accumulate(x, r, h, mode=mode)
     for f in a._fields:
         torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=1e-12, atol=1e-12, equal_nan=True, msg=f)
