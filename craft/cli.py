@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-samples", type=int, default=1)
     g.add_argument("--device", default="cpu")
     g.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step (a few seconds once; ~3x faster per token after)")
+                   help="torch.compile the decode step (a one-off compilation of seconds; faster per token after, see benchmarks/RESULTS.md)")
     _add_linked_generate_options(g)
     g.set_defaults(fn=cmd_generate)
 

@@ -29,7 +29,7 @@ from craft.generation.generate import model_max_seq_len, select_decode_step
 from craft.generation.sampling import LogitsProcessor, apply_processors, sample
 from craft.generation.linked.config import GenerationConfig
 from craft.generation.linked.context import ContextFull, DocumentContext
-from craft.generation.linked.corpus import DocumentCorpus
+from craft.data.pretokenize import PretokenizedCorpus
 from craft.generation.linked.result import GeneratedDocument, GenerationResult
 
 
@@ -219,9 +219,9 @@ class _Frame:
 
 class LinkedDocumentGenerator(SingleDocumentGenerator):
     """Follows links while generating (see module docstring). ``corpus`` is a
-    :class:`DocumentCorpus` or None (every followed link is then generated)."""
+    :class:`PretokenizedCorpus` or None (every followed link is then generated)."""
 
-    def __init__(self, model, tokenizer, config: GenerationConfig, corpus: DocumentCorpus | None = None,
+    def __init__(self, model, tokenizer, config: GenerationConfig, corpus: PretokenizedCorpus | None = None,
                  logits_processors: Sequence[LogitsProcessor] = (), compile: bool | str = False):
         super().__init__(model, tokenizer, config, logits_processors, compile)
         from craft_kernels import LinkDetector
@@ -397,12 +397,12 @@ class PromptLinkProcessor:
         return queued
 
 
-def generate_linked(model, prompt: str | Sequence[int], corpus: DocumentCorpus | str | None = None, *,
+def generate_linked(model, prompt: str | Sequence[int], corpus: PretokenizedCorpus | str | None = None, *,
                     tokenizer=None, logits_processors: Sequence[LogitsProcessor] = (), config: GenerationConfig | None = None,
                     generator: torch.Generator | None = None, compile: bool = False, **options) -> GenerationResult:
     """Generates a root document from ``prompt`` (text, or token ids) and the documents it links to.
 
-    ``corpus``: a :class:`DocumentCorpus`, a corpus directory, or None. ``tokenizer`` defaults to
+    ``corpus``: a :class:`PretokenizedCorpus`, a corpus directory, or None. ``tokenizer`` defaults to
     ``model.tokenizer``, then the corpus's. ``options`` are :class:`GenerationConfig` fields (or pass
     ``config``; the old names ``eos_token_id`` and ``max_context_length`` still work, with a
     DeprecationWarning); ``generator`` a torch.Generator for
@@ -415,9 +415,9 @@ def generate_linked(model, prompt: str | Sequence[int], corpus: DocumentCorpus |
         config = GenerationConfig.from_kwargs(**options)
     elif options:
         config = config.replace(**options)
-    own_corpus = corpus is not None and not isinstance(corpus, DocumentCorpus)
+    own_corpus = corpus is not None and not isinstance(corpus, PretokenizedCorpus)
     if own_corpus:
-        corpus = DocumentCorpus(corpus)
+        corpus = PretokenizedCorpus(corpus)
     try:
         tok = tokenizer or getattr(model, "tokenizer", None) or (corpus.tokenizer if corpus is not None else None)
         if tok is None:
