@@ -30,7 +30,7 @@ def test_block_mask_vs_create_block_mask_compiled(compare, T, n_docs, kind):
     create_block_mask is an extra column."""
     ids = _ids(T, n_docs)
     L = _links(n_docs) if kind == "cross_doc_link" else None
-    mm = doc_mask_mod(kind, ids, L)
+    mm = doc_mask_mod(ids, kind, L)
     base = lambda: create_block_mask(mm, 1, None, T, T, device="cpu", _compile=True)  # noqa: E731
     base()  # compile outside the timing
     bm = doc_block_mask(ids, kind, L)
@@ -50,7 +50,7 @@ def test_block_mask_construction_32k(compare, kind):
     T, n_docs = 32768, 64
     ids = _ids(T, n_docs)
     L = _links(n_docs) if kind == "cross_doc_link" else None
-    mm = doc_mask_mod(kind, ids, L)
+    mm = doc_mask_mod(ids, kind, L)
     base = lambda: create_block_mask(mm, 1, None, T, T, device="cpu", _compile=True)  # noqa: E731
     base()  # compile outside the timing
     bm = doc_block_mask(ids, kind, L)
@@ -76,7 +76,7 @@ def test_decode_step_row_vs_row_from_ids(compare):
     """CPU path, one decoding step at T=4096: append a token and get its mask row, vs what a user
     would write instead: the one row computed from the doc ids and links (O(T), no T x T mask)."""
     st = _decode_state(room=600)  # room for every timed step of both sides
-    slots = torch.arange(st.max_len)
+    slots = torch.arange(st.max_seq_len)
 
     def step():
         st.append(1)
@@ -99,5 +99,5 @@ def test_decode_step_row_vs_row_from_ids(compare):
     st.doc_ids[st.length] = -1
     assert torch.equal(row_from_ids(), rebuild())
     dense = interleaved(step, rebuild, rounds=20)["ratio"]
-    compare(step, row_from_ids, rounds=200, warmup=5, T=st.max_len, n_docs=32, path="SDPA row",
+    compare(step, row_from_ids, rounds=200, warmup=5, T=st.max_seq_len, n_docs=32, path="SDPA row",
             baseline_kind="the row computed from the ids (O(T))", speedup_vs_dense_rebuild=round(dense, 2))
