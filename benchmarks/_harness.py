@@ -127,6 +127,27 @@ def interleaved(ours, baseline, rounds: int = 5, warmup: int = 1) -> dict:
             "ratio_rounds": [b / o for o, b in zip(t_ours, t_base)]}
 
 
+
+def interleaved_many(fns: dict, rounds: int = 5, warmup: int = 0) -> dict:
+    """Time several callables in turn each round (``warmup`` untimed calls each first), so a load
+    change hits all of them alike. Returns ``{name: (median_s, min_s, max_s)}``."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: (statistics.median(v), min(v), max(v)) for k, v in times.items()}
+
+
+def run_info() -> dict:
+    """:func:`machine_info` plus what changes between runs: the 1-minute load average and threads now."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return dict(machine_info(), threads=torch.get_num_threads(), load_avg_1min=load)
+
 def peak_memory_bytes(fn, repeats: int = 3) -> int:
     """Peak bytes allocated by ``fn`` above what was live when it started, on CPU, at the granularity
     of one operator (from the profiler's allocation records; an op's allocations and frees count at

@@ -14,11 +14,7 @@ Every result records the CPU model, its ISA flags, threads, the load average and
 development machine is shared by other jobs, so read the ratios (taken in one run) over the absolute
 rates.
 """
-import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +24,7 @@ from craft.generation import generate_tokens
 from craft.models import LanguageModel, ModelConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _harness import interleaved_many, run_info  # noqa: E402
 
 VOCAB = 258  # the byte tokenizer's vocabulary
 PROMPT, NEW = 32, 128
@@ -36,37 +33,6 @@ ROUNDS = 7
 
 def tiny_config() -> ModelConfig:
     return ModelConfig.preset("tiny", vocab_size=VOCAB)
-
-
-def machine_info() -> dict:
-    """CPU model, the ISA flags that matter for these kernels, threads, load and versions."""
-    model, flags = platform.processor() or "?", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    isa = [n for n, f in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"),
-                          ("AMX", "amx_tile")) if f in flags]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {"cpu": model, "isa": "+".join(isa) or "none of AVX2/AVX-512/AMX", "threads": torch.get_num_threads(),
-            "cores": os.cpu_count(), "load_avg_1min": load, "torch": torch.__version__}
-
-
-def interleaved(fns: dict, rounds: int = ROUNDS) -> dict:
-    """Times every function once per round, in turn, so a load change hits all of them alike.
-    Returns {name: (median_s, min_s, max_s)}."""
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: (statistics.median(v), min(v), max(v)) for k, v in times.items()}
 
 
 def _decode_model():
@@ -152,12 +118,12 @@ def test_decode_batch1_vs_transformers(benchmark):
         ref = outs["ours_eager"]
         for k, o in outs.items():  # same weights, same greedy tokens (allowing late fp divergence)
             assert torch.equal(o[:, :PROMPT + 16], ref[:, :PROMPT + 16]), k
-        t = interleaved(fns)
+        t = interleaved_many(fns, rounds=ROUNDS)
         benchmark.pedantic(fns["ours_compiled"], rounds=1, iterations=1)
     finally:
         torch.set_num_threads(threads)
     info = benchmark.extra_info
-    info.update(machine_info(), transformers=transformers.__version__, preset="tiny", batch=1, prompt=PROMPT,
+    info.update(run_info(), transformers=transformers.__version__, preset="tiny", batch=1, prompt=PROMPT,
                 new_tokens=NEW, rounds=ROUNDS, threads=1)
     for k, (med, lo, hi) in t.items():
         info[f"{k}_tokens_per_s"] = round(NEW / med, 1)
@@ -186,10 +152,10 @@ def test_decode_cache_vs_recompute(benchmark, batch):
     m, p = _decode_model(), _prompt(batch)
     fns = {"cache": lambda: generate_tokens(m, p, NEW, temperature=0.0), "recompute": lambda: _recompute(m, p, NEW)}
     assert torch.equal(fns["cache"](), fns["recompute"]())
-    t = interleaved(fns, rounds=3)
+    t = interleaved_many(fns, rounds=3)
     benchmark.pedantic(fns["cache"], rounds=1, iterations=1)
     info = benchmark.extra_info
-    info.update(machine_info(), preset="tiny", batch=batch, prompt=PROMPT, new_tokens=NEW,
+    info.update(run_info(), preset="tiny", batch=batch, prompt=PROMPT, new_tokens=NEW,
                 baseline_kind="recompute context (naive)")
     info["tokens_per_s"] = round(batch * NEW / t["cache"][0])
     info["speedup_vs_recompute"] = round(t["recompute"][0] / t["cache"][0], 2)

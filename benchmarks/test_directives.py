@@ -15,7 +15,6 @@ decoder's training step vs the fixed-N decoder's.
 
 1 torch thread (the machine is shared; small matmuls gain nothing from 2 spinning threads).
 """
-import time
 
 import pytest
 import torch

@@ -3,14 +3,10 @@ tokens' bytes (tiktoken's ``decode_bytes``, Rust) and run a compiled ``re`` patt
 tokens of real markdown (the installed packages' READMEs), with Python's garbage collector on.
 
 Timing: both sides in the same process, interleaved round by round, medians with min-max spread
-(``interleaved``). The Python twin stays as an extra column. Every record names the CPU and its ISA.
+(``_harness.interleaved_many``). The Python twin stays as an extra column. Every record names the CPU and its ISA.
 The regex finds less than the detector (no nesting, badges, code, escapes); it is the speed bar."""
-import gc
 import importlib.metadata
-import platform
 import re
-import statistics
-import time
 
 import numpy as np
 import pytest
@@ -18,38 +14,9 @@ import pytest
 from craft.tokenizers import GPT2Tokenizer
 from craft_kernels import BatchLinkDetector, LinkDetector
 import craft_kernels as ck
+from _harness import interleaved_many, run_info
 
 LINK = re.compile(rb"(!?)\[([^\[\]\n]*)\]\(([^()\n]*)\)")
-
-
-def cpu_info() -> dict:
-    """CPU model and the ISA flags that matter here (AVX2 / AVX-512 / AVX512-BF16 / AMX)."""
-    model, flags = platform.processor(), set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-    return {"cpu": model, "isa": " ".join(isa) or "unknown"}
-
-
-def interleaved(fns: dict, rounds: int = 7) -> dict:
-    """Median and spread (seconds) of each function, called in turn each round after one warm-up call."""
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
-    gc.enable()
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: (statistics.median(v), min(v), max(v)) for k, v in times.items()}
 
 
 def record(benchmark, timings: dict, units: int, ours: str, baseline: str, **extra):
@@ -60,7 +27,7 @@ def record(benchmark, timings: dict, units: int, ours: str, baseline: str, **ext
         info[f"{k}_tokens_per_s"] = round(units / med)
     info["speedup_vs_baseline"] = round(timings[baseline][0] / timings[ours][0], 2)
     info["baseline"] = baseline
-    info.update(cpu_info(), gc="enabled", **extra)
+    info.update(run_info(), gc="enabled", **extra)
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +84,8 @@ def test_link_detection_streaming_64_token_pushes(benchmark, corpus):
 
     n_ours, n_re = run(det), run(rx, chunks)
     assert run_arrays() == n_ours == run(twin) and n_re > 0.9 * n_ours
-    t = interleaved({"cpp": lambda: run(det), "cpp_arrays": run_arrays, "bytes_re": lambda: run(rx, chunks)})
-    t["python_twin"] = interleaved({"python_twin": lambda: run(twin)}, rounds=1)["python_twin"]
+    t = interleaved_many({"cpp": lambda: run(det), "cpp_arrays": run_arrays, "bytes_re": lambda: run(rx, chunks)}, rounds=7, warmup=1)
+    t["python_twin"] = interleaved_many({"python_twin": lambda: run(twin)}, rounds=1)["python_twin"]
     benchmark.pedantic(lambda: run(det), rounds=3, iterations=1)
     record(benchmark, t, len(ids), "cpp", "bytes_re", links=n_ours, links_re=n_re, push_tokens=64)
 
@@ -129,8 +96,8 @@ def test_link_detection_scan_whole_array(benchmark, corpus):
     det, rx = LinkDetector.for_tokenizer(tok), RegexLinks(tok)
     id_list = ids.tolist()
     assert len(det.scan_arrays(ids)) == len(det.scan(ids))
-    t = interleaved({"cpp_arrays": lambda: det.scan_arrays(ids), "cpp_links": lambda: det.scan(ids),
-                     "bytes_re": lambda: rx.scan(id_list)})
+    t = interleaved_many({"cpp_arrays": lambda: det.scan_arrays(ids), "cpp_links": lambda: det.scan(ids),
+                     "bytes_re": lambda: rx.scan(id_list)}, rounds=7, warmup=1)
     benchmark.pedantic(lambda: det.scan_arrays(ids), rounds=3, iterations=1)
     record(benchmark, t, len(ids), "cpp_arrays", "bytes_re", links=len(det.scan_arrays(ids)))
 
@@ -163,7 +130,7 @@ def test_link_detection_push_one_token(benchmark, corpus):
                 tail = tail[-2048:]
         return n
 
-    t = interleaved({"cpp": ours, "bytes_re": regex}, rounds=5)
+    t = interleaved_many({"cpp": ours, "bytes_re": regex}, rounds=5, warmup=1)
     benchmark.pedantic(ours, rounds=3, iterations=1)
     record(benchmark, t, len(ids), "cpp", "bytes_re", links=ours(), links_re=regex())
 
@@ -197,6 +164,6 @@ def test_link_detection_batch_64_streams(benchmark, corpus):
                     tails[r] = tails[r][-2048:]
         return n
 
-    t = interleaved({"cpp": ours, "bytes_re": regex}, rounds=5)
+    t = interleaved_many({"cpp": ours, "bytes_re": regex}, rounds=5, warmup=1)
     benchmark.pedantic(ours, rounds=3, iterations=1)
     record(benchmark, t, steps.size, "cpp", "bytes_re", links=ours(), links_re=regex())

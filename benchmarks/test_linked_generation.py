@@ -11,7 +11,6 @@ greedy). One-token steps compiled (``compile=True``) on both sides, and eager on
 interleaved in one process after a warm-up run that compiles; medians with min/max. 1 torch thread:
 batch-1 decoding of a small model gains nothing from more on a shared CPU.
 """
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from craft.models import LanguageModel, ModelConfig
 from craft.tokenizers import get_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_decoding import machine_info  # noqa: E402
+from _harness import interleaved_many, run_info  # noqa: E402
 
 PROMPT = "Overview:"
 
@@ -81,16 +80,6 @@ def run_once(cls, model, tok, cfg, scripts, compile=False):
         return gen.run(tok.encode(PROMPT))
 
 
-def interleaved(fns: dict, rounds: int) -> dict:
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: (statistics.median(v), min(v), max(v)) for k, v in times.items()}
-
-
 @pytest.mark.parametrize("preset, tokenizer, words, cache", [
     ("tiny", "byte", 6, 512),  # what `craft train` builds by default (byte tokenizer, 258 ids)
     ("tiny", "gpt2", 24, None),  # 50257 ids: the output head (6.4M weights) dominates each step
@@ -119,13 +108,13 @@ def test_linked_generation_tokens_per_second(benchmark, preset, tokenizer, words
         want = [d.tokens.tolist() for d in ref.get_all_documents()]
         for k, f in fns.items():
             assert [d.tokens.tolist() for d in f().get_all_documents()] == want, k
-        t = interleaved(fns, rounds=3)
-        naive = interleaved({"naive": lambda: run_once(NaiveLinkedGenerator, model, tok, cfg, scripts)}, rounds=1)
+        t = interleaved_many(fns, rounds=3)
+        naive = interleaved_many({"naive": lambda: run_once(NaiveLinkedGenerator, model, tok, cfg, scripts)}, rounds=1)
         benchmark.pedantic(fns["ours_compiled"], rounds=1, iterations=1)
     finally:
         torch.set_num_threads(threads)
     info = benchmark.extra_info
-    info.update(machine_info(), preset=preset, tokenizer=tokenizer, cache_slots=cfg.max_seq_len,
+    info.update(run_info(), preset=preset, tokenizer=tokenizer, cache_slots=cfg.max_seq_len,
                 params=model.num_parameters(), sampled_tokens=n_tokens, threads=1, rounds=3,
                 context_tokens=int(sum(len(d.tokens) for d in ref.get_all_documents())),
                 first_run_with_compile_s=round(t_first, 2))

@@ -33,7 +33,6 @@ import numbers
 import warnings
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 

@@ -8,7 +8,6 @@ from hypothesis import given, settings, strategies as st
 
 from craft_kernels import act_accumulate
 from craft_kernels.act import act_accumulate_reference
-from craft_kernels.native import _dispatch
 import craft_kernels as ck
 
 

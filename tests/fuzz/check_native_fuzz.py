@@ -9,7 +9,6 @@ import os
 import sys
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
