@@ -288,7 +288,8 @@ def choose(op: str, key: str = "", detect=None, candidates=None, default: str | 
         return _remember(op, key, cached["path"], cached["reason"] + " (cached)")
     if candidates is None:
         return _remember(op, key, default or OPS[op][0], f"ISA default ({isa_summary()})")
-    best, med = calibrate(candidates())
+    with torch.inference_mode(False), torch.enable_grad():  # candidates time backward passes too
+        best, med = calibrate(candidates())
     ms = ", ".join(f"{n} {t * 1e3:.3g} ms" for n, t in sorted(med.items(), key=lambda kv: kv[1]))
     reason = f"calibrated on {isa_summary()}: {ms}"
     _load_cache()[f"{op}|{key}"] = {"path": best, "reason": reason, "medians_s": med}

@@ -156,3 +156,15 @@ def test_doc_attention_compiles_fullgraph_on_either_path(fresh, monkeypatch, pat
     ids[1, -5:] = -1
     f = torch.compile(lambda q, ids: doc_attention(q, q, q, ids, kind="doc_causal"), fullgraph=True)
     torch.testing.assert_close(f(q, ids), doc_attention(q, q, q, ids, kind="doc_causal"))
+
+
+def test_calibration_runs_under_no_grad_and_inference_mode(fresh):
+    # first use often happens while generating (no_grad / inference_mode); calibration times backward
+    g = torch.randn(300, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(swiglu(g, g), F.silu(g) * g)
+    _backend.reset_dispatch()
+    q = torch.randn(1, 2, 64, 16)
+    with torch.inference_mode():
+        doc_attention(q, q, q, torch.zeros(1, 64, dtype=torch.long), kind="doc_causal")
+    assert "calibrated" in _backend.dispatch_report()["doc_attention"]["hd16|T128|docs|float32"]
