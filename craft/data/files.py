@@ -55,6 +55,16 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", encoding: str | Non
                 os.unlink(tmp)
 
 
+def save_torch_atomic(obj, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`atomic_writer`); creates the parent folder."""
+    import torch
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path) as f:
+        torch.save(obj, f)
+    return Path(path)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Writes ``data`` (bytes, or str as UTF-8) to ``path`` atomically (see :func:`atomic_writer`)."""
     with atomic_writer(path, "w" if isinstance(data, str) else "wb") as f:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from craft.data.files import atomic_write, save_torch_atomic
 from craft.directives.decoder import DirectiveDecoder
 from craft.directives.engine import TransformEngine
 from craft.directives.losses import count_loss, pad_slots, ponder_cost
@@ -164,28 +164,6 @@ def evaluate(model: DirectiveModel, rows: int = 512, seed: int = 12345) -> dict:
     return out
 
 
-# ---------------------------------------------------------------------------------- checkpoints
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file, fsync, then os.replace: a reader sees the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def load_run(folder: Path) -> tuple[DirectiveModel, dict]:
     state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
     cfg = RunConfig(**state["config"])
@@ -213,7 +191,7 @@ def train(cfg: RunConfig, folder: str | Path, resume: bool = True, progress: boo
         step, elapsed = state["step"], state["elapsed"]
 
     def save():
-        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
+        save_torch_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
                      "config": dataclasses.asdict(cfg)}, ckpt)
 
     bar = None
@@ -248,5 +226,5 @@ def train(cfg: RunConfig, folder: str | Path, resume: bool = True, progress: boo
     metrics = evaluate(model, cfg.eval_rows)
     metrics.update(task=cfg.task, variant=cfg.variant, steps=step, train_seconds=round(elapsed, 1),
                    last_losses=parts, config=dataclasses.asdict(cfg))
-    write_json_atomic(metrics, folder / "metrics.json")
+    atomic_write(folder / "metrics.json", json.dumps(metrics, indent=2))
     return metrics

@@ -15,29 +15,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from craft.data.files import save_torch_atomic
 from craft.data.recsys import RecsysData
 from craft.retrieval.decode import history_codes
 from craft.retrieval.model import Tiger, TigerConfig
-
-
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -75,7 +62,7 @@ def train(data: RecsysData, codes: np.ndarray, out: str | Path, config: TigerCon
     if resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        st = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        st = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         step, epoch, pos, elapsed = st["step"], st["epoch"], st["pos"], st["elapsed"]
@@ -94,7 +81,7 @@ def train(data: RecsysData, codes: np.ndarray, out: str | Path, config: TigerCon
     tokens_done, t_tok, loss_ema = 0, time.monotonic(), None
 
     def save():
-        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "epoch": epoch,
+        save_torch_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "epoch": epoch,
                      "pos": pos, "elapsed": time.monotonic() - started, "rng": torch.get_rng_state(),
                      "config": config.to_dict()}, ckpt_path)
 
@@ -149,7 +136,7 @@ def load_run(run_dir: str | Path) -> tuple[Tiger, np.ndarray, dict]:
         raise FileNotFoundError(f"{str(d)!r} is not a retrieval run folder (needs run.json and checkpoint.pt); "
                                 "create one with `craft retrieval train --out DIR`")
     run = json.loads((d / "run.json").read_text())
-    st = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False)
+    st = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=True)
     model = Tiger(TigerConfig(**st["config"]))
     model.load_state_dict(st["model"])
     model.eval()
