@@ -22,3 +22,10 @@ def check_int(x, name: str, minimum: int | None = None, maximum: int | None = No
             raise ValueError(f"{name}: must be an int in [{minimum}, {maximum}]{hint}, got {v}")
         raise ValueError(f"{name}: must be {'>= ' + str(minimum) if low else '<= ' + str(maximum)}{hint}, got {v}")
     return v
+
+
+def check_choice(x, name: str, choices) -> str:
+    """``x`` if it is one of ``choices`` (strings), else ValueError naming the argument and the choices."""
+    if x not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {x!r}")
+    return x

@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import asdict, dataclass
 
 from craft._deprecation import rename_kwargs, renamed
+from craft_kernels import check_choice, check_int
 from craft.generation.sampling import check_sampling_args
 
 EVICTION_POLICIES = ("drop_oldest", "stop_new")
@@ -14,10 +15,7 @@ GENERATION_MASK_KINDS = ("cross_doc_link", "doc_causal")
 def _int(name, v, lo, allow_none=False):
     if v is None and allow_none:
         return
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name}: expected an int{' or None' if allow_none else ''}, got {type(v).__name__}")
-    if v < lo:
-        raise ValueError(f"{name}: must be >= {lo}, got {v}")
+    check_int(v, name, lo)
 
 
 def _bool(name, v):
@@ -89,10 +87,8 @@ class GenerationConfig:
         for name in ("allow_corpus_fallback", "process_prompt_links", "allow_recursive_links",
                      "constrain_links_to_corpus"):
             _bool(name, getattr(self, name))
-        if self.eviction_policy not in EVICTION_POLICIES:
-            raise ValueError(f"eviction_policy: expected one of {EVICTION_POLICIES}, got {self.eviction_policy!r}")
-        if self.mask_kind not in GENERATION_MASK_KINDS:
-            raise ValueError(f"mask_kind: expected one of {GENERATION_MASK_KINDS}, got {self.mask_kind!r}")
+        check_choice(self.eviction_policy, "eviction_policy", EVICTION_POLICIES)
+        check_choice(self.mask_kind, "mask_kind", GENERATION_MASK_KINDS)
         _int("eos_id", self.eos_id, 0, allow_none=True)
         if self.device is not None and not isinstance(self.device, str):
             self.device = str(self.device)

@@ -66,12 +66,10 @@ class DocumentContext:
     def __init__(self, max_seq_len: int, max_documents: int, eviction_policy: str = "drop_oldest",
                  mask_kind: str = "cross_doc_link", max_tokens_per_document: int | None = None, device="cpu",
                  on_compact: Callable[[torch.Tensor], None] | None = None):
-        from craft_kernels import DocMaskState
+        from craft_kernels import DocMaskState, check_choice
 
-        if eviction_policy not in EVICTION_POLICIES:
-            raise ValueError(f"eviction_policy: expected one of {EVICTION_POLICIES}, got {eviction_policy!r}")
-        if mask_kind not in GENERATION_MASK_KINDS:
-            raise ValueError(f"mask_kind: expected one of {GENERATION_MASK_KINDS}, got {mask_kind!r}")
+        check_choice(eviction_policy, "eviction_policy", EVICTION_POLICIES)
+        check_choice(mask_kind, "mask_kind", GENERATION_MASK_KINDS)
         if max_seq_len < 1 or max_documents < 1:
             raise ValueError(f"max_seq_len, max_documents: must be >= 1, got {max_seq_len}, {max_documents}")
         self.max_seq_len = int(max_seq_len)
