@@ -19,6 +19,8 @@ from typing import Sequence
 
 import torch
 
+from craft_kernels import check_int
+
 from craft.generation.sampling import (
     LogitsProcessor, apply_processors, check_sampling_args, draw_uniform, sample_unchecked,
 )
@@ -105,10 +107,8 @@ def _check_generate_args(model, prompt_ids, max_new_tokens, temperature, top_k, 
         raise ValueError("prompt_ids: expected a (B, T) tensor of token ids with T >= 1")
     if prompt_ids.dtype.is_floating_point or prompt_ids.dtype == torch.bool:
         raise TypeError(f"prompt_ids: expected an integer tensor, got {prompt_ids.dtype}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-    if isinstance(eos_check_every, bool) or not isinstance(eos_check_every, int) or eos_check_every < 1:
-        raise ValueError(f"eos_check_every: expected an int >= 1, got {eos_check_every!r}")
+    check_int(max_new_tokens, "max_new_tokens", 0)
+    check_int(eos_check_every, "eos_check_every", 1)
     check_sampling_args(temperature, top_k, top_p)
     V = model.config.vocab_size
     if prompt_ids.numel() and (int(prompt_ids.min()) < 0 or int(prompt_ids.max()) >= V):

@@ -23,6 +23,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from craft_kernels import check_int
+
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -42,10 +44,7 @@ def check_sampling_args(temperature: float, top_k: int | None, top_p: float | No
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature: expected a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int):
-            raise TypeError(f"top_k: expected None or an int >= 1, got {top_k!r}")
-        if top_k < 1:
-            raise ValueError(f"top_k: expected None or an int >= 1, got {top_k!r}")
+        check_int(top_k, "top_k", 1, hint=" (or None)")
     if top_p is not None:
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
             raise TypeError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")

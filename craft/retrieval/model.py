@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from craft.models.transformer import RMSNorm
-from craft_kernels import SwiGLUMLP
+from craft_kernels import SwiGLUMLP, check_int
 
 
 @dataclass
@@ -45,9 +45,7 @@ class TigerConfig:
         if not self.codebook_sizes or min(self.codebook_sizes) < 1:
             raise ValueError(f"codebook_sizes: expected positive sizes, got {self.codebook_sizes}")
         for name in ("max_history", "dim", "n_heads", "hidden_dim", "n_encoder_layers", "n_decoder_layers"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+            check_int(getattr(self, name), name, 1)
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim}: must be a multiple of n_heads={self.n_heads}")
 
