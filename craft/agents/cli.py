@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     e.add_argument("--corpus", help="default: the corpus the run was trained on")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=run)
-    r = sub.add_parser("roundtrip", help="compress a text to its vector tree and decompress it")
+    r = sub.add_parser("roundtrip", help="compress a text to its vector tree and decompress it "
+                       "(exit status 2 when the rebuilt text differs from the normalised input)")
     r.add_argument("text")
     r.add_argument("--checkpoint", default="runs/agents", help="run folder (default runs/agents)")
     r.set_defaults(fn=run)
