@@ -26,7 +26,7 @@ import torch
 
 from craft_kernels import greedy_join
 from craft.agents.sentence import SentenceAgent, pack_sentences
-from craft.agents.text import normalize, text_to_units, units_to_text
+from craft.agents.text import text_to_units, units_to_text
 from craft.agents.word import WordAgent, pack_units
 from craft.data.dvt import DvtBatch, DvtTree, realize
 

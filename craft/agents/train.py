@@ -9,9 +9,7 @@ validate.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from craft.data.files import save_torch_atomic
 from craft.agents.sentence import SentenceAgent, SentenceAgentConfig, pack_sentences
 from craft.agents.stack import AgentStack
-from craft.agents.text import normalize, pieces_to_words, text_to_units, word_pieces
+from craft.agents.text import normalize, text_to_units, word_pieces
 from craft.agents.word import WordAgent, WordAgentConfig, pack_units
 
 AGENT_FILES = {0: "agent0.pt", 1: "agent1.pt"}
@@ -60,25 +59,15 @@ def _flat(pieces: list[list[int]]):
 
 # --------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Atomic: written to a temporary file in the same folder, then renamed over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Atomic: a random temporary in the same folder, then renamed over ``path`` (craft.data.files)."""
+    save_torch_atomic(payload, path)
 
 
 def load_agent(run: str | Path, level: int):
     path = Path(run) / AGENT_FILES[level]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no level-{level} agent; train it with `craft agents train --level {level} --out {run}`")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = torch.load(path, map_location="cpu", weights_only=True)
     model = (WordAgent(WordAgentConfig(**ck["config"])) if level == 0
              else SentenceAgent(SentenceAgentConfig(**ck["config"])))
     model.load_state_dict(ck["model"])
@@ -155,7 +144,7 @@ def _save(path, model, opt, config_dict, step, elapsed, extra, log):
 
 def _resume(path: Path, model, opt, resume: bool):
     if resume and path.is_file():
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         return ck["step"], ck["seconds"], ck.get("log", [])
@@ -282,7 +271,7 @@ def eval_sentence_agent(stack: AgentStack, val_text: str, max_sentences: int = 2
     dec = word.decode(vecs)
     true_counts = np.diff(so)
     count_ok = counts.numpy() == true_counts
-    ok, i, j = [], 0, 0
+    ok, j = [], 0
     for k in range(n):
         a = pieces[so[k]:so[k + 1]]
         b = dec[j:j + int(counts[k])]
