@@ -180,7 +180,7 @@ def test_linked_training_runs_learns_and_feeds_the_links_to_the_model(md_corpus,
 def test_eval_links_reports_the_three_contexts(md_corpus, tmp_path):
     with PretokenizedCorpus(md_corpus) as c:
         model = _model().eval()
-        res = evaluate_links(model, c, seq_len=160, eval_fraction=0.3, max_docs=4, max_linked=1)
+        res = evaluate_links(model, c, seq_len=160, eval_fraction=0.5, max_docs=4, max_linked=1)
     for k in ("alone", "linked", "random", "title_alone", "title_linked", "title_random"):
         assert res[k] is not None and np.isfinite(res[k]) and res[k] > 0
     assert res["n_docs"] >= 1 and res["n_title_tokens"] > 0
@@ -194,7 +194,7 @@ def test_train_linked_and_eval_links_cli(md_corpus, tmp_path, capsys):
     sets = [a for k, v in SMALL_MODEL.items() for a in ("--set", f"{k}={v}")]
     assert main(["train", "--corpus", str(md_corpus), "--out", str(run), "--linked", "--max-steps", "2",
                  "--tokens-per-step", "128", "--precision", "fp32", "--no-progress", "--eval-every", "0",
-                 "--sample-every", "0", "--set", "eval_fraction=0.3", "--set", "tensorboard=False", *sets]) == 0
+                 "--sample-every", "0", "--set", "eval_fraction=0.5", "--set", "tensorboard=False", *sets]) == 0
     capsys.readouterr()
     assert main(["eval-links", str(run), "--json", "--max-docs", "2", "--seq-len", "160"]) == 0
     res = json.loads(capsys.readouterr().out)
@@ -205,3 +205,16 @@ def test_train_linked_and_eval_links_cli(md_corpus, tmp_path, capsys):
     assert main(["eval-links", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("craft: error: checkpoint:") and len(err.splitlines()) == 1
+
+
+def test_held_out_documents_are_never_placed_in_linked_training(md_corpus, tmp_path):
+    t = Trainer(_config(max_steps=1), md_corpus, tmp_path / "run")
+    data = t.train_data
+    n = data.n_documents
+    assert 1 <= n < t.corpus.n_documents  # eval_fraction=0.3 holds some documents out
+    first_eval = int(t.eval_indices[0]) * t.seq_len
+    assert t.packed.starts[n] <= first_eval  # every placed document lies before the held-out windows
+    for i in range(len(data)):
+        anchor, targets, _ = data.plan(i)
+        assert anchor < n and all(x < n for x in targets)
+    t._lock.release()

@@ -86,13 +86,15 @@ def train_document_count(packed: PackedSequences, eval_fraction: float) -> int:
 class LinkedPacking:
     """Linked (and a share of plain) sequences of ``seq_len + 1`` tokens over ``corpus``.
 
-    ``anchors``: document ids that may start a sequence (default: all); ``links``: per-document
+    ``anchors``: document ids that may start a sequence (default: all); ``n_documents``: only
+    documents ``0 .. n_documents-1`` are placed, as targets or followers (default: all; the trainer
+    passes the training documents so held-out ones never enter a sequence); ``links``: per-document
     target ids (default :func:`corpus_links`); ``max_linked`` >= 1 targets per sequence;
     ``budget_share`` in (0, 1]: the share of the sequence the targets may take; ``plain_share`` in
     [0, 1]: the share of plain ``doc_causal`` sequences; ``seed``: the draw of each sequence."""
 
     def __init__(self, corpus: PretokenizedCorpus, seq_len: int, anchors=None, links: list[list[int]] | None = None,
-                 max_linked: int = 3, budget_share: float = 0.5, plain_share: float = 0.25, seed: int = 0):
+                 n_documents: int | None = None, max_linked: int = 3, budget_share: float = 0.5, plain_share: float = 0.25, seed: int = 0):
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
             raise ValueError(f"seq_len: expected a positive int, got {seq_len!r}")
         if isinstance(max_linked, bool) or not isinstance(max_linked, int) or max_linked < 1:
@@ -105,9 +107,14 @@ class LinkedPacking:
         self.links = corpus_links(corpus) if links is None else links
         if len(self.links) != corpus.n_documents:
             raise ValueError(f"links: expected one list per document ({corpus.n_documents}), got {len(self.links)}")
-        self.anchors = np.arange(corpus.n_documents) if anchors is None else np.asarray(anchors, dtype=np.int64)
+        self.n_documents = corpus.n_documents if n_documents is None else int(n_documents)
+        if not 1 <= self.n_documents <= corpus.n_documents:
+            raise ValueError(f"n_documents: expected 1..{corpus.n_documents}, got {n_documents!r}")
+        self.anchors = np.arange(self.n_documents) if anchors is None else np.asarray(anchors, dtype=np.int64)
         if self.anchors.size == 0:
             raise ValueError("anchors: linked packing needs at least one anchor document")
+        if self.anchors.min() < 0 or self.anchors.max() >= self.n_documents:
+            raise ValueError(f"anchors: expected document ids in [0, n_documents={self.n_documents})")
         self.max_linked, self.budget_share, self.plain_share, self.seed = max_linked, budget_share, plain_share, seed
         if corpus.n_tokens + corpus.n_documents < seq_len + 1:
             raise ValueError(f"seq_len={seq_len}: the corpus has only {corpus.n_tokens + corpus.n_documents} tokens "
@@ -123,7 +130,7 @@ class LinkedPacking:
         a = int(self.anchors[i])
         rng = np.random.default_rng([self.seed, i])
         plain = rng.random() < self.plain_share
-        targets = self.links[a]
+        targets = [t for t in self.links[a] if t < self.n_documents]
         if plain or not targets:
             return a, [], True
         k = min(self.max_linked, len(targets))
@@ -147,7 +154,7 @@ class LinkedPacking:
         while pos < L:
             pos += self._place(doc, tokens, docs, pos, L - pos, d)
             d += 1
-            doc = (doc + 1) % self.corpus.n_documents
+            doc = (doc + 1) % self.n_documents
         return tokens, docs, edges
 
     def _place(self, doc: int, tokens, docs, pos: int, room: int, d: int) -> int:

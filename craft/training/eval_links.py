@@ -1,7 +1,7 @@
 """Does a model use the documents a document links to? Loss of held-out documents in three contexts.
 
-For every held-out document ``h`` (the documents the trainer's split keeps out of training, see
-:func:`craft.data.linked_packing.train_document_count`) that links to corpus documents, the loss of
+For every held-out document ``h`` (the documents wholly inside the trainer's held-out windows, see
+:func:`craft.data.linked_packing.train_document_count`; linked training never places them) that links to corpus documents, the loss of
 ``h``'s own tokens is measured
 
 - ``alone``: ``h`` by itself;
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from craft.data.linked_packing import corpus_links, train_document_count
-from craft.data.packing import PackedSequences
+from craft.data.packing import PackedSequences, split_windows
 from craft.data.pretokenize import PretokenizedCorpus
 
 CONDITIONS = ("alone", "linked", "random")
@@ -56,9 +56,13 @@ def evaluate_links(model, corpus: PretokenizedCorpus, seq_len: int | None = None
     if not 0 < budget_share < 1:
         raise ValueError(f"budget_share: expected a number in (0, 1), got {budget_share!r}")
     links = corpus_links(corpus)
-    first = train_document_count(PackedSequences(corpus, min(seq_len, max(1, corpus.n_tokens - 1))), eval_fraction)
+    packed = PackedSequences(corpus, min(seq_len, max(1, corpus.n_tokens - 1)))
+    first = train_document_count(packed, eval_fraction)
     if first >= corpus.n_documents:  # tiny corpus: no held-out documents, use them all
         first = 0
+    else:  # a document straddling the split had its start in a training window: skip it
+        first_eval = int(split_windows(len(packed), eval_fraction)[1][0]) * packed.seq_len
+        first += int(packed.starts[first] < first_eval)
     held = [d for d in range(first, corpus.n_documents) if links[d]][:max_docs]
     if not held:
         raise ValueError("corpus: no held-out document links to another corpus document; nothing to measure "

@@ -245,8 +245,8 @@ class Trainer:
         if config.linked:  # anchors: the documents wholly before the first held-out window
             from craft.data.linked_packing import LinkedPacking, train_document_count
 
-            self.train_data = LinkedPacking(self.corpus, self.seq_len,
-                                            anchors=range(train_document_count(self.packed, config.eval_fraction)),
+            n_train = train_document_count(self.packed, config.eval_fraction)  # held-out documents never placed
+            self.train_data = LinkedPacking(self.corpus, self.seq_len, n_documents=n_train,
                                             max_linked=config.linked_max_docs,
                                             budget_share=config.linked_budget_share,
                                             plain_share=config.linked_plain_share, seed=config.seed)
