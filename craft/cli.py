@@ -134,6 +134,8 @@ def cmd_train(args) -> int:
             fields[name] = v
     if args.compile:
         fields["compile"] = True
+    if args.linked:
+        fields["linked"] = True
     if args.no_progress:
         fields["progress"] = False
     config = TrainConfig(**fields)
@@ -340,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any model or training setting, e.g. --set dim=64 --set warmup_steps=5")
     t.add_argument("--no-progress", action="store_true", help="no progress bar or samples on the terminal")
+    t.add_argument("--linked", action="store_true", help="linked packing with cross_doc_link attention "
+                   "(options: --set linked_max_docs=3 linked_budget_share=0.5 linked_plain_share=0.25)")
     t.set_defaults(fn=cmd_train)
 
     g = sub.add_parser("generate", help="continue a prompt with a trained model")
@@ -372,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_directives(sub)
     from craft.agents.cli import register as register_agents  # `craft agents train|eval|roundtrip`
     register_agents(sub)
+    from craft.training.cli import register as register_training  # `craft eval-links CHECKPOINT`
+    register_training(sub)
     return p
 
 

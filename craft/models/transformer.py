@@ -6,7 +6,7 @@ embeddings (half-split layout) computed from position tensors; grouped-query att
 
 Attention paths: training / full forward uses ``craft_kernels.doc_attention(kind='doc_causal')``
 (causal within each document when ``doc_ids`` are given, plain causal otherwise; on CPU the C++ span
-kernel, fp32 math); cached decoding (``forward_step``) uses :func:`cached_attention` over the static
+kernel, fp32 math), or ``kind='cross_doc_link'`` when ``links`` are given (linked packing); cached decoding (``forward_step``) uses :func:`cached_attention` over the static
 KV cache with a boolean mask.
 """
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, doc_ids=None, input_pos=None, mask=None):
+    def forward(self, x, cos, sin, doc_ids=None, input_pos=None, mask=None, links=None):
         B, T, _ = x.shape
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = self.wqkv(x).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
@@ -86,7 +86,8 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)
             y = cached_attention(q, k.to(q.dtype), v.to(q.dtype), mask)
         else:
-            y = doc_attention(q, k, v, doc_ids, kind="doc_causal")
+            y = doc_attention(q, k, v, doc_ids, kind="doc_causal" if links is None else "cross_doc_link",
+                              links=links)
         return self.wo(y.transpose(1, 2).reshape(B, T, H * hd))
 
 
@@ -98,8 +99,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = SwiGLUMLP(config.dim, config.hidden_dim)
 
-    def forward(self, x, cos, sin, doc_ids=None, input_pos=None, mask=None):
-        x = x + self.attention(self.attention_norm(x), cos, sin, doc_ids, input_pos, mask)
+    def forward(self, x, cos, sin, doc_ids=None, input_pos=None, mask=None, links=None):
+        x = x + self.attention(self.attention_norm(x), cos, sin, doc_ids, input_pos, mask, links)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -155,9 +156,9 @@ class LanguageModel(GenerativeModel):
             ps.append(self.output.weight)
         return ps
 
-    def _logits(self, x, cos, sin, doc_ids=None, input_pos=None, mask=None):
+    def _logits(self, x, cos, sin, doc_ids=None, input_pos=None, mask=None, links=None):
         for layer in self.layers:
-            x = layer(x, cos, sin, doc_ids, input_pos, mask)
+            x = layer(x, cos, sin, doc_ids, input_pos, mask, links)
         h = self.norm(x)
         if input_pos is not None and self._head_t.numel():
             # decoding: the (dim, V) copy made by setup_cache; on CPU a one-row product streams that
@@ -165,9 +166,12 @@ class LanguageModel(GenerativeModel):
             return h @ self._head_t
         return self.output(h)
 
-    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None, targets: torch.Tensor | None = None):
+    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+                links: torch.Tensor | None = None):
         """tokens (B, T) int; doc_ids (B, T) int (-1 = padding) restricts attention to each document;
-        targets (B, T) long (-100 ignored). Returns logits (B, T, V) in the compute dtype, or
+        targets (B, T) long (-100 ignored); links (B, Dmax, Dmax) bool (with doc_ids): attention
+        ``cross_doc_link`` instead of ``doc_causal``, document i also sees every document j with
+        ``links[b, i, j]`` (place linked documents first to stay causal). Returns logits (B, T, V) in the compute dtype, or
         ``(logits, loss)`` with the mean fp32 cross-entropy when targets are given."""
         _check_tokens(tokens)
         B, T = tokens.shape
@@ -179,16 +183,19 @@ class LanguageModel(GenerativeModel):
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         else:
             cos, sin = rope_angles(torch.arange(T, device=tokens.device), self.inv_freq)
-        logits = self._logits(self.tok_embeddings(tokens), cos, sin, doc_ids)
+        if links is not None and doc_ids is None:
+            raise ValueError("links: cross-document links need doc_ids (B, T); pass both or neither")
+        logits = self._logits(self.tok_embeddings(tokens), cos, sin, doc_ids, links=links)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.reshape(B * T, -1).float(), targets.reshape(B * T).long(), ignore_index=-100)
         return logits, loss
 
-    def forward_inference(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_inference(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+                          links: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, V) of :meth:`forward` without building autograd state."""
         with torch.no_grad():
-            return self.forward(tokens, doc_ids)
+            return self.forward(tokens, doc_ids, links=links)
 
     # ---- cached decoding -------------------------------------------------------------------
     def setup_cache(self, batch_size: int, max_seq_len: int, dtype=None, device=None) -> None:

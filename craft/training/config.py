@@ -24,6 +24,11 @@ class TrainConfig:
     or ``fp32``. The learning rate warms up linearly for ``warmup_steps``, then follows a cosine
     down to ``lr * min_lr_ratio`` at ``max_steps``; ``max_minutes`` (optional) also stops the run
     without changing the schedule.
+
+    ``linked``: train on :class:`craft.data.linked_packing.LinkedPacking` sequences (a document
+    after up to ``linked_max_docs`` documents it links to, taking at most ``linked_budget_share``
+    of the sequence; ``linked_plain_share`` of the sequences plain) with ``cross_doc_link``
+    attention; evaluation stays on the plain held-out windows.
     """
 
     preset: str = "tiny"
@@ -56,11 +61,15 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     tensorboard: bool = True
+    linked: bool = False  # linked packing (craft.data.linked_packing) with cross_doc_link attention
+    linked_max_docs: int = 3  # linked documents per sequence, at most
+    linked_budget_share: float = 0.5  # share of a sequence the linked documents may take
+    linked_plain_share: float = 0.25  # share of plain doc_causal sequences
 
     def __post_init__(self):
         ints = {"tokens_per_step": 1, "micro_batch_tokens": 1, "warmup_steps": 0, "max_steps": 1, "eval_every": 0,
                 "eval_windows": 1, "sample_every": 0, "sample_tokens": 1, "checkpoint_every": 0,
-                "keep_checkpoints": 1, "log_every": 1, "seed": 0}
+                "keep_checkpoints": 1, "log_every": 1, "seed": 0, "linked_max_docs": 1}
         for name, lo in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -77,7 +86,7 @@ class TrainConfig:
             self.betas = tuple(float(b) for b in betas)
         else:
             raise ValueError(f"betas: expected two numbers in [0, 1), e.g. (0.9, 0.95), got {betas!r}")
-        for name in ("compile", "progress", "tensorboard"):
+        for name in ("compile", "progress", "tensorboard", "linked"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         for name in ("preset", "sample_prompt", "device"):
@@ -96,6 +105,10 @@ class TrainConfig:
         if self.max_minutes is not None and (isinstance(self.max_minutes, bool) or not isinstance(
                 self.max_minutes, (int, float)) or not self.max_minutes > 0):
             raise ValueError(f"max_minutes: expected a positive number or None, got {self.max_minutes!r}")
+        for name, lo_open in (("linked_budget_share", True), ("linked_plain_share", False)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 1 if lo_open else 0 <= v <= 1):
+                raise ValueError(f"{name}: expected a number in {'(0, 1]' if lo_open else '[0, 1]'}, got {v!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision: expected 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         if self.tokenizer not in ("byte", "char", "gpt2"):

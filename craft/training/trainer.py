@@ -241,6 +241,16 @@ class Trainer:
         self.packed = PackedSequences(self.corpus, self.seq_len)
         train_idx, eval_idx = split_windows(len(self.packed), config.eval_fraction)
         self.eval_indices = eval_idx[:config.eval_windows]
+        self.train_data = self.packed
+        if config.linked:  # anchors: the documents wholly before the first held-out window
+            from craft.data.linked_packing import LinkedPacking, train_document_count
+
+            n_train = train_document_count(self.packed, config.eval_fraction)  # held-out documents never placed
+            self.train_data = LinkedPacking(self.corpus, self.seq_len, n_documents=n_train,
+                                            max_linked=config.linked_max_docs,
+                                            budget_share=config.linked_budget_share,
+                                            plain_share=config.linked_plain_share, seed=config.seed)
+            train_idx = range(len(self.train_data))
         self.sampler = WindowSampler(train_idx, seed=config.seed)
 
     def _build_optimizer(self, config: TrainConfig) -> None:
@@ -296,8 +306,8 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def _batch(self, indices) -> dict[str, torch.Tensor]:
-        b = self.packed.batch(indices)
+    def _batch(self, indices, data=None) -> dict[str, torch.Tensor]:
+        b = (self.packed if data is None else data).batch(indices)
         return {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
 
     def write(self, text: str) -> None:
@@ -430,12 +440,12 @@ class Trainer:
             idx = self.sampler.take(self.global_batch)[self.rank::self.world_size]
             loss_sum = torch.zeros((), device=self.device)
             for a in range(self.accum_steps):
-                b = self._batch(idx[a * self.micro_batch:(a + 1) * self.micro_batch])
+                b = self._batch(idx[a * self.micro_batch:(a + 1) * self.micro_batch], self.train_data)
                 sync = a == self.accum_steps - 1 or self.world_size == 1
                 ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
                 with ctx:
                     with self._autocast():
-                        _, loss = self.forward_model(b["tokens"], b["doc_ids"], b["targets"])
+                        _, loss = self.forward_model(b["tokens"], b["doc_ids"], b["targets"], b.get("links"))
                     (loss / self.accum_steps).backward()
                 loss_sum += loss.detach().float()
             clip = self.config.grad_clip
