@@ -31,3 +31,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def small_byte_corpus(tmp_path_factory):
+    """A small pretokenized corpus (byte tokenizer) of linked markdown documents, built once per session."""
+    from craft.data import pretokenize
+    from tests._training_helpers import write_corpus
+
+    tmp = tmp_path_factory.mktemp("small_corpus")
+    return pretokenize(write_corpus(tmp / "src", repeat=6), tmp / "pre", "byte")

@@ -13,7 +13,7 @@ from craft.models import LanguageModel, ModelConfig
 from craft.training import TrainConfig, Trainer
 from craft.training.eval_links import evaluate_links
 from craft_kernels.doc_masks import doc_dense_mask
-from tests._training_helpers import SMALL_MODEL, write_corpus
+from tests._training_helpers import SMALL_MODEL
 
 
 @pytest.fixture(autouse=True)
@@ -143,10 +143,9 @@ def test_gradient_flows_across_a_link_and_only_across_it():
         model(tokens, None, links=links)
 
 
-@pytest.fixture(scope="module")
-def md_corpus(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lt")
-    return pretokenize(write_corpus(tmp / "src", repeat=6), tmp / "pre", "byte")
+@pytest.fixture
+def md_corpus(small_byte_corpus):
+    return small_byte_corpus
 
 
 def _config(**kw):

@@ -6,29 +6,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from craft.data import pretokenize
 from craft.models import LanguageModel
 from craft.training import (
     CHECKPOINT_KEYS, TrainConfig, Trainer, latest_checkpoint, load_checkpoint, load_model, save_checkpoint,
     warmup_cosine,
 )
 from craft_kernels._backend import bf16_is_fast
-from tests._training_helpers import SMALL_MODEL, write_corpus
+from tests._training_helpers import SMALL_MODEL
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread keeps these small runs fast and deterministic."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small runs: one thread is faster and deterministic
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("trainer")
-    return pretokenize(write_corpus(tmp / "src", repeat=6), tmp / "pre", "byte")
+@pytest.fixture
+def corpus(small_byte_corpus):
+    return small_byte_corpus
 
 
 def config(**kw):
