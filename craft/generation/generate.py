@@ -26,11 +26,6 @@ from craft.generation.sampling import (
 )
 
 
-def model_max_seq_len(model) -> int:
-    """Positions the model was built for (its rotary tables / training context)."""
-    return int(model.config.max_seq_len)
-
-
 def prefill(model, tokens: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor | None = None,
             rope_pos: torch.Tensor | None = None) -> torch.Tensor:
     """Runs tokens (B, T) at cache slots ``input_pos`` (T,) through ``model.forward_step``; returns
@@ -115,7 +110,7 @@ def _check_generate_args(model, prompt_ids, max_new_tokens, temperature, top_k, 
         raise ValueError(f"prompt_ids: ids must lie in [0, vocab_size={V})")
     if eos_id is not None and not 0 <= int(eos_id) < V:
         raise ValueError(f"eos_id: expected an id in [0, {V}), got {eos_id!r}")
-    T, limit = prompt_ids.shape[1], model_max_seq_len(model)
+    T, limit = prompt_ids.shape[1], int(model.config.max_seq_len)
     if T + max_new_tokens > limit:
         raise ValueError(f"prompt_ids, max_new_tokens: {T} prompt tokens + {max_new_tokens} new tokens exceed the "
                          f"model's max_seq_len={limit} (rotary positions beyond it were never trained); "

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from craft.generation.generate import model_max_seq_len, select_decode_step
+from craft.generation.generate import select_decode_step
 from craft.generation.sampling import LogitsProcessor, apply_processors, sample
 from craft.generation.linked.config import GenerationConfig
 from craft.generation.linked.context import ContextFull, DocumentContext
@@ -36,7 +36,7 @@ from craft.generation.linked.result import GeneratedDocument, GenerationResult
 def resolve_config(model, tokenizer, config: GenerationConfig) -> GenerationConfig:
     """Fills the ``None`` fields from the model (context length, device), its checkpoint's training
     ``seq_len`` (per-document limit) and the tokenizer (EOS id); checks they fit together."""
-    ctx_len = model_max_seq_len(model)
+    ctx_len = int(model.config.max_seq_len)
     max_ctx = config.max_seq_len or ctx_len
     per_doc = config.max_tokens_per_document
     if per_doc is None:
