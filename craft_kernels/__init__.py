@@ -7,7 +7,7 @@ submodules):
   each op takes), ``bf16_is_fast(device)`` (whether bf16 autocast pays here), ``use_native(impl)``
   (a context manager that runs native ops and the CPU span-attention kernel with ``"cpp"`` or
   ``"python"``, overriding ``CRAFT_NATIVE`` inside the block) and ``native_impl()`` (the one in use).
-- validation: ``check_int(x, name, minimum, maximum)`` and ``check_choice(x, name, choices)``, the one
+- validation: ``check_int(x, name, minimum, maximum)``, ``check_float(...)`` and ``check_choice(x, name, choices)``, the one
   argument check of the library (messages name the argument and the fix); ``craft`` uses them too.
 - kernels: ``swiglu``, ``swiglu_packed``, ``SwiGLUMLP``, ``act_accumulate`` / ``ACTOutput``.
 - document attention: ``doc_attention``, the masks ``doc_mask_mod``, ``doc_dense_mask``,
@@ -20,7 +20,7 @@ submodules):
   build it.
 """
 from craft_kernels._backend import backend_info, bf16_is_fast, format_backend_info
-from craft_kernels._validate import check_choice, check_int
+from craft_kernels._validate import check_choice, check_float, check_int
 from craft_kernels.native._dispatch import impl as native_impl, use as use_native
 from craft_kernels.act import ACTOutput, act_accumulate
 from craft_kernels.attention import doc_attention
@@ -53,5 +53,5 @@ def __dir__():
     return sorted(list(globals()) + list(_NATIVE))
 
 
-__all__ = ["backend_info", "format_backend_info", "bf16_is_fast", "use_native", "native_impl", "check_int", "check_choice", "act_accumulate", "ACTOutput", "doc_attention", "MASK_KINDS", "DocMaskState", "doc_block_mask", "doc_dense_mask",
+__all__ = ["backend_info", "format_backend_info", "bf16_is_fast", "use_native", "native_impl", "check_int", "check_float", "check_choice", "act_accumulate", "ACTOutput", "doc_attention", "MASK_KINDS", "DocMaskState", "doc_block_mask", "doc_dense_mask",
            "doc_ids_from_cu_seqlens", "doc_ids_from_spans", "doc_mask_mod", "links_from_edges", "swiglu", "swiglu_packed", "SwiGLUMLP", *_NATIVE]

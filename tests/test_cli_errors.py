@@ -70,9 +70,9 @@ def test_skipped_corpus_files_are_reported(here, capsys):
 @pytest.mark.parametrize("args, needles", [
     (["--set", "betas=abc"], ["betas", "two numbers"]),
     (["--set", "betas=(0.9, 1.5)"], ["betas"]),
-    (["--set", "lr=fast"], ["lr: expected a finite number"]),
+    (["--set", "lr=fast"], ["lr: expected a number, got str"]),
     (["--set", "vocab_size=10"], ["vocab_size 10 is smaller than the tokenizer's 258"]),
-    (["--seed", str(2 ** 70)], ["seed: expected an int < 2**63"]),
+    (["--seed", str(2 ** 70)], ["seed:", "does not fit in int64"]),
     (["--set", "device=bogus"], ["--device 'bogus'"]),
     (["--set", "tokenizer=char"], ["--set tokenizer: use --tokenizer"]),
     (["--set", "max_seq_len=100000000"], ["seq_len=100000000", "corpus has only"]),  # before any allocation

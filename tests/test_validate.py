@@ -42,3 +42,37 @@ def _state(n=0):
     if n:
         s.append(n)
     return s
+
+
+def test_check_float_rules():
+    from craft_kernels import check_float
+    assert check_float(np.float32(0.5), "x", 0, 1) == 0.5 and type(check_float(3, "x")) is float
+    with pytest.raises(TypeError, match="x: expected a number, got bool"):
+        check_float(True, "x")
+    with pytest.raises(TypeError, match="x: expected a number, got str"):
+        check_float("0.1", "x")
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="x: expected a finite number"):
+            check_float(bad, "x")
+    with pytest.raises(ValueError, match=r"x: must be a number in \(0, 1\], got 0.0"):
+        check_float(0.0, "x", 0, 1, min_open=True)
+    with pytest.raises(ValueError, match=r"x: must be a number > 0 \(why\), got -1.0"):
+        check_float(-1, "x", 0, min_open=True, hint=" (why)")
+    with pytest.raises(ValueError, match=r"x: must be a number in \[0, 1\), got 1.0"):
+        check_float(1.0, "x", 0, 1, max_open=True)
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda v: __import__("craft.training", fromlist=["TrainConfig"]).TrainConfig(lr=v), "lr"),
+    (lambda v: __import__("craft.training", fromlist=["TrainConfig"]).TrainConfig(max_minutes=v), "max_minutes"),
+    (lambda v: __import__("craft.training", fromlist=["TrainConfig"]).TrainConfig(betas=(0.9, v)), r"betas\[1\]"),
+    (lambda v: __import__("craft.models", fromlist=["ModelConfig"]).ModelConfig(norm_eps=v), "norm_eps"),
+    (lambda v: __import__("craft.generation.sampling", fromlist=["x"]).check_sampling_args(1.0, None, v), "top_p"),
+])
+def test_configs_check_numbers_with_the_shared_check(make, name):
+    """Every config's number fields go through the one check: the same TypeError for a bool and the
+    same ValueError for NaN, naming the field (each config used to have its own rules and messages)."""
+    with pytest.raises(ValueError, match=f"{name}: expected a finite number"):
+        make(float("nan"))
+    with pytest.raises(TypeError, match=f"{name}: expected a number, got bool"):
+        make(True)

@@ -28,6 +28,8 @@ import sqlite3
 import numpy as np
 import torch
 
+from craft_kernels import check_float, check_int
+
 from craft.data.packing import PackedSequences, split_windows
 from craft.data.pretokenize import PretokenizedCorpus
 
@@ -95,14 +97,10 @@ class LinkedPacking:
 
     def __init__(self, corpus: PretokenizedCorpus, seq_len: int, anchors=None, links: list[list[int]] | None = None,
                  n_documents: int | None = None, max_linked: int = 3, budget_share: float = 0.5, plain_share: float = 0.25, seed: int = 0):
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ValueError(f"seq_len: expected a positive int, got {seq_len!r}")
-        if isinstance(max_linked, bool) or not isinstance(max_linked, int) or max_linked < 1:
-            raise ValueError(f"max_linked: expected an int >= 1, got {max_linked!r}")
-        if not (isinstance(budget_share, (int, float)) and 0 < budget_share <= 1):
-            raise ValueError(f"budget_share: expected a number in (0, 1], got {budget_share!r}")
-        if not (isinstance(plain_share, (int, float)) and 0 <= plain_share <= 1):
-            raise ValueError(f"plain_share: expected a number in [0, 1], got {plain_share!r}")
+        check_int(seq_len, "seq_len", 1)
+        check_int(max_linked, "max_linked", 1)
+        check_float(budget_share, "budget_share", 0, 1, min_open=True)
+        check_float(plain_share, "plain_share", 0, 1)
         self.corpus, self.seq_len, self.eos_id = corpus, seq_len, corpus.eos_id
         self.links = corpus_links(corpus) if links is None else links
         if len(self.links) != corpus.n_documents:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from craft_kernels import check_int
+
 from craft.data.pretokenize import PretokenizedCorpus
 
 
@@ -22,8 +24,7 @@ class PackedSequences:
     """Windows of ``seq_len + 1`` tokens over the EOS-joined document stream of ``corpus``."""
 
     def __init__(self, corpus: PretokenizedCorpus, seq_len: int):
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ValueError(f"seq_len: expected a positive int, got {seq_len!r}")
+        check_int(seq_len, "seq_len", 1)
         self.corpus = corpus
         self.seq_len = seq_len
         self.eos_id = corpus.eos_id

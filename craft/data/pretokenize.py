@@ -27,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from craft_kernels import check_int
+
 from craft.data.corpus import CorpusError, CorpusNotFoundError, Document, corpus_files, read_folder
 from craft.data.files import atomic_write, is_inside
 from craft.data.titles import create_filename, normalize_title
@@ -104,8 +106,7 @@ def pretokenize(source: str | Path | Sequence[Document], out_dir: str | Path, to
     ``shard_tokens``: the most tokens per shard (a longer document gets a shard of its own).
     Returns ``out_dir``.
     """
-    if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1:
-        raise ValueError(f"shard_tokens: expected a positive int, got {shard_tokens!r}")
+    check_int(shard_tokens, "shard_tokens", 1)
     folder = Path(source) if isinstance(source, (str, os.PathLike)) else None
     out_dir = check_out_dir(out_dir, folder)
     if folder is not None:

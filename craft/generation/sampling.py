@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from craft_kernels import check_int
+from craft_kernels import check_float, check_int
 
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -39,17 +39,11 @@ def _check_logits(logits: torch.Tensor, name: str = "logits") -> None:
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """The one check of sampling arguments (plain and linked generation): TypeError for a wrong type,
     ValueError for a negative or non-finite temperature, ``top_k < 1`` or ``top_p`` outside (0, 1]."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature: expected a number >= 0 (0 = greedy), got {temperature!r}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature: expected a finite number >= 0 (0 = greedy), got {temperature!r}")
+    check_float(temperature, "temperature", 0, hint=" (0 = greedy)")
     if top_k is not None:
         check_int(top_k, "top_k", 1, hint=" (or None)")
     if top_p is not None:
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
-            raise TypeError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+        check_float(top_p, "top_p", 0, 1, min_open=True, hint=" (or None)")
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from craft._deprecation import renamed
+from craft_kernels import check_float, check_int
 
 _RENAMED = {"ff_dim": "hidden_dim", "context_length": "max_seq_len"}
 
@@ -50,17 +51,15 @@ class ModelConfig:
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "max_seq_len"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+            check_int(getattr(self, name), name, 1)
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim}: must be a multiple of n_heads={self.n_heads}")
         if self.head_dim % 2:
             raise ValueError(f"dim / n_heads = {self.head_dim}: rotary embeddings need an even head size")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads={self.n_kv_heads}: must divide n_heads={self.n_heads}")
-        if not self.rope_base > 0 or not self.norm_eps > 0 or not self.init_std > 0:
-            raise ValueError("rope_base, norm_eps, init_std: expected positive numbers")
+        for name in ("rope_base", "norm_eps", "init_std"):
+            check_float(getattr(self, name), name, 0, min_open=True)
 
     @property
     def head_dim(self) -> int:

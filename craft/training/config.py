@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
+
+from craft_kernels import check_choice, check_float, check_int
 
 # fields that may change when a run is resumed (they do not change what a step computes)
 RUN_FIELDS = frozenset({"max_steps", "max_minutes", "eval_every", "eval_windows", "sample_every", "sample_tokens",
@@ -67,54 +68,36 @@ class TrainConfig:
     linked_plain_share: float = 0.25  # share of plain doc_causal sequences
 
     def __post_init__(self):
-        ints = {"tokens_per_step": 1, "micro_batch_tokens": 1, "warmup_steps": 0, "max_steps": 1, "eval_every": 0,
-                "eval_windows": 1, "sample_every": 0, "sample_tokens": 1, "checkpoint_every": 0,
-                "keep_checkpoints": 1, "log_every": 1, "seed": 0, "linked_max_docs": 1}
-        for name, lo in ints.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
-        if self.seed >= 2 ** 63:
-            raise ValueError(f"seed: expected an int < 2**63, got {self.seed}")
-        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "eval_fraction", "sample_temperature"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{name}: expected a finite number, got {v!r}")
-        betas = self.betas
-        if isinstance(betas, (list, tuple)) and len(betas) == 2 and all(
-                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
-            self.betas = tuple(float(b) for b in betas)
-        else:
-            raise ValueError(f"betas: expected two numbers in [0, 1), e.g. (0.9, 0.95), got {betas!r}")
+        for name, lo in (("tokens_per_step", 1), ("micro_batch_tokens", 1), ("warmup_steps", 0), ("max_steps", 1),
+                         ("eval_every", 0), ("eval_windows", 1), ("sample_every", 0), ("sample_tokens", 1),
+                         ("checkpoint_every", 0), ("keep_checkpoints", 1), ("log_every", 1), ("linked_max_docs", 1)):
+            check_int(getattr(self, name), name, lo)
+        check_int(self.seed, "seed", 0, 2 ** 63 - 1)
+        if self.seq_len is not None:
+            check_int(self.seq_len, "seq_len", 1, hint=" (or None: the model's max_seq_len)")
+        check_float(self.lr, "lr", 0, min_open=True)
+        check_float(self.min_lr_ratio, "min_lr_ratio", 0, 1)
+        check_float(self.weight_decay, "weight_decay", 0)
+        check_float(self.grad_clip, "grad_clip", 0, hint=" (0 = no clipping)")
+        check_float(self.eval_fraction, "eval_fraction", 0, 1, max_open=True)
+        check_float(self.sample_temperature, "sample_temperature", 0, hint=" (0 = greedy)")
+        check_float(self.linked_budget_share, "linked_budget_share", 0, 1, min_open=True)
+        check_float(self.linked_plain_share, "linked_plain_share", 0, 1)
+        if self.max_minutes is not None:
+            check_float(self.max_minutes, "max_minutes", 0, min_open=True, hint=" (or None: no time limit)")
+        if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2):
+            raise ValueError(f"betas: expected two numbers in [0, 1), e.g. (0.9, 0.95), got {self.betas!r}")
+        self.betas = tuple(check_float(b, f"betas[{i}]", 0, 1, max_open=True) for i, b in enumerate(self.betas))
         for name in ("compile", "progress", "tensorboard", "linked"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+                raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         for name in ("preset", "sample_prompt", "device"):
             if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name}: expected a str, got {getattr(self, name)!r}")
+                raise TypeError(f"{name}: expected a str, got {getattr(self, name)!r}")
         if not isinstance(self.model_overrides, dict):
-            raise ValueError(f"model_overrides: expected a dict, got {self.model_overrides!r}")
-        if not 0 <= self.eval_fraction < 1 or self.sample_temperature < 0:
-            raise ValueError("eval_fraction, sample_temperature: expected 0 <= eval_fraction < 1 and "
-                             "sample_temperature >= 0")
-        if self.seq_len is not None and (isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int)
-                                         or self.seq_len < 1):
-            raise ValueError(f"seq_len: expected a positive int or None, got {self.seq_len!r}")
-        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("lr, min_lr_ratio: expected lr > 0 and 0 <= min_lr_ratio <= 1")
-        if self.max_minutes is not None and (isinstance(self.max_minutes, bool) or not isinstance(
-                self.max_minutes, (int, float)) or not self.max_minutes > 0):
-            raise ValueError(f"max_minutes: expected a positive number or None, got {self.max_minutes!r}")
-        for name, lo_open in (("linked_budget_share", True), ("linked_plain_share", False)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 1 if lo_open else 0 <= v <= 1):
-                raise ValueError(f"{name}: expected a number in {'(0, 1]' if lo_open else '[0, 1]'}, got {v!r}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision: expected 'auto', 'bf16' or 'fp32', got {self.precision!r}")
-        if self.tokenizer not in ("byte", "char", "gpt2"):
-            raise ValueError(f"tokenizer: expected 'byte', 'char' or 'gpt2', got {self.tokenizer!r}")
-        if not self.grad_clip >= 0 or not self.weight_decay >= 0:
-            raise ValueError("grad_clip, weight_decay: expected numbers >= 0")
+            raise TypeError(f"model_overrides: expected a dict, got {self.model_overrides!r}")
+        check_choice(self.precision, "precision", ("auto", "bf16", "fp32"))
+        check_choice(self.tokenizer, "tokenizer", ("byte", "char", "gpt2"))
 
     def batch_layout(self, seq_len: int, world_size: int = 1) -> tuple[int, int]:
         """(micro_batch, accum_steps): sequences per forward per process and forwards per step, so
