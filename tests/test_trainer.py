@@ -1,6 +1,5 @@
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -202,8 +201,6 @@ def test_resume_of_a_finished_run_trains_nothing(corpus, tmp_path):
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000002.pt"]
 
 
-@pytest.mark.skipif(not os.environ.get("CRAFT_COMPILE_TESTS"),
-                    reason="torch.compile of the training step takes minutes on 2 cores; set CRAFT_COMPILE_TESTS=1")
 def test_compiled_bf16_training_with_document_ids_resumes_exactly(corpus, tmp_path):
     """The compiled path end to end: torch.compile'd forward with document ids under bf16 autocast,
     interrupted and resumed, gives the losses of an uninterrupted compiled run, close to eager."""
