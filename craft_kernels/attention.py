@@ -5,8 +5,10 @@ CPU: ``causal``/``doc_causal`` go to the C++ span-attention kernel (:mod:`craft_
 or to SDPA, whichever is faster on this machine for the case (head dim, T rounded up to a power of
 two, documents or not, dtype): a per-machine choice, calibrated once and cached
 (``craft_kernels._backend.choose``; ``CRAFT_IMPL_DOC_ATTENTION=span|sdpa`` forces one). The span
-kernel needs the extension (``CRAFT_NATIVE=cpp``) and head dim 16/32/64/128. Other kinds use SDPA
-with the dense span mask (FlexAttention has no CPU backward in torch 2.13). Rows with nothing to
+kernel needs the extension (``CRAFT_NATIVE=cpp``) and head dim 16/32/64/128. ``cross_doc_link``
+takes the same kernel, with explicit windows, when every query's visible keys form one window
+(:func:`link_windows`: linked packing does), in eager mode where the span kernel wins with
+documents. Other cases use SDPA with the dense span mask (FlexAttention has no CPU backward in torch 2.13). Rows with nothing to
 attend to (padding) give zeros on every path, never NaN, in forward and backward. On CPU,
 fp16/bf16 inputs are computed in fp32 on every path (autocast off) and cast back.
 """
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from craft_kernels import _backend
-from craft_kernels.doc_masks import _check_kind, doc_block_mask, doc_dense_mask
+from craft_kernels.doc_masks import _check_kind, _prepare, doc_block_mask, doc_dense_mask
 from craft_kernels.span_attention import span_attention, supports as span_supports
 
 
@@ -109,11 +111,56 @@ def doc_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: to
     _check(q, k, v, doc_ids, block_mask)
     spans = kind == "doc_causal" or (kind == "causal" and doc_ids is None)
     use_span = spans and links is None and span_supports(q) and _span_wins(q, doc_ids is not None)
+    starts = None
+    if (kind == "cross_doc_link" and span_supports(q) and not torch.compiler.is_compiling()
+            and _span_wins(q, True)):  # windows read the data: eager only
+        starts = link_windows(doc_ids, links, q.shape[0], q.shape[2])
+        use_span = starts is not None
     if not torch.compiler.is_compiling() and q.device.type == "cpu":
         _backend.paths_run["doc_attention"] = f"{'span' if use_span else 'sdpa'} ({kind}, T={q.shape[2]})"
     if use_span:
-        return span_attention(q, k, v, doc_ids, scale)  # CPU: the C++ kernel (see span_attention.py)
+        return span_attention(q, k, v, doc_ids, scale, starts)  # CPU: the C++ kernel (see span_attention.py)
     return _sdpa(q, k, v, doc_ids, kind, links, block_mask, scale)
+
+
+def link_windows(doc_ids: torch.Tensor | None, links: torch.Tensor | None, B: int, T: int) -> torch.Tensor | None:
+    """Window starts (B, T) int64 under which ``cross_doc_link`` is "query i sees the keys
+    [starts[b, i], i]", or None when some query's visible keys are not such a window.
+
+    That holds for linked packing (documents placed right after the documents they link to): a
+    document's visible keys are its linked documents, contiguous and just before it, then its own
+    prefix. It fails for a link to a later document, a self link (a bidirectional document), a gap
+    between linked documents, or a document resumed after another; :func:`doc_attention` then uses
+    SDPA with the dense mask. Works on runs (maximal spans of one id), so it costs O(B * (T + R^2))
+    for R runs per row, never O(T^2). Padding (-1) gets ``i + 1``: an empty window."""
+    ids = torch.zeros(B, T, dtype=torch.int64) if doc_ids is None else doc_ids
+    ids, links = _prepare(ids.cpu(), "cross_doc_link", None if links is None else links.cpu())
+    if T == 0 or B == 0:
+        return torch.zeros(B, T, dtype=torch.int64)
+    pos = torch.arange(T).expand(B, T)
+    new_run = torch.ones(B, T, dtype=torch.bool)
+    new_run[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    run = new_run.cumsum(1) - 1  # (B, T): run index of each position
+    R = int(run.max()) + 1
+    run_doc = torch.full((B, R), -1, dtype=torch.int64).scatter_(1, run, ids)  # unused runs stay -1
+    run_start = torch.full((B, R), T, dtype=torch.int64).scatter_reduce_(1, run, pos, "amin")
+    valid = run_doc >= 0
+    d = run_doc.clamp(min=0)
+    vis = links[torch.arange(B)[:, None, None], d[:, :, None], d[:, None, :]]  # (B, Rq, Rk)
+    vis &= valid[:, :, None] & valid[:, None, :]
+    r = torch.arange(R)
+    before = r[None, :] < r[:, None]  # (Rq, Rk): the key run lies before the query run
+    one = torch.zeros(B, R, dtype=torch.int64).scatter_add_(1, run, torch.ones_like(run)) == 1
+    vis.diagonal(dim1=1, dim2=2).logical_and_(~one)  # a self-linked run of one position sees only itself
+    if (vis & ~before).any():  # a link to a later run or to itself: seen beyond the query
+        return None
+    same = (run_doc[:, :, None] == run_doc[:, None, :]) & valid[:, :, None]
+    seen = (vis | same) & before
+    n = seen.sum(-1)  # runs seen before the query's run: they must be the n runs just before it
+    if not torch.equal(seen, before & (r[None, None, :] >= r[None, :, None] - n[:, :, None])):
+        return None
+    starts = run_start.gather(1, (r - n).clamp(min=0)).gather(1, run)
+    return torch.where(ids >= 0, starts, pos + 1)
 
 
 def _sdpa(q, k, v, doc_ids, kind, links, block_mask, scale=None):

@@ -17,6 +17,8 @@ The pure-PyTorch twin (``CRAFT_NATIVE=python``) is SDPA with the dense span mask
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from craft_kernels.native import _dispatch
@@ -47,42 +49,48 @@ def _dense_ids(ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op("craft::span_attention_fwd", mutates_args=())
-def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ids: torch.Tensor, scale: float
-         ) -> tuple[torch.Tensor, torch.Tensor]:
+def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ids: torch.Tensor, scale: float,
+         starts: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     out, lse = _dispatch.ext().span_attention_forward(_np(q), _np(k), _np(v), _np(_dense_ids(ids)), scale,
-                                                      torch.get_num_threads())
+                                                      torch.get_num_threads(), _starts(starts))
     return torch.from_numpy(out), torch.from_numpy(lse)
 
 
 @_fwd.register_fake
-def _(q, k, v, ids, scale):
+def _(q, k, v, ids, scale, starts=None):
     return torch.empty_like(q), q.new_empty(q.shape[:3])
 
 
 @torch.library.custom_op("craft::span_attention_bwd", mutates_args=())
 def _bwd(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-         lse: torch.Tensor, ids: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+         lse: torch.Tensor, ids: torch.Tensor, scale: float, starts: Optional[torch.Tensor] = None
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dq, dk, dv = _dispatch.ext().span_attention_backward(_np(q), _np(k), _np(v), _np(out), _np(grad), _np(lse),
-                                                         _np(_dense_ids(ids)), scale, torch.get_num_threads())
+                                                         _np(_dense_ids(ids)), scale, torch.get_num_threads(),
+                                                         _starts(starts))
     return torch.from_numpy(dq), torch.from_numpy(dk), torch.from_numpy(dv)
 
 
 @_bwd.register_fake
-def _(grad, q, k, v, out, lse, ids, scale):
+def _(grad, q, k, v, out, lse, ids, scale, starts=None):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
+def _starts(starts):
+    return None if starts is None else _np(starts.to(torch.int64).contiguous())
+
+
 def _setup(ctx, inputs, output):
-    q, k, v, ids, scale = inputs
+    q, k, v, ids, scale, starts = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, ids)
+    ctx.save_for_backward(q, k, v, out, lse, ids, starts)
     ctx.scale = scale
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, ids = ctx.saved_tensors
-    dq, dk, dv = _bwd(grad_out.contiguous(), q, k, v, out, lse, ids, ctx.scale)
-    return dq, dk, dv, None, None
+    q, k, v, out, lse, ids, starts = ctx.saved_tensors
+    dq, dk, dv = _bwd(grad_out.contiguous(), q, k, v, out, lse, ids, ctx.scale, starts)
+    return dq, dk, dv, None, None, None
 
 
 _fwd.register_autograd(_backward, setup_context=_setup)
@@ -95,14 +103,17 @@ def supports(q: torch.Tensor) -> bool:
 
 
 def span_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None = None,
-                   scale: float | None = None) -> torch.Tensor:
+                   scale: float | None = None, starts: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention within documents -> (B, H, T, hd) in q's dtype.
 
     q (B, H, T, hd), k/v (B, H_kv, T, hd) with H % H_kv == 0 (grouped-query K/V heads are repeated),
     CPU, hd in :data:`HEAD_DIMS`; ``doc_ids`` (B, T) int (-1 = padding, ids below -1 raise; any
     int64 id, ids beyond int32 are ranked, never wrapped) or None (one document);
-    ``scale`` defaults to ``hd ** -0.5``. Differentiable in q, k, v. Prefer
-    ``craft_kernels.doc_attention``, which checks its arguments and routes here when it can.
+    ``scale`` defaults to ``hd ** -0.5``. ``starts`` (B, T) int, optional, replaces the document
+    rule: query ``i`` sees exactly the keys ``[starts[b, i], i]`` (``i + 1``: none, a zero row);
+    :func:`craft_kernels.attention.link_windows` derives them for ``cross_doc_link`` packings.
+    Differentiable in q, k, v. Prefer ``craft_kernels.doc_attention``, which checks its arguments
+    and routes here when it can.
     """
     if not supports(q):
         raise ValueError(f"q: span_attention needs a CPU tensor (B, H, T, hd) with hd in {HEAD_DIMS}, "
@@ -118,7 +129,11 @@ def span_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: t
         if doc_ids.dtype.is_floating_point or doc_ids.dtype.is_complex or doc_ids.dtype == torch.bool:
             raise TypeError(f"doc_ids: expected an integer tensor, got {doc_ids.dtype}")
         ids = doc_ids.to(device="cpu", dtype=torch.int64).contiguous()  # checked and made int32 in the op
+    if starts is not None:
+        if starts.dtype.is_floating_point or starts.dtype.is_complex or starts.dtype == torch.bool:
+            raise TypeError(f"starts: expected an integer tensor, got {starts.dtype}")
+        starts = starts.to(device="cpu", dtype=torch.int64).contiguous()  # range-checked in the op
     dtype = q.dtype
     f32 = [t.to(torch.float32).contiguous() for t in (q, k, v)]
-    out, _ = _fwd(*f32, ids, float(hd ** -0.5 if scale is None else scale))
+    out, _ = _fwd(*f32, ids, float(hd ** -0.5 if scale is None else scale), starts)
     return out.to(dtype)

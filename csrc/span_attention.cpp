@@ -10,6 +10,7 @@
 // P@V / the gradient scatters run over contiguous head-dim rows. Threads split the B*H heads (each
 // thread owns its heads' dK/dV: no atomics). GIL released. Reference: craft_kernels/attention.py.
 #include <pybind11/numpy.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cmath>
@@ -19,6 +20,7 @@
 #include <limits>
 #include <string>
 #include <thread>
+#include <optional>
 #include <vector>
 
 #include "bindings.h"
@@ -26,6 +28,7 @@
 namespace py = pybind11;
 using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
 namespace craft {
 namespace {
@@ -430,19 +433,41 @@ void dispatch_hd(i64 hd, F f) {
     }
 }
 
+// Explicit windows: query i of row b sees exactly the keys [starts[b, i], i] (starts[b, i] == i + 1: none).
+// Copied and checked with the GIL held; every window is pure (no id test).
+std::vector<i64> window_starts(const I64& starts, i64 B, i64 T, std::vector<uint8_t>& pure) {
+    if (starts.ndim() != 2 || starts.shape(0) != B || starts.shape(1) != T)
+        throw py::value_error("starts: expected (B, T) int64 window starts, like ids");
+    const int64_t* p = starts.data();
+    std::vector<i64> first(p, p + B * T);
+    for (i64 b = 0; b < B; ++b)
+        for (i64 i = 0; i < T; ++i) {
+            const i64 s = first[static_cast<size_t>(b * T + i)];
+            if (s < 0 || s > i + 1)
+                throw py::value_error("starts: each window start must lie in [0, i + 1] for query i, got " +
+                                      std::to_string(s) + " at (" + std::to_string(b) + ", " + std::to_string(i) + ")");
+        }
+    pure.assign(static_cast<size_t>(B * T), 1);
+    return first;
+}
+
 // Runs fn(head-dim constant, first, pure, thread, n_threads) on n_threads threads with the GIL
-// released, after computing the document windows of ids (B, T).
+// released, after computing the document windows of ids (B, T), or taking the explicit ``starts``.
 template <class F>
-void run_heads(i64 hd, const int32_t* ids, i64 B, const Geometry& g, int n_threads, F fn) {
+void run_heads(i64 hd, const int32_t* ids, const std::optional<I64>& starts, i64 B, const Geometry& g,
+               int n_threads, F fn) {
     dispatch_hd(hd, [&](auto c) {
-        py::gil_scoped_release nogil;
         std::vector<uint8_t> pure;
-        const std::vector<i64> first = first_positions(ids, B, g.T, pure);
+        std::vector<i64> first;
+        if (starts) first = window_starts(*starts, B, g.T, pure);
+        py::gil_scoped_release nogil;
+        if (!starts) first = first_positions(ids, B, g.T, pure);
         run_threads(g.heads, n_threads, [&](i64 t, i64 nt) { fn(c, first.data(), pure.data(), t, nt); });
     });
 }
 
-py::tuple span_attention_forward(F32 q, F32 k, F32 v, I32 ids, float scale, int n_threads) {
+py::tuple span_attention_forward(F32 q, F32 k, F32 v, I32 ids, float scale, int n_threads,
+                                 std::optional<I64> starts) {
     const Geometry g = check(q, k, v, ids);
     const i64 hd = q.shape(3);
     F32 out({q.shape(0), q.shape(1), q.shape(2), q.shape(3)});
@@ -451,7 +476,7 @@ py::tuple span_attention_forward(F32 q, F32 k, F32 v, I32 ids, float scale, int 
     const int32_t* pi = ids.data();
     float *po = out.mutable_data(), *pl = lse.mutable_data();
     const Isa isa = pick_isa();
-    run_heads(hd, pi, q.shape(0), g, n_threads, [&](auto c, const i64* first, const uint8_t* pure, i64 t, i64 nt) {
+    run_heads(hd, pi, starts, q.shape(0), g, n_threads, [&](auto c, const i64* first, const uint8_t* pure, i64 t, i64 nt) {
         constexpr int HD = decltype(c)::value;
 #if CRAFT_X86
         if (isa == Isa::Avx512) return forward_avx512<HD>(pq, pk, pv, pi, first, pure, scale, g, po, pl, t, nt);
@@ -463,7 +488,7 @@ py::tuple span_attention_forward(F32 q, F32 k, F32 v, I32 ids, float scale, int 
 }
 
 py::tuple span_attention_backward(F32 q, F32 k, F32 v, F32 out, F32 dout, F32 lse, I32 ids, float scale,
-                                  int n_threads) {
+                                  int n_threads, std::optional<I64> starts) {
     const Geometry g = check(q, k, v, ids);
     check(out, dout, dout, ids);
     if (lse.ndim() != 3 || lse.shape(0) != q.shape(0) || lse.shape(1) != q.shape(1) || lse.shape(2) != q.shape(2))
@@ -476,7 +501,7 @@ py::tuple span_attention_backward(F32 q, F32 k, F32 v, F32 out, F32 dout, F32 ls
     const int32_t* pi = ids.data();
     float *pdq = dq.mutable_data(), *pdk = dk.mutable_data(), *pdv = dv.mutable_data();
     const Isa isa = pick_isa();
-    run_heads(hd, pi, q.shape(0), g, n_threads, [&](auto c, const i64* first, const uint8_t* pure, i64 t, i64 nt) {
+    run_heads(hd, pi, starts, q.shape(0), g, n_threads, [&](auto c, const i64* first, const uint8_t* pure, i64 t, i64 nt) {
         constexpr int HD = decltype(c)::value;
 #if CRAFT_X86
         if (isa == Isa::Avx512)
@@ -493,11 +518,12 @@ py::tuple span_attention_backward(F32 q, F32 k, F32 v, F32 out, F32 dout, F32 ls
 
 void bind_span_attention(py::module_& m) {
     m.def("span_attention_forward", &span_attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),
-          py::arg("ids"), py::arg("scale"), py::arg("n_threads"),
-          "(out (B,H,T,hd), lse (B,H,T)) of causal attention within documents ids (B,T) int32 (-1 = padding); fp32.");
+          py::arg("ids"), py::arg("scale"), py::arg("n_threads"), py::arg("starts") = py::none(),
+          "(out (B,H,T,hd), lse (B,H,T)) of causal attention within documents ids (B,T) int32 (-1 = padding), "
+          "or, given starts (B,T) int64, within the windows [starts[b,i], i]; fp32.");
     m.def("span_attention_backward", &span_attention_backward, py::arg("q"), py::arg("k"), py::arg("v"),
           py::arg("out"), py::arg("dout"), py::arg("lse"), py::arg("ids"), py::arg("scale"), py::arg("n_threads"),
-          "(dq, dk, dv) of span_attention_forward.");
+          py::arg("starts") = py::none(), "(dq, dk, dv) of span_attention_forward.");
     m.def("span_attention_isa", [] { return std::string(isa_name(pick_isa())); },
           "The ISA variant span attention runs here: avx512, avx2 or default (CRAFT_SPAN_ISA overrides).");
 }

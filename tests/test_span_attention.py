@@ -156,3 +156,89 @@ def test_ids_below_minus_one_raise_on_every_path(impl):
         doc_attention(q, q, q, ids, kind="doc_causal")
     with pytest.raises(ValueError, match="got -5"):
         span_attention(q, q, q, torch.tensor([[0, -5, 0, 0, 0, 0]], dtype=torch.int32))
+
+
+# ----------------------------------------------------------------- cross_doc_link as windows
+def _random_packing(g, B, T, max_docs=5, linked_first=True):
+    """(ids (B, T), links (B, D, D)): rows of random document lengths and trailing padding; with
+    ``linked_first`` each document links to some documents just before it (linked packing's
+    layout), else links are random (often not a window)."""
+    D = max_docs
+    ids = torch.full((B, T), -1)
+    links = torch.zeros(B, D, D, dtype=torch.bool)
+    for b in range(B):
+        cuts = sorted(torch.randint(0, T + 1, (D,), generator=g).tolist())
+        for d, (s, e) in enumerate(zip([0] + cuts[:-1], cuts)):
+            ids[b, s:e] = d
+        for d in range(D):
+            if linked_first:
+                n = int(torch.randint(0, d + 1, (1,), generator=g))
+                links[b, d, d - n:d] = True
+            else:
+                links[b, d] = torch.rand(D, generator=g) < 0.3
+    return ids, links
+
+
+def _is_window(row: torch.Tensor, i: int) -> bool:
+    seen = row.nonzero().flatten()
+    return len(seen) == 0 or (int(seen[-1]) == i and len(seen) == i - int(seen[0]) + 1)
+
+
+@pytest.mark.parametrize("linked_first", [True, False])
+def test_link_windows_are_the_dense_mask_exactly_or_none(linked_first):
+    """Either every row of the cross_doc_link dense mask is the window [starts[i], i] (an empty row:
+    starts[i] = i + 1), or link_windows says None and some row is not a window: the kernel path is
+    taken exactly when it is exact."""
+    from craft_kernels.attention import link_windows
+    g = torch.Generator().manual_seed(3)
+    taken = 0
+    for trial in range(60):
+        B, T = 2, int(torch.randint(1, 40, (1,), generator=g))
+        ids, links = _random_packing(g, B, T, linked_first=linked_first)
+        mask = doc_dense_mask(ids, "cross_doc_link", links)[:, 0]  # (B, T, T)
+        starts = link_windows(ids, links, B, T)
+        windows = all(_is_window(mask[b, i], i) for b in range(B) for i in range(T))
+        assert (starts is not None) == windows, (ids, links)
+        if starts is not None:
+            taken += 1
+            j = torch.arange(T)
+            expect = (j[None, None, :] >= starts[:, :, None]) & (j[None, None, :] <= j[None, :, None])
+            assert torch.equal(expect, mask)
+    assert taken > (40 if linked_first else 0)
+
+
+@pytest.mark.parametrize("hd", [16, 64])
+def test_cross_doc_link_through_the_kernel_matches_float64(hd, monkeypatch):
+    """Linked packings take the span kernel with windows (forward and backward against a float64
+    reference on the dense mask); non-window links fall back to SDPA with the same result."""
+    from craft_kernels import _backend
+    monkeypatch.setenv("CRAFT_IMPL_DOC_ATTENTION", "span")
+    _backend.reset_dispatch()
+    g = torch.Generator().manual_seed(4)
+    for linked_first in (True, False):
+        ids, links = _random_packing(g, 3, 45, linked_first=linked_first)
+        q, k, v = (torch.randn(3, 4, 45, hd, generator=g).requires_grad_() for _ in range(3))
+        with ck.use_native("cpp"):
+            out = doc_attention(q, k, v, ids, kind="cross_doc_link", links=links)
+            path = ck.backend_info()["paths_run"].get("doc_attention", "")
+        mask = doc_dense_mask(ids, "cross_doc_link", links)
+        q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+        ref = reference_attention(q64, k64, v64, mask)
+        go = torch.randn(out.shape, generator=g)
+        grads = torch.autograd.grad(out, (q, k, v), go)
+        ref_grads = torch.autograd.grad(ref, (q64, k64, v64), go.double())
+        torch.testing.assert_close(out.double(), ref, **TOL[torch.float32])
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a.double(), b, **TOL[torch.float32])
+        assert path.startswith("span" if linked_first else "sdpa"), path
+    monkeypatch.delenv("CRAFT_IMPL_DOC_ATTENTION")
+    _backend.reset_dispatch()
+
+
+def test_bad_window_starts_are_a_clear_error():
+    q = torch.randn(1, 2, 9, 16)
+    ids = torch.zeros(1, 9, dtype=torch.int32)
+    with pytest.raises(ValueError, match="starts: each window start must lie in"):
+        torch.ops.craft.span_attention_fwd(q, q, q, ids, 0.25, torch.full((1, 9), 5, dtype=torch.int64))
+    with pytest.raises(ValueError, match="starts: expected"):
+        torch.ops.craft.span_attention_fwd(q, q, q, ids, 0.25, torch.zeros(1, 8, dtype=torch.int64))
