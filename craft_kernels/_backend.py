@@ -415,7 +415,8 @@ def backend_info() -> dict:
             "swiglu": "triton" if kernels_impl(dev) == "triton" else "cpu: see dispatch.swiglu",
             "act_accumulate": kernels_impl(dev),
             "doc_attention": "flex_attention (compiled)" if cuda else (
-                "causal/doc_causal: see dispatch.doc_attention; other kinds: sdpa + dense span mask"),
+                "causal/doc_causal, cross_doc_link in windows: see dispatch.doc_attention; "
+                "other kinds: sdpa + dense span mask"),
         },
         "dispatch": dispatch_report(),
         "paths_run": dict(paths_run),
