@@ -174,6 +174,7 @@ class ReferenceLinkedGeneration:
 def test_linked_generation_matches_an_independent_full_recompute():
     tok = get_tokenizer("byte")
     model = _model(tok)
+    model.train_config = {"linked": True}  # as loaded from a linked-trained checkpoint: cross_doc_link by default
     fast_logits, ref_rec = [], []
     res = generate_linked(model, PROMPT, logits_processors=[_processor(tok, fast_logits)], temperature=0.0,
                           max_new_tokens=200, max_tokens_per_document=MAX_DOC, max_link_depth=2, num_threads=1)
@@ -195,3 +196,18 @@ def test_linked_generation_matches_an_independent_full_recompute():
     for i, (a, b) in enumerate(zip(fast_logits, ref.logits)):
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4, msg=lambda m: f"step {i}: {m}")
     assert min(ref.margins) > 1e-2, "a near-tie would make greedy decoding fragile: change the seed"
+
+
+def test_default_mask_follows_the_checkpoint():
+    """Generation reads with the mask the model was trained with: cross_doc_link after linked
+    packing, doc_causal otherwise (a doc_causal model is worse with linked documents in view)."""
+    from craft.generation.linked import GenerationConfig
+    from craft.generation.linked.generator import resolve_config
+    tok = get_tokenizer("byte")
+    model = _model(tok)
+    assert resolve_config(model, tok, GenerationConfig()).mask_kind == "doc_causal"
+    model.train_config = {"linked": False, "seq_len": 64}
+    assert resolve_config(model, tok, GenerationConfig()).mask_kind == "doc_causal"
+    model.train_config = {"linked": True, "seq_len": 64}
+    assert resolve_config(model, tok, GenerationConfig()).mask_kind == "cross_doc_link"
+    assert resolve_config(model, tok, GenerationConfig(mask_kind="doc_causal")).mask_kind == "doc_causal"

@@ -36,7 +36,8 @@ def add_linked_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     g.add_argument("--max-seq-len", "--max-context-length", dest="max_seq_len", type=int, default=None, metavar="N",
                    help="KV-cache slots (default: the model's max_seq_len); --max-context-length is its old name")
     g.add_argument("--eviction-policy", choices=EVICTION_POLICIES, default="drop_oldest")
-    g.add_argument("--mask-kind", choices=GENERATION_MASK_KINDS, default="cross_doc_link")
+    g.add_argument("--mask-kind", choices=GENERATION_MASK_KINDS, default=None,
+                   help="default: cross_doc_link for a checkpoint trained with --linked, doc_causal otherwise")
     g.add_argument("--constrain-links", action="store_true", help="link targets must be corpus titles (needs --corpus)")
     g.add_argument("--no-corpus-fallback", action="store_true", help="skip links the corpus lacks instead of generating them")
     g.add_argument("--no-prompt-links", action="store_true", help="do not follow links written in the prompt")

@@ -42,7 +42,9 @@ class GenerationConfig:
     ``eviction_policy``: ``drop_oldest`` evicts the oldest document that is neither being generated
     nor an ancestor of it when the cache is full; ``stop_new`` never evicts: documents that do not
     fit are not added and a document stops when the cache is full.
-    ``mask_kind``: ``cross_doc_link`` (a document sees the documents it links to) or ``doc_causal``.
+    ``mask_kind``: ``cross_doc_link`` (a document sees the documents it links to), ``doc_causal``, or
+    None: what the checkpoint was trained with (``cross_doc_link`` after linked packing, else
+    ``doc_causal``; see :func:`~craft.generation.linked.generator.resolve_config`).
     ``constrain_links_to_corpus``: while inside ``](...)``, only tokens continuing a corpus title (and
     its closing parenthesis) may be sampled. ``temperature=0`` is greedy; ``seed`` seeds sampling.
     ``num_threads``: torch intra-op threads during the run (restored after); batch-1 decoding of a
@@ -64,7 +66,7 @@ class GenerationConfig:
     allow_recursive_links: bool = True
     eos_id: int | None = None
     device: str | None = None
-    mask_kind: str = "cross_doc_link"
+    mask_kind: str | None = None
     constrain_links_to_corpus: bool = False
     root_title: str = "Root Document"
     seed: int | None = None
@@ -88,7 +90,8 @@ class GenerationConfig:
                      "constrain_links_to_corpus"):
             _bool(name, getattr(self, name))
         check_choice(self.eviction_policy, "eviction_policy", EVICTION_POLICIES)
-        check_choice(self.mask_kind, "mask_kind", GENERATION_MASK_KINDS)
+        if self.mask_kind is not None:
+            check_choice(self.mask_kind, "mask_kind", GENERATION_MASK_KINDS)
         _int("eos_id", self.eos_id, 0, allow_none=True)
         if self.device is not None and not isinstance(self.device, str):
             self.device = str(self.device)

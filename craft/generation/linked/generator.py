@@ -35,7 +35,13 @@ from craft.generation.linked.result import GeneratedDocument, GenerationResult
 
 def resolve_config(model, tokenizer, config: GenerationConfig) -> GenerationConfig:
     """Fills the ``None`` fields from the model (context length, device), its checkpoint's training
-    ``seq_len`` (per-document limit) and the tokenizer (EOS id); checks they fit together."""
+    config (``seq_len``: the per-document limit; ``linked``: the mask) and the tokenizer (EOS id);
+    checks they fit together.
+
+    The mask defaults to what the model was trained with: ``cross_doc_link`` for a checkpoint
+    trained with linked packing, ``doc_causal`` otherwise (also for a model without a checkpoint):
+    a ``doc_causal``-trained model is worse with its linked documents in view (``craft eval-links``;
+    benchmarks/RESULTS.md, linked training)."""
     ctx_len = int(model.config.max_seq_len)
     max_ctx = config.max_seq_len or ctx_len
     per_doc = config.max_tokens_per_document
@@ -54,7 +60,11 @@ def resolve_config(model, tokenizer, config: GenerationConfig) -> GenerationConf
     if tokenizer.vocab_size > vocab:
         raise ValueError(f"tokenizer: its {tokenizer.vocab_size} ids exceed the model's vocab_size={vocab}")
     device = config.device or str(next(model.parameters()).device)
-    return config.replace(max_seq_len=max_ctx, max_tokens_per_document=per_doc, eos_id=eos, device=device)
+    kind = config.mask_kind
+    if kind is None:
+        kind = "cross_doc_link" if (getattr(model, "train_config", None) or {}).get("linked") else "doc_causal"
+    return config.replace(max_seq_len=max_ctx, max_tokens_per_document=per_doc, eos_id=eos, device=device,
+                          mask_kind=kind)
 
 
 class SingleDocumentGenerator:
@@ -67,7 +77,8 @@ class SingleDocumentGenerator:
 
     def __init__(self, model, tokenizer, config: GenerationConfig, logits_processors: Sequence[LogitsProcessor] = (),
                  compile: bool | str = False):
-        if config.max_seq_len is None or config.max_tokens_per_document is None or config.eos_id is None:
+        if (config.max_seq_len is None or config.max_tokens_per_document is None or config.eos_id is None
+                or config.mask_kind is None):
             raise ValueError("config: resolve it first with resolve_config(model, tokenizer, config)")
         self.model, self.tokenizer, self.cfg = model, tokenizer, config
         self.processors = list(logits_processors)
