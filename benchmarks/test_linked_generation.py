@@ -90,7 +90,7 @@ def test_linked_generation_tokens_per_second(benchmark, preset, tokenizer, words
     model = LanguageModel(ModelConfig.preset(preset, vocab_size=tok.vocab_size)).eval()
     scripts = scenario(tok, words)
     cfg = resolve_config(model, tok, GenerationConfig(temperature=0.0, max_new_tokens=10_000, max_link_depth=1,
-                                                      max_seq_len=cache))
+                                                      max_seq_len=cache, mask_kind="cross_doc_link"))
     threads = torch.get_num_threads()
     fns = {
         "ours_compiled": lambda: run_once(LinkedDocumentGenerator, model, tok, cfg, scripts, compile=True),

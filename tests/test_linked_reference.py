@@ -1,6 +1,6 @@
-"""Linked generation in its default mode (``cross_doc_link``, ``drop_oldest``) against a simple,
-independent implementation written here: it keeps its own list of placed tokens, builds the
-attention mask itself and recomputes every token with a full float64 forward pass written from the
+"""Linked generation in its default mode for a linked-trained checkpoint (``cross_doc_link``,
+``drop_oldest``) against a simple, independent implementation written here: it keeps its own list
+of placed tokens, builds the attention mask itself and recomputes every token with a full float64 forward pass written from the
 model's weights at every step. Nothing is shared with the generator but the model's weights, the
 tokenizer and the public ``generate_linked`` call; decoding is greedy, so tokens must match exactly
 (and the logits at every step closely).
