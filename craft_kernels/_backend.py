@@ -25,7 +25,6 @@ import importlib.util
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -243,7 +242,11 @@ def override(op: str) -> str | None:
 
 def calibrate(candidates: dict, rounds: int = 5, warmup: int = 1) -> tuple[str, dict]:
     """Time each callable interleaved (``warmup`` untimed calls each, then ``rounds`` rounds, the
-    order rotated every round) and return ``(fastest name, {name: median seconds})``."""
+    order rotated every round) and return ``(fastest name, {name: fastest round, seconds})``.
+
+    The fastest round, not the median: other processes only ever add time, and they add more to a
+    multi-threaded candidate (each parallel region waits for its descheduled threads) than to a
+    serial one, so on a busy machine the median ranks paths by the load, the minimum by their cost."""
     names = list(candidates)
     for _ in range(warmup):
         for n in names:
@@ -255,8 +258,8 @@ def calibrate(candidates: dict, rounds: int = 5, warmup: int = 1) -> tuple[str, 
             t = time.perf_counter()
             candidates[n]()
             times[n].append(time.perf_counter() - t)
-    med = {n: statistics.median(ts) for n, ts in times.items()}
-    return min(med, key=med.get), med
+    best = {n: min(ts) for n, ts in times.items()}
+    return min(best, key=best.get), best
 
 
 def choose(op: str, key: str = "", detect=None, candidates=None, default: str | None = None) -> str:
@@ -291,12 +294,24 @@ def choose(op: str, key: str = "", detect=None, candidates=None, default: str | 
     # calibration times forward and backward, whatever grad mode the first call came in under
     # (a decode loop runs under inference_mode)
     with torch.inference_mode(False), torch.enable_grad():
-        best, med = calibrate(candidates())
-    ms = ", ".join(f"{n} {t * 1e3:.3g} ms" for n, t in sorted(med.items(), key=lambda kv: kv[1]))
+        best, fastest = calibrate(candidates())
+    ms = ", ".join(f"{n} {t * 1e3:.3g} ms" for n, t in sorted(fastest.items(), key=lambda kv: kv[1]))
     reason = f"calibrated on {isa_summary()}: {ms}"
-    _load_cache()[f"{op}|{key}"] = {"path": best, "reason": reason, "medians_s": med}
+    load = machine_load()
+    if load is not None and load > 1.0:  # a choice timed on a busy machine holds for this process only
+        return _remember(op, key, best, reason + f" (not cached: load average {load:.1f}x the cores)")
+    _load_cache()[f"{op}|{key}"] = {"path": best, "reason": reason, "fastest_s": fastest}
     _save_cache()
     return _remember(op, key, best, reason)
+
+
+def machine_load() -> float | None:
+    """The 1-minute load average over the CPU count (above 1: more runnable threads than cores), or
+    None where the platform has no load average."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return None
 
 
 def _remember(op: str, key: str, path: str, reason: str) -> str:

@@ -15,6 +15,7 @@ from craft_kernels import _backend, doc_attention, swiglu
 @pytest.fixture
 def fresh(tmp_path, monkeypatch):
     monkeypatch.setenv("CRAFT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_backend, "machine_load", lambda: 0.1)  # a quiet machine, whatever this one is
     _backend.reset_dispatch()
     yield tmp_path
     monkeypatch.undo()
@@ -50,6 +51,25 @@ def test_choice_is_cached_per_machine_and_reused(fresh):
     _backend.reset_dispatch()  # a new process: the cache answers, nothing is timed again
     assert _backend.choose("swiglu", "probe", candidates=cands) == "eager" and len(calls) == 1
     assert "cached" in _backend.dispatch_report()["swiglu"]["probe"]
+
+
+def test_a_choice_timed_on_a_busy_machine_is_not_cached(fresh, monkeypatch):
+    """A calibration under load (more runnable threads than cores) decides for this process only: a
+    busy machine once cached SDPA for good where the span kernel is several times faster."""
+    monkeypatch.setattr(_backend, "machine_load", lambda: 3.5)
+    assert _backend.choose("swiglu", "busy", candidates=lambda: {"eager": _busy(1 << 10),
+                                                                  "compiled": _busy(1 << 20)}) == "eager"
+    assert "not cached: load average 3.5x" in _backend.dispatch_report()["swiglu"]["busy"]
+    assert not _backend.cache_path().exists()
+
+
+def test_calibration_ranks_by_the_fastest_round():
+    """One slow round (another process took the core) does not decide: the fastest round does."""
+    import time
+    delays = iter([0.0, 0.0, 0.05, 0.0, 0.0, 0.05, 0.0, 0.05, 0.0, 0.05])  # warm-up, then 4 rounds
+    sleep = lambda: time.sleep(next(delays))  # noqa: E731
+    _, fastest = _backend.calibrate({"a": sleep, "b": sleep}, rounds=4)  # "a" is slow in 3 of 4 rounds
+    assert set(fastest) == {"a", "b"} and all(t < 0.04 for t in fastest.values())
 
 
 def test_cache_key_names_machine_and_torch_version(fresh):
