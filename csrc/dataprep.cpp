@@ -180,12 +180,12 @@ Arr new_array(std::vector<py::ssize_t> shape) { return Arr(shape); }
 
 // (n_units, width) ids, each unit's tokens then pad_id; with truncate, longer units are cut, else
 // they make the input invalid. None when offsets are not valid CSR offsets into tokens.
-py::object pad_units(Arr tokens, Arr offsets, i64 width, i64 pad_id, bool truncate) {
+py::object pad_units(Arr tokens, Arr offsets, i64 width, i64 pad_id, bool truncate, bool avx512) {
     if (offsets.shape(0) < 1 || width < 1) return py::none();
     const i64 n_units = offsets.shape(0) - 1;
     PadArgs a{tokens.data(), tokens.shape(0), offsets.data(), n_units, width, pad_id, truncate, nullptr};
 #if CRAFT_X86_DATAPREP
-    if (width <= 16 && has_avx512()) {
+    if (avx512 && width <= 16 && has_avx512()) {
         // outputs past 8 MiB are written with streaming stores into 64-byte-aligned rows: the
         // array is then a view into a buffer 8 ids longer, from its first 64-byte boundary
         const bool stream = width % 8 == 0 && n_units * width > (i64(1) << 20);
@@ -508,7 +508,7 @@ py::dict build_dvt(std::vector<Arr> levels) {
 
 void bind_dataprep(py::module_& m) {
     m.def("pad_units", &pad_units, py::arg("tokens"), py::arg("offsets"), py::arg("width"), py::arg("pad_id"),
-          py::arg("truncate"));
+          py::arg("truncate"), py::arg("avx512") = true);  // avx512=false: the portable kernel (tests)
     m.def("flatten_offsets", &flatten_offsets, py::arg("levels"), py::arg("n_tokens"), py::arg("upto"));
     m.def("greedy_join", &greedy_join, py::arg("lengths"), py::arg("budget"), py::arg("join_cost"));
     m.def("split_units", &split_units, py::arg("offsets"), py::arg("budget"));
