@@ -251,7 +251,9 @@ def compose_offsets_reference(levels):
 def flatten_level(tokens, level_offsets, level: int) -> Flattened:
     """Agent-level flattening of a nested batch: the units of ``level`` (0 = words, 1 = sentences,
     2 = paragraphs, …) across the whole batch, whatever lies above them. Two paragraphs of three
-    sentences each give six units at level 1."""
+    sentences each give six units at level 1. Every level is checked (CSR offsets, each ending at
+    the unit count of the level below); the returned ``level_offsets`` are the caller's arrays when
+    they are already contiguous int64 (no copy), else converted copies."""
     tokens = int_array(tokens, "tokens")
     if _dispatch.use_cpp() and isinstance(level_offsets, (list, tuple)) and level_offsets:
         # checks every level and composes in one C++ call on the caller's arrays (no copies); None:
