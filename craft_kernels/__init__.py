@@ -46,7 +46,9 @@ def __getattr__(name):
         raise AttributeError(f"module 'craft_kernels' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(f"craft_kernels.native.{mod}"), name)
+    obj = getattr(importlib.import_module(f"craft_kernels.native.{mod}"), name)
+    globals()[name] = obj  # later lookups skip this hook (it costs microseconds per call)
+    return obj
 
 
 def __dir__():

@@ -33,6 +33,7 @@ import numbers
 import warnings
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
@@ -370,6 +371,8 @@ class DocMaskState:
         # CPU: NumPy views of the same memory, so a decoding step's few element updates cost no
         # torch op dispatch (the step is O(n) element writes plus one row copy)
         self._np = (self.doc_ids.numpy(), self._row.numpy(), self._count.numpy()) if dev.type == "cpu" else None
+        if self._np is not None:  # the row as a (1, 1, 1, max_seq_len) view: one copy makes query_mask(1)
+            self._row4 = self._np[1].reshape(1, 1, 1, self.max_seq_len)
 
     @property
     def max_len(self) -> int:
@@ -412,21 +415,32 @@ class DocMaskState:
 
     def append(self, n: int) -> torch.Tensor:
         """Give the next ``n`` slots to the current document; returns them, int64 ``(n,)``."""
+        a = self.length
+        if (self._np is not None and type(n) is int and 0 < n <= self.max_seq_len - a
+                and self.current_doc is not None):
+            # the decoding step on CPU: a few element writes through the NumPy views
+            ids, row, count = self._np
+            b = a + n
+            if n == 1:
+                ids[a] = self.current_doc
+                row[a] = True  # a document's own earlier tokens are visible under every kind
+                count[a // self.block_size] += 1
+            else:
+                ids[a:b] = self.current_doc
+                row[a:b] = True
+                for blk in range(a // self.block_size, (b - 1) // self.block_size + 1):  # blocks the slots touch
+                    count[blk] += min(b, (blk + 1) * self.block_size) - max(a, blk * self.block_size)
+            self.length, self._n_last = b, n
+            return torch.from_numpy(np.arange(a, b))
         if self.current_doc is None:
             raise RuntimeError("append: no current document; call start_document(doc) first")
         n = check_int(n, "n", 1)
         if self.length + n > self.max_seq_len:
             raise ValueError(f"n: {n} more tokens do not fit ({self.length} of {self.max_seq_len} slots used); "
                              "evict a document and compact()")
+        if self._np is not None:  # valid, but not a plain int (a NumPy integer, a bool-free Integral)
+            return self.append(int(n))
         a, b = self.length, self.length + n
-        if self._np is not None:
-            ids, row, count = self._np
-            ids[a:b] = self.current_doc
-            row[a:b] = True  # a document's own earlier tokens are visible under every kind
-            for blk in range(a // self.block_size, (b - 1) // self.block_size + 1):  # blocks the slots touch
-                count[blk] += min(b, (blk + 1) * self.block_size) - max(a, blk * self.block_size)
-            self.length, self._n_last = b, n
-            return self._slots[a:b].clone()
         slots = self._slots[a:b]
         self.doc_ids[slots] = self.current_doc
         self._row[slots] = True
@@ -466,10 +480,11 @@ class DocMaskState:
 
     def query_mask(self, n_query: int = 1) -> torch.Tensor:
         """bool ``(1, 1, n_query, max_seq_len)``: the last ``n_query`` appended tokens against every slot."""
+        if n_query == 1 and type(n_query) is int and self._n_last >= 1 and self._np is not None:
+            # the decoding step on CPU: one query token sees exactly the current document's row
+            # (its own slot, the corner, is already in it); one 1-byte-per-slot copy
+            return torch.from_numpy(self._row4.copy())
         self._check_query(n_query)
-        if n_query == 1 and self._np is not None:
-            # one query token: its own slot (the corner) is already visible in the row
-            return torch.from_numpy(self._np[1].copy()).view(1, 1, 1, self.max_seq_len)
         rows = self._row.expand(n_query, self.max_seq_len).clone()
         s = self._slots[self.length - n_query:self.length]
         cur = self.doc_ids[s]

@@ -1,52 +1,207 @@
 // Data-prep ops: unit padding, greedy next-fit join-padding, agent-level flattening, DVT building.
-// Inputs arrive validated and converted to contiguous int64 by the Python wrappers
-// (craft_kernels/native/dataprep.py), which pass private copies of every array indexed with, so the
-// loops can run with the GIL released while other threads rewrite the caller's arrays.
+// join_pad, split_units and build_dvt get validated private int64 copies from the Python wrappers
+// (craft_kernels/native/dataprep.py), so their loops run with the GIL released while other threads
+// may rewrite the caller's arrays. pad_units and flatten_offsets are short, memory-bound passes: they
+// read the caller's arrays in place, validate them and use them in one call with the GIL held (so
+// no Python thread can change them in between), and return None when the input is invalid; the
+// wrapper then runs the NumPy checks, which raise the message naming the argument.
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
 #include "bindings.h"
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#define CRAFT_X86_DATAPREP 1
+#include <immintrin.h>
+#else
+#define CRAFT_X86_DATAPREP 0
+#endif
+
 namespace py = pybind11;
 using i64 = int64_t;
+using u64 = uint64_t;
 using Arr = py::array_t<i64, py::array::c_style | py::array::forcecast>;
 
+// The scans below are plain loops the compiler vectorises; one clone per ISA, picked at load time.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define CRAFT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CRAFT_CLONES
+#endif
+
 namespace craft {
+
+// CSR offsets check in one pass: a[0] == 0, non-decreasing, a[n-1] == total (total < 0: any end).
+// Returns the longest unit (a[i+1] - a[i]), or -1 when the offsets are invalid.
+CRAFT_CLONES i64 scan_offsets(const i64* a, i64 n, i64 total) {
+    if (n < 1 || a[0] != 0 || (total >= 0 && a[n - 1] != total)) return -1;
+    i64 bad = 0, longest = 0;
+    for (i64 i = 0; i + 1 < n; ++i) {
+        bad |= static_cast<i64>(a[i + 1] < a[i]);
+        // unsigned difference: never overflows; exact once the order holds (all values >= 0)
+        const i64 d = static_cast<i64>(static_cast<u64>(a[i + 1]) - static_cast<u64>(a[i]));
+        longest = d > longest ? d : longest;
+    }
+    return bad ? -1 : longest;
+}
+
+// pad_units kernels. Each reads every offset once (carried from one row to the next), checks it
+// (CSR order, inside tokens, not longer than width unless truncating) before reading tokens with
+// it, and returns false at the first bad one: valid output, or false, even if another thread
+// rewrites the offsets meanwhile (NumPy copies release the GIL). `longest` (truncate=false) is width.
+struct PadArgs {
+    const i64* tok;
+    i64 n_tok;
+    const i64* off;
+    i64 n_units, width, pad_id;
+    bool truncate;
+    i64* out;
+};
+
+// Reads offsets u+1 and returns the row's length in [0, width], or -1 if bad. `s` is offsets[u].
+inline __attribute__((always_inline)) i64 next_len(const PadArgs& a, i64 u, i64 s, i64* e_out) {
+    const i64 e = a.off[u + 1];
+    *e_out = e;
+    if (e < s || e > a.n_tok) return -1;
+    const i64 len = e - s;
+    if (len > a.width) return a.truncate ? a.width : -1;
+    return len;
+}
+
+// Rows of W ids: units whose W-token window lies inside `tokens` are loaded whole and blended with
+// pad_id (no branch on the length); the few at the very end go one id at a time.
+template <int W>
+inline __attribute__((always_inline)) bool pad_rows_fixed(const PadArgs& a) {
+    i64 s = a.off[0];
+    if (s != 0) return false;
+    for (i64 u = 0; u < a.n_units; ++u) {
+        i64 e;
+        const i64 len = next_len(a, u, s, &e);
+        if (len < 0) return false;
+        i64* row = a.out + u * W;
+        if (s <= a.n_tok - W) {
+            i64 buf[W];
+            std::memcpy(buf, a.tok + s, sizeof(buf));
+            // a bitwise blend, which the compiler keeps branch-free and vectorises
+            for (int k = 0; k < W; ++k) {
+                const i64 keep = -static_cast<i64>(k < len);
+                row[k] = (buf[k] & keep) | (a.pad_id & ~keep);
+            }
+        } else {
+            for (int k = 0; k < W; ++k) row[k] = k < len ? a.tok[s + k] : a.pad_id;
+        }
+        s = e;
+    }
+    return s == a.n_tok;
+}
+
+CRAFT_CLONES bool pad_rows(const PadArgs& a) {
+    switch (a.width) {
+#define CRAFT_PAD_CASE(W) \
+    case W: return pad_rows_fixed<W>(a);
+        CRAFT_PAD_CASE(1) CRAFT_PAD_CASE(2) CRAFT_PAD_CASE(3) CRAFT_PAD_CASE(4) CRAFT_PAD_CASE(5) CRAFT_PAD_CASE(6)
+        CRAFT_PAD_CASE(7) CRAFT_PAD_CASE(8) CRAFT_PAD_CASE(9) CRAFT_PAD_CASE(10) CRAFT_PAD_CASE(11)
+        CRAFT_PAD_CASE(12) CRAFT_PAD_CASE(13) CRAFT_PAD_CASE(14) CRAFT_PAD_CASE(15) CRAFT_PAD_CASE(16)
+#undef CRAFT_PAD_CASE
+        default: break;
+    }
+    i64 s = a.off[0];
+    if (s != 0) return false;
+    for (i64 u = 0; u < a.n_units; ++u) {
+        i64 e;
+        const i64 len = next_len(a, u, s, &e);
+        if (len < 0) return false;
+        i64* row = a.out + u * a.width;
+        std::copy(a.tok + s, a.tok + s + len, row);
+        std::fill(row + len, row + a.width, a.pad_id);
+        s = e;
+    }
+    return s == a.n_tok;
+}
+
+#if CRAFT_X86_DATAPREP
+// AVX-512, width <= 16: each row is one or two masked loads (masked-off lanes never fault, so no
+// window check) that fill the lanes past the unit's length with pad_id. `stream` (width 8 or 16,
+// row-aligned 64-byte output): non-temporal stores, for outputs much larger than the cache, which
+// then skip the read-for-ownership of every output line.
+__attribute__((target("avx512f"))) bool pad_rows_avx512(const PadArgs& a, bool stream) {
+    const __m512i iota = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i pad = _mm512_set1_epi64(a.pad_id);
+    const i64 width = a.width;
+    const __mmask8 store0 = static_cast<__mmask8>(width >= 8 ? 0xff : (1u << width) - 1);
+    const __mmask8 store1 = static_cast<__mmask8>(width >= 16 ? 0xff : width > 8 ? (1u << (width - 8)) - 1 : 0);
+    i64 s = a.off[0];
+    bool ok = s == 0;
+    for (i64 u = 0; ok && u < a.n_units; ++u) {
+        i64 e;
+        const i64 len = next_len(a, u, s, &e);
+        if (len < 0) {
+            ok = false;
+            break;
+        }
+        const __mmask8 k0 = _mm512_cmplt_epi64_mask(iota, _mm512_set1_epi64(len));
+        const __m512i r0 = _mm512_mask_loadu_epi64(pad, k0, a.tok + s);
+        i64* row = a.out + u * width;
+        if (stream) {
+            _mm512_stream_si512(reinterpret_cast<__m512i*>(row), r0);
+        } else {
+            _mm512_mask_storeu_epi64(row, store0, r0);
+        }
+        if (store1) {
+            const __mmask8 k1 = _mm512_cmplt_epi64_mask(iota, _mm512_set1_epi64(len - 8));
+            const __m512i r1 = _mm512_mask_loadu_epi64(pad, k1, a.tok + s + 8);
+            if (stream) {
+                _mm512_stream_si512(reinterpret_cast<__m512i*>(row + 8), r1);
+            } else {
+                _mm512_mask_storeu_epi64(row + 8, store1, r1);
+            }
+        }
+        s = e;
+    }
+    if (stream) _mm_sfence();
+    return ok && s == a.n_tok;
+}
+
+bool has_avx512() {
+    static const bool yes = __builtin_cpu_supports("avx512f");
+    return yes;
+}
+#endif
+
 namespace {
 
 Arr new_array(std::vector<py::ssize_t> shape) { return Arr(shape); }
 
-// (n_units, width) ids, each unit's tokens then pad_id; units longer than width are cut.
-Arr pad_units(Arr tokens, Arr offsets, i64 width, i64 pad_id) {
+// (n_units, width) ids, each unit's tokens then pad_id; with truncate, longer units are cut, else
+// they make the input invalid. None when offsets are not valid CSR offsets into tokens.
+py::object pad_units(Arr tokens, Arr offsets, i64 width, i64 pad_id, bool truncate, bool avx512) {
+    if (offsets.shape(0) < 1 || width < 1) return py::none();
     const i64 n_units = offsets.shape(0) - 1;
-    Arr out = new_array({n_units, width});
-    const i64* tok = tokens.data();
-    const i64* off = offsets.data();
-    i64* o = out.mutable_data();
-    {
-        py::gil_scoped_release nogil;
-        if (width <= 16) {  // short rows: one select per slot, no library call per unit
-            for (i64 u = 0; u < n_units; ++u) {
-                const i64 len = std::min(off[u + 1] - off[u], width);
-                const i64* src = tok + off[u];
-                i64* row = o + u * width;
-                for (i64 k = 0; k < width; ++k) row[k] = k < len ? src[k] : pad_id;
-            }
-        } else {
-            for (i64 u = 0; u < n_units; ++u) {
-                const i64 len = std::min(off[u + 1] - off[u], width);
-                i64* row = o + u * width;
-                std::copy(tok + off[u], tok + off[u] + len, row);
-                std::fill(row + len, row + width, pad_id);
-            }
-        }
+    PadArgs a{tokens.data(), tokens.shape(0), offsets.data(), n_units, width, pad_id, truncate, nullptr};
+#if CRAFT_X86_DATAPREP
+    if (avx512 && width <= 16 && has_avx512()) {
+        // outputs past 8 MiB are written with streaming stores into 64-byte-aligned rows: the
+        // array is then a view into a buffer 8 ids longer, from its first 64-byte boundary
+        const bool stream = width % 8 == 0 && n_units * width > (i64(1) << 20);
+        Arr buf = new_array({n_units * width + (stream ? 8 : 0)});
+        i64* p = buf.mutable_data();
+        const i64 skip = stream ? static_cast<i64>((64 - reinterpret_cast<uintptr_t>(p) % 64) % 64 / 8) : 0;
+        a.out = p + skip;
+        if (!pad_rows_avx512(a, stream)) return py::none();
+        if (!stream) return buf.attr("reshape")(n_units, width);
+        return py::array_t<i64>({n_units, width}, {width * i64(sizeof(i64)), i64(sizeof(i64))}, a.out, buf);
     }
-    return out;
+#endif
+    Arr out = new_array({n_units, width});
+    a.out = out.mutable_data();
+    if (!pad_rows(a)) return py::none();
+    return std::move(out);
 }
 
 // Next-fit grouping: a unit joins the current group while sum(lengths) + join_cost*(n-1) <= budget.
@@ -156,7 +311,46 @@ py::tuple join_pad(Arr tokens, Arr offsets, Arr unit_ids, Arr unit_pos0, i64 bud
     return py::make_tuple(ids, unit, pos, cu, groups);
 }
 
-// Offsets of every unit of the top level directly into tokens: compose the levels' offsets.
+// o[i] = base[o[i]] for all i, every index checked against n_base first; false if one is out of range.
+CRAFT_CLONES bool gather_checked(const i64* base, i64 n_base, i64* o, i64 n) {
+    u64 bad = 0;
+    for (i64 i = 0; i < n; ++i) {
+        const u64 v = static_cast<u64>(o[i]);
+        const bool out_of_range = v >= static_cast<u64>(n_base);
+        bad |= out_of_range;
+        o[i] = base[out_of_range ? 0 : v];
+    }
+    return !bad;
+}
+
+// Offsets of every unit of levels[upto] directly into tokens, composing the levels' offsets, after
+// checking every level (levels[0] ends at n_tokens, levels[l] at the unit count of levels[l-1]).
+// None when a level is invalid.
+py::object flatten_offsets(std::vector<Arr> levels, i64 n_tokens, i64 upto) {
+    i64 total = n_tokens;
+    for (auto& a : levels) {
+        if (scan_offsets(a.data(), a.shape(0), total) < 0) return py::none();
+        total = a.shape(0) - 1;
+    }
+    if (upto < 0 || upto >= static_cast<i64>(levels.size())) return py::none();
+    Arr cur = levels[0];
+    if (upto == 0) return std::move(cur);  // the caller's array: the wrapper already returns it as level 0
+    const i64 n = levels[static_cast<size_t>(upto)].shape(0);
+    Arr out = new_array({n});
+    i64* o = out.mutable_data();
+    const i64* top = levels[static_cast<size_t>(upto)].data();
+    // Compose top-down: each unit of levels[upto] walks its first-child index down to the tokens.
+    // Every index is bounds-checked as read: the levels were valid a moment ago, but NumPy copies
+    // in other threads run without the GIL and may have rewritten them since.
+    std::copy(top, top + n, o);
+    for (i64 l = upto - 1; l >= 0; --l) {
+        if (!gather_checked(levels[static_cast<size_t>(l)].data(), levels[static_cast<size_t>(l)].shape(0), o, n))
+            return py::none();
+    }
+    return std::move(out);
+}
+
+// Compose offsets of levels already validated (private copies): the GIL is released.
 Arr compose_offsets(std::vector<Arr> levels) {
     Arr cur = levels[0];
     for (size_t l = 1; l < levels.size(); ++l) {
@@ -313,7 +507,9 @@ py::dict build_dvt(std::vector<Arr> levels) {
 }  // namespace
 
 void bind_dataprep(py::module_& m) {
-    m.def("pad_units", &pad_units, py::arg("tokens"), py::arg("offsets"), py::arg("width"), py::arg("pad_id"));
+    m.def("pad_units", &pad_units, py::arg("tokens"), py::arg("offsets"), py::arg("width"), py::arg("pad_id"),
+          py::arg("truncate"), py::arg("avx512") = true);  // avx512=false: the portable kernel (tests)
+    m.def("flatten_offsets", &flatten_offsets, py::arg("levels"), py::arg("n_tokens"), py::arg("upto"));
     m.def("greedy_join", &greedy_join, py::arg("lengths"), py::arg("budget"), py::arg("join_cost"));
     m.def("split_units", &split_units, py::arg("offsets"), py::arg("budget"));
     m.def("join_pad", &join_pad, py::arg("tokens"), py::arg("offsets"), py::arg("unit_ids"), py::arg("unit_pos0"),

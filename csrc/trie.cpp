@@ -370,6 +370,53 @@ class TrieCore {
         return out;
     }
 
+    // The single-lookup fast path: `seq` a tuple or list of Python ints, or a 1-d C-contiguous int64
+    // NumPy array (a row of a 2-d one); the item ids under it (exact: ending at it) as int64, or None for any
+    // other input (the wrapper then converts and checks it the general way). Every token is read
+    // once, with the GIL held (into a local copy), and any int64 value is a valid query (unknown tokens match nothing).
+    py::object prefix_items(py::handle seq, bool exact) const {
+        i64 small[32];
+        std::vector<i64> big;
+        const i64* p = nullptr;
+        i64 len = 0;
+        PyObject* o = seq.ptr();
+        if (PyTuple_CheckExact(o) || PyList_CheckExact(o)) {
+            len = PySequence_Fast_GET_SIZE(o);
+            i64* dst = small;
+            if (len > 32) {
+                big.resize(static_cast<size_t>(len));
+                dst = big.data();
+            }
+            PyObject** xs = PySequence_Fast_ITEMS(o);
+            for (i64 k = 0; k < len; ++k) {
+                if (!PyLong_CheckExact(xs[k])) return py::none();  // bool, NumPy scalar, float: the general way
+                int overflow = 0;
+                const long long v = PyLong_AsLongLongAndOverflow(xs[k], &overflow);
+                if (overflow) return py::none();  // the wrapper raises the int64 error
+                dst[k] = static_cast<i64>(v);
+            }
+            p = dst;
+        } else if (py::array_t<i64, py::array::c_style>::check_(seq)) {  // int64, C-contiguous: no copy
+            const auto arr = py::reinterpret_borrow<py::array>(seq);
+            if (arr.ndim() != 1) return py::none();
+            len = arr.shape(0);
+            i64* dst = small;
+            if (len > 32) {
+                big.resize(static_cast<size_t>(len));
+                dst = big.data();
+            }
+            std::memcpy(dst, arr.data(), static_cast<size_t>(len) * 8);
+            p = dst;
+        } else {
+            return py::none();
+        }
+        i64 a, z;
+        range_under(p, len, -1, exact, a, z);
+        I64 out(z - a);
+        std::copy(it_ + a, it_ + z, out.mutable_data());
+        return std::move(out);
+    }
+
    private:
     static void fill(char* row, i64 from, i64 to, i64 isz, uint64_t bits) {
         if (isz == 4) {
@@ -486,7 +533,8 @@ void bind_trie(py::module_& m) {
         .def("is_terminal", &TrieCore::is_terminal)
         .def("walk", &TrieCore::walk)
         .def("items_under", &TrieCore::items_under)
-        .def("items_one", &TrieCore::items_one);
+        .def("items_one", &TrieCore::items_one)
+        .def("prefix_items", &TrieCore::prefix_items);
 }
 
 }  // namespace craft

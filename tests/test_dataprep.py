@@ -8,6 +8,7 @@ from hypothesis import example, given, settings, strategies as st
 
 import craft_kernels as ck
 from craft_kernels.native import _dispatch
+from craft_kernels.native.dataprep import pad_units_reference
 
 lengths_st = st.lists(st.integers(0, 12), max_size=40)
 
@@ -78,15 +79,34 @@ def test_pad_units_example(native_impl):
 
 
 # ---------------------------------------------------------------- differential (C++ vs reference)
-@settings(max_examples=60, deadline=None)
-@given(lengths_st, st.integers(1, 8), st.booleans())
+@settings(max_examples=80, deadline=None)
+@given(lengths_st, st.integers(1, 20), st.booleans())
 def test_pad_units_matches_reference(lengths, width, truncate):
+    """Widths 1-16 take the fixed-width kernels (AVX-512 where the CPU has it), wider ones the loop."""
     tokens = np.arange(sum(lengths)) * 7 % 50
     if not truncate and lengths and max(lengths) > width:
         with pytest.raises(ValueError, match="longer than width"):
             ck.pad_units(tokens, _csr(lengths), width, 0)
         return
     _assert_same(*_both(lambda: ck.pad_units(tokens, _csr(lengths), width, 0, truncate=truncate)))
+    # the portable kernel, which CPUs without AVX-512 run
+    portable = _dispatch.ext().pad_units(tokens.astype(np.int64), _csr(lengths), width, 0, truncate, avx512=False)
+    _assert_same(portable, pad_units_reference(tokens.tolist(), _csr(lengths).tolist(), width, 0))
+
+
+@pytest.mark.parametrize("width", [8, 16, 12])
+def test_pad_units_large_matches_numpy(width):
+    """Past 2**20 output ids, widths 8 and 16 use streaming stores into 64-byte-aligned rows."""
+    rng = np.random.default_rng(width)
+    lengths = rng.integers(0, width + 3, size=(1 << 20) // width + 7)
+    tokens = rng.integers(0, 1000, size=int(lengths.sum()))
+    cut = np.minimum(lengths, width)
+    want = np.full((len(lengths), width), -1, dtype=np.int64)
+    pos = np.arange(len(tokens)) - np.repeat(_csr(lengths)[:-1], lengths)  # each token's place in its unit
+    want[np.arange(width) < cut[:, None]] = tokens[pos < width]
+    with ck.use_native("cpp"):
+        got = ck.pad_units(tokens, _csr(lengths), width, -1, truncate=True)
+    np.testing.assert_array_equal(got, want)
 
 
 @settings(max_examples=80, deadline=None)

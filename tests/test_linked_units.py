@@ -41,7 +41,7 @@ def corpus_dir(tmp_path, gpt2):
 # ---------------------------------------------------------------- config
 def test_config_defaults_and_round_trip():
     c = GenerationConfig()
-    assert c.eviction_policy == "drop_oldest" and c.mask_kind == "cross_doc_link"
+    assert c.eviction_policy == "drop_oldest" and c.mask_kind is None  # resolved from the checkpoint
     assert GenerationConfig(**c.to_dict()) == c
     assert c.replace(max_link_depth=3).max_link_depth == 3
 

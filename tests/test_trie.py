@@ -326,3 +326,30 @@ def test_save_replaces_only_an_earlier_save(native_impl, tmp_path):
     Trie([[3]]).save(tmp_path / "t")  # an earlier save is replaced
     assert Trie.load(tmp_path / "t").lookup([3]).tolist() == [0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "notes", "t"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seqs_st, st.lists(st.integers(0, 6), max_size=40))
+def test_single_lookups_take_any_sequence_form(seqs, probe):
+    """lookup / items_with_prefix in C++ (a one-call path for tuples, lists of ints and int64 rows,
+    the general one otherwise) agree with the Python twin for every form of the same probe: longer
+    than the 32-token stack buffer, NumPy ints inside a tuple, non-contiguous and int32 arrays."""
+    a, b = _build("cpp", seqs), _build("python", seqs)
+    grid = np.array([probe, probe], dtype=np.int64)
+    wide = np.repeat(np.array(probe, dtype=np.int64), 2)
+    forms = [probe, tuple(probe), grid[1], np.array(probe, dtype=np.int32), wide[::2],
+             tuple(np.int64(t) for t in probe)]
+    with ck.use_native("python"):
+        want = (b.lookup(probe).tolist(), b.items_with_prefix(probe).tolist())
+    with ck.use_native("cpp"):
+        for f in forms:
+            assert (a.lookup(f).tolist(), a.items_with_prefix(f).tolist()) == want, type(f)
+
+
+def test_single_lookup_rejects_what_the_general_path_rejects():
+    t = _build("cpp", [[1, 2]])
+    with ck.use_native("cpp"):
+        for bad in ([1.5], (1, 2.0), ["a"], [[1, 2]]):
+            with pytest.raises((TypeError, ValueError)):
+                t.items_with_prefix(bad)
+        assert t.items_with_prefix([True]).tolist() == t.items_with_prefix([1]).tolist() == [0]

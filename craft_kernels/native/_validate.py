@@ -15,6 +15,8 @@ def int_array(x, name: str, ndim: int = 1, copy: bool = False) -> np.ndarray:
     ``copy=True`` always returns a private array: use it for arrays whose values C++ indexes with
     after releasing the GIL, so what was validated is what is read even if another thread rewrites
     the caller's array meanwhile."""
+    if not copy and type(x) is np.ndarray and x.dtype == np.int64 and x.ndim == ndim and x.flags.c_contiguous:
+        return x  # already what the ops take: skip the general checks (they would return it unchanged)
     try:
         a = np.asarray(x)
     except (ValueError, OverflowError) as e:

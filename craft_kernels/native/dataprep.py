@@ -37,17 +37,25 @@ def pad_units(tokens, offsets, width: int, pad_id: int, truncate: bool = False) 
     (then it is cut to its first ``width`` ids).
     """
     tokens = int_array(tokens, "tokens")
-    offsets = offsets_array(offsets, "offsets", len(tokens))
     width = positive_int(width, "width")
     pad_id = int64_scalar(pad_id, "pad_id")
+    if _dispatch.use_cpp():
+        # checks and pads in one C++ call on the caller's array (no copy); None: invalid, and the
+        # checks below say why
+        off = int_array(offsets, "offsets")
+        check_output_size(max(len(off) - 1, 0) * width, 8, "width")
+        out = _dispatch.ext().pad_units(tokens, off, width, pad_id, bool(truncate))
+        if out is not None:
+            return out
+    offsets = offsets_array(offsets, "offsets", len(tokens))
     lengths = np.diff(offsets)
     if not truncate and lengths.size and lengths.max() > width:
         u = int(np.argmax(lengths))
         raise ValueError(f"offsets: unit {u} has {lengths[u]} ids, longer than width={width}; "
                          "raise width or pass truncate=True")
     check_output_size(lengths.size * width, 8, "width")
-    if _dispatch.use_cpp():
-        return _dispatch.ext().pad_units(tokens, offsets, width, pad_id)
+    if _dispatch.use_cpp():  # valid now, though not a moment ago: another thread rewrote the offsets
+        return _dispatch.ext().pad_units(tokens, offsets, width, pad_id, bool(truncate))
     return pad_units_reference(tokens.tolist(), offsets.tolist(), width, pad_id)
 
 
@@ -243,8 +251,18 @@ def compose_offsets_reference(levels):
 def flatten_level(tokens, level_offsets, level: int) -> Flattened:
     """Agent-level flattening of a nested batch: the units of ``level`` (0 = words, 1 = sentences,
     2 = paragraphs, …) across the whole batch, whatever lies above them. Two paragraphs of three
-    sentences each give six units at level 1."""
+    sentences each give six units at level 1. Every level is checked (CSR offsets, each ending at
+    the unit count of the level below); the returned ``level_offsets`` are the caller's arrays when
+    they are already contiguous int64 (no copy), else converted copies."""
     tokens = int_array(tokens, "tokens")
+    if _dispatch.use_cpp() and isinstance(level_offsets, (list, tuple)) and level_offsets:
+        # checks every level and composes in one C++ call on the caller's arrays (no copies); None:
+        # invalid, and the checks below say why
+        levels = [int_array(o, f"level_offsets[{l}]") for l, o in enumerate(level_offsets)]
+        level = check_int(level, "level", 0, len(levels) - 1, hint=f" for {len(levels)} levels")
+        tok_off = _dispatch.ext().flatten_offsets(levels, len(tokens), level)
+        if tok_off is not None:
+            return Flattened(tokens, levels[: level + 1], tok_off)
     levels = _check_levels(tokens, level_offsets)
     level = check_int(level, "level", 0, len(levels) - 1, hint=f" for {len(levels)} levels")
     kept = levels[: level + 1]

@@ -203,8 +203,10 @@ class Trie:
 
     def lookup(self, seq) -> np.ndarray:
         """int64 ids of the items whose full sequence is ``seq`` (empty if none)."""
-        if self._core is not None and type(seq) is np.ndarray and seq.dtype == np.int64 and seq.ndim == 1:
-            return self._core.items_one(seq, -1, True)
+        if self._core is not None:  # the hot path: a tuple/list of ints or an int64 row, one C++ call
+            out = self._core.prefix_items(seq, True)
+            if out is not None:
+                return out
         return self._under(seq, "seq", -1, exact=True)
 
     def longest_prefix(self, seq) -> int:
@@ -217,9 +219,10 @@ class Trie:
     def items_with_prefix(self, prefix, limit: int | None = None) -> np.ndarray:
         """int64 ids of the items whose sequence starts with ``prefix`` (in sequence order), at most
         ``limit``. The retrieval fallback is ``items_with_prefix(seq[:longest_prefix(seq)])``."""
-        if limit is None and self._core is not None and type(prefix) is np.ndarray and prefix.dtype == np.int64 \
-                and prefix.ndim == 1:  # the decoding hot path: one C++ call
-            return self._core.items_one(prefix, -1, False)
+        if limit is None and self._core is not None:  # the hot path: a tuple/list of ints or an int64 row
+            out = self._core.prefix_items(prefix, False)
+            if out is not None:
+                return out
         lim = -1 if limit is None else positive_int(limit, "limit", 0)
         return self._under(prefix, "prefix", lim, exact=False)
 
