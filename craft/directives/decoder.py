@@ -14,10 +14,11 @@ with ``b_h`` initialised to ``halt_bias`` (-3: ACT fails often from a zero or po
 
 Feedback (``feedback_dim > 0``, ``forward(..., engine=...)``): the engine executes each instruction
 as soon as it is generated and its feedback ``f`` (the latent state after the step, see
-:class:`craft.directives.engine.TransformEngine`) enters as ``g = W_f f``: ``r`` reads ``x + g``,
-``h`` reads ``instruction + g``, and ``instruction + g`` is the next input. So whether a slot closes
-and whether a row halts depend on the state of the computation, not only on the prefix: a step
-that finds nothing left to do can say so for any input size. The directive then carries the
+:class:`craft.directives.engine.TransformEngine`) enters as ``g = W_f f``: ``r`` and ``h`` read
+``g`` alone, and ``instruction + g`` is the next input. So whether a slot closes and whether a row
+halts depend on the state of the computation only: a step that finds nothing left to do says so
+for any input size, and the heads cannot fall back on counting steps (which the decoder's prefix
+allows and which does not extrapolate past the training lengths). The directive then carries the
 engine's per-instruction results.
 
 ``positions``: 'ordered' (rotary positions: context ``0..N-1``, command ``N``, instructions after)
@@ -130,9 +131,9 @@ class DirectiveDecoder(nn.Module):
         if engine_step is not None:
             res, fb = engine_step(inst)
             g = self.feedback(fb)
-            x, nxt = x + g, inst + g
+            x, nxt = g, inst + g
         r = self.min_prob + (1 - 2 * self.min_prob) * torch.sigmoid(self.return_head(x).squeeze(-1))
-        h = torch.sigmoid(self.halt_head(nxt).squeeze(-1))
+        h = torch.sigmoid(self.halt_head(nxt if engine_step is None else g).squeeze(-1))
         return inst, r, h, nxt, res
 
     def _check(self, command, context, context_mask, max_instructions):
@@ -157,12 +158,13 @@ class DirectiveDecoder(nn.Module):
     def forward(self, command: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None,
                 max_instructions: int = 32, schedule: tuple[torch.Tensor, torch.Tensor] | None = None,
                 cache: str = "auto", compact_every: int = 8, engine=None,
-                engine_context: torch.Tensor | None = None) -> TransformDirective:
+                engine_context: torch.Tensor | None = None, engine_mask: torch.Tensor | None = None) -> TransformDirective:
         """Generates up to ``max_instructions`` per row. ``schedule = (r, h)`` (B, max_instructions)
         replaces the heads' probabilities (the fixed-N baseline). ``cache``: 'auto' (static without
         autograd, growing with), 'static', 'growing' or 'none' (recompute the prefix every step).
         ``engine``: a TransformEngine run step by step for feedback (required when the decoder was
-        built with ``feedback_dim``), on ``engine_context`` (default ``context``); the directive's
+        built with ``feedback_dim``), on ``engine_context`` / ``engine_mask`` (default ``context`` /
+        ``context_mask``); the directive's
         ``results`` are then its per-instruction results."""
         self._check(command, context, context_mask, max_instructions)
         if (engine is None) != (self.feedback is None):
@@ -198,7 +200,8 @@ class DirectiveDecoder(nn.Module):
             rows = torch.arange(B, device=dev)
             state = DirectiveState.start(B, hidden.dtype, dev)
             if engine is not None:
-                mem, est = engine.start(context if engine_context is None else engine_context, context_mask)
+                mem, est = engine.start(context if engine_context is None else engine_context,
+                                        context_mask if engine_context is None and engine_mask is None else engine_mask)
             record = []
             for t in range(max_instructions):
                 last = t == max_instructions - 1
