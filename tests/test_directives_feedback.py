@@ -135,3 +135,16 @@ def test_fixed_schedule_reads_out_the_last_instruction_of_each_output():
     assert bool((d.return_probs[closing] > 0.99).all())
     assert bool((d.return_probs[d.mask & ~closing] == model.decoder.min_prob).all())
     assert torch.equal(closing.sum(1), b.count) and bool((closing.nonzero()[:, 1] % n == n - 1).all())
+
+
+def test_decoder_without_context_sees_items_only_through_the_engine():
+    cfg = RunConfig(task="parity", variant="pondernet", dim=16, n_heads=2, n_layers=1, decoder_context=False)
+    model = DirectiveModel(ParityTask(), cfg)
+    b = model.task.sample(4, torch.Generator().manual_seed(0))
+    other = model.task.sample(4, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        d1, _, _ = model(b)
+        d2, _, _ = model(type(b)(other.context, other.context_mask, b.command, b.targets, b.target_mask, b.count,
+                                 b.difficulty))
+    torch.testing.assert_close(d1.instructions[:, 0], d2.instructions[:, 0])  # the first comes from the command alone
+    assert not torch.allclose(d1.results[:, 0], d2.results[:, 0])  # the engine reads the items

@@ -29,7 +29,8 @@ Batched generation: every row steps together and halting is decided on device (n
 step). Every ``compact_every`` steps one host read of the halted flags lets halted rows leave the
 work: the batch, the state and the KV cache rows are gathered to the running rows.
 
-Caches: without autograd the static ``KVCache`` (written in place at its slots); with autograd
+Caches: without autograd the static ``KVCache`` (written in place at its slots; a step attends over
+the slots written so far, :class:`PrefixKVCache`); with autograd
 (training, backpropagation through the loop) a growing cache that concatenates keys/values, since
 in-place writes would overwrite tensors saved for backward; ``cache="none"`` recomputes the whole
 prefix every step (the benchmark's baseline).
