@@ -122,19 +122,19 @@ class DirectiveDecoder(nn.Module):
             x = layer(x, cos, sin, None, pos, mask)
         return x
 
-    def heads(self, hidden: torch.Tensor, engine_step=None):
+    def heads(self, hidden: torch.Tensor, feedback=None):
         """hidden (..., D) -> instruction (..., D), raw return prob r (...), halting prob h (...), next
-        input (..., D), engine result (or None). ``engine_step(instruction) -> (result, feedback)``
+        input (..., D), engine result (or None). ``feedback(instruction) -> (result, feedback)``
         executes the instruction first (feedback mode)."""
         x = self.norm(hidden)
         inst = self.instruction(x)
         nxt, res = inst, None
-        if engine_step is not None:
-            res, fb = engine_step(inst)
+        if feedback is not None:
+            res, fb = feedback(inst)
             g = self.feedback(fb)
             x, nxt = g, inst + g
         r = self.min_prob + (1 - 2 * self.min_prob) * torch.sigmoid(self.return_head(x).squeeze(-1))
-        h = torch.sigmoid(self.halt_head(nxt if engine_step is None else g).squeeze(-1))
+        h = torch.sigmoid(self.halt_head(nxt if feedback is None else g).squeeze(-1))
         return inst, r, h, nxt, res
 
     def _check(self, command, context, context_mask, max_instructions):
@@ -206,15 +206,14 @@ class DirectiveDecoder(nn.Module):
             record = []
             for t in range(max_instructions):
                 last = t == max_instructions - 1
-                engine_step = None
+                execute = None
                 if engine is not None:
                     run = ~state.halted & (state.fill > 0) if last else ~state.halted  # directive_step's active
-
-                    def engine_step(inst):
-                        nonlocal est
-                        est, res, fb = engine.step(mem, est, inst, run)
-                        return res, fb
-                inst, r, h, nxt, res = self.heads(hidden, engine_step)
+                    step_out = []
+                    execute = _Execute(engine, mem, est, run, step_out)
+                inst, r, h, nxt, res = self.heads(hidden, execute)
+                if engine is not None:
+                    est = step_out[0]
                 if schedule is not None:
                     r, h = schedule[0].index_select(0, rows)[:, t], schedule[1].index_select(0, rows)[:, t]
                 out, state = directive_step(state, r, h, self.eps, self.mode, last=last)
@@ -254,6 +253,18 @@ class DirectiveDecoder(nn.Module):
             for layer in self.layers:
                 layer.attention.kv_cache = None
         return _assemble(record, B, D, hidden.dtype, dev)
+
+
+class _Execute:
+    """Runs one engine step on the instruction the heads just made; keeps the new engine state."""
+
+    def __init__(self, engine, mem, state, active, out: list):
+        self.engine, self.mem, self.state, self.active, self.out = engine, mem, state, active, out
+
+    def __call__(self, inst):
+        state, res, fb = self.engine.step(self.mem, self.state, inst, self.active)
+        self.out.append(state)
+        return res, fb
 
 
 def _mask(q: torch.Tensor, k: torch.Tensor, key_ok: torch.Tensor, N: int) -> torch.Tensor:
