@@ -8,7 +8,7 @@ decoder's training step vs the fixed-N decoder's.
   instructions are checked equal.
 - Training step (forward + backward + AdamW) on the ``counts`` task at batch 64: the halting model
   (ACT ponder cost, count loss, return/halting heads, step arithmetic) vs the fixed-N baseline
-  (``variant="fixed"``: schedule of 1/N return probabilities, no halting) over the *same number of
+  (``variant="fixed"``: each output read out at its N-th instruction, no halting) over the *same number of
   instructions* per row (the halting model's halting is held off until the fixed model's count), so
   the ratio is the halting machinery's overhead. A second figure times the halting model as
   initialised (rows run to ``max_instructions``), which is what a fresh run pays per step.

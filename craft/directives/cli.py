@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     t.add_argument("--dim", type=int)
     t.add_argument("--mode", choices=["clamp", "carry"])
     t.add_argument("--seed", type=int)
+    t.add_argument("--ponder-weight", type=float, help="weight of the ponder cost")
+    t.add_argument("--lambda-p", type=float, help="PonderNet's geometric prior parameter")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     t.add_argument("--restart", action="store_true", help="delete the variant's checkpoint and start over")
     t.add_argument("--no-progress", action="store_true")
@@ -60,7 +62,7 @@ def run(args) -> int:
         out = Path(args.out)
         for v in variants:
             fields = dict(task=args.task, variant=v, max_minutes=args.max_minutes)
-            for name in ("max_steps", "batch_size", "lr", "dim", "mode", "seed"):
+            for name in ("max_steps", "batch_size", "lr", "dim", "mode", "seed", "ponder_weight", "lambda_p"):
                 if getattr(args, name) is not None:
                     fields[name] = getattr(args, name)
             folder = out / v

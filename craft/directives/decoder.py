@@ -8,15 +8,29 @@ at the command's position is instruction 0; each instruction is fed back directl
 (no vocabulary). Rotary positions: context ``0..N-1`` (order matters to the tasks), command ``N``.
 
 Heads on the final RMSNorm'd hidden state ``x``: ``instruction = W_i x`` (D -> D);
-``r = min_prob + (1 - 2 min_prob) * sigmoid(w_r . x)``; ``h = sigmoid(w_h . instruction + b_h)``
-with ``b_h`` initialised to ``halt_bias`` (-3: ACT fails often from a zero or positive start). The
-per-step arithmetic is :func:`craft.directives.directive.directive_step`.
+``r = min_prob + (1 - 2 min_prob) * sigmoid(w_r . x + b_r)``; ``h = sigmoid(w_h . instruction + b_h)``
+with ``b_h`` initialised to ``halt_bias`` (-3: ACT fails often from a zero or positive start) and
+``b_r`` to ``return_bias``. The per-step arithmetic is :func:`craft.directives.directive.directive_step`.
+
+Feedback (``feedback_dim > 0``, ``forward(..., engine=...)``): the engine executes each instruction
+as soon as it is generated and its feedback ``f`` (the latent state after the step, see
+:class:`craft.directives.engine.TransformEngine`) enters as ``g = W_f f``: ``r`` and ``h`` read
+``g`` alone, and ``instruction + g`` is the next input. So whether a slot closes and whether a row
+halts depend on the state of the computation only: a step that finds nothing left to do says so
+for any input size, and the heads cannot fall back on counting steps (which the decoder's prefix
+allows and which does not extrapolate past the training lengths). The directive then carries the
+engine's per-instruction results.
+
+``positions``: 'ordered' (rotary positions: context ``0..N-1``, command ``N``, instructions after)
+or 'none' (no positional rotation: the context is a set and instruction order comes only from
+causality, so no relative distance is unseen when inputs or runs get longer than in training).
 
 Batched generation: every row steps together and halting is decided on device (no host sync per
 step). Every ``compact_every`` steps one host read of the halted flags lets halted rows leave the
 work: the batch, the state and the KV cache rows are gathered to the running rows.
 
-Caches: without autograd the static ``KVCache`` (written in place at its slots); with autograd
+Caches: without autograd the static ``KVCache`` (written in place at its slots; a step attends over
+the slots written so far, :class:`PrefixKVCache`); with autograd
 (training, backpropagation through the loop) a growing cache that concatenates keys/values, since
 in-place writes would overwrite tensors saved for backward; ``cache="none"`` recomputes the whole
 prefix every step (the benchmark's baseline).
@@ -49,6 +63,18 @@ class GrowingKVCache(nn.Module):
         self.k, self.v = self.k.index_select(0, rows), self.v.index_select(0, rows)
 
 
+class PrefixKVCache(KVCache):
+    """The static cache, written in place, whose ``update`` returns only slots ``0..length-1``
+    (``length`` set by the decoder before each step, a Python int: no host sync): a step attends
+    over the prefix so far instead of the whole buffer."""
+
+    length: int = 0
+
+    def update(self, input_pos, k, v):
+        kc, vc = super().update(input_pos, k, v)
+        return kc[:, :, : self.length], vc[:, :, : self.length]
+
+
 def _select_static_rows(cache: KVCache, rows: torch.Tensor) -> None:
     cache.k_cache = cache.k_cache.index_select(0, rows)
     cache.v_cache = cache.v_cache.index_select(0, rows)
@@ -63,10 +89,12 @@ class DirectiveDecoder(nn.Module):
 
     def __init__(self, dim: int = 64, n_layers: int = 2, n_heads: int = 4, hidden_dim: int | None = None,
                  max_seq_len: int = 128, mode: str = "clamp", min_prob: float = 1e-3, halt_bias: float = -3.0,
-                 eps: float = 1e-6):
+                 eps: float = 1e-6, return_bias: float = 0.0, feedback_dim: int = 0, positions: str = "ordered"):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        if positions not in ("ordered", "none"):
+            raise ValueError(f"positions: expected 'ordered' or 'none', got {positions!r}")
         if not eps < min_prob < 0.5:
             raise ValueError(f"min_prob: expected eps ({eps}) < min_prob < 0.5, got {min_prob}")
         self.config = ModelConfig(vocab_size=1, dim=dim, n_layers=n_layers, n_heads=n_heads,
@@ -77,11 +105,15 @@ class DirectiveDecoder(nn.Module):
         self.instruction = nn.Linear(dim, dim)
         self.return_head = nn.Linear(dim, 1)
         self.halt_head = nn.Linear(dim, 1)
+        self.feedback = nn.Linear(feedback_dim, dim) if feedback_dim else None
         with torch.no_grad():
             self.halt_head.bias.fill_(halt_bias)
+            self.return_head.bias.fill_(return_bias)
         hd = self.config.head_dim
-        self.register_buffer("inv_freq", 1.0 / (self.config.rope_base ** (torch.arange(0, hd, 2).float() / hd)),
-                             persistent=False)
+        inv_freq = 1.0 / (self.config.rope_base ** (torch.arange(0, hd, 2).float() / hd))
+        if positions == "none":  # zero angles: the rotation is the identity at every position
+            inv_freq = torch.zeros_like(inv_freq)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     # ------------------------------------------------------------------ pieces
     def _blocks(self, x, pos, mask, rope=None):
@@ -90,13 +122,20 @@ class DirectiveDecoder(nn.Module):
             x = layer(x, cos, sin, None, pos, mask)
         return x
 
-    def heads(self, hidden: torch.Tensor):
-        """hidden (..., D) -> instruction (..., D), raw return prob r (...), halting prob h (...)."""
+    def heads(self, hidden: torch.Tensor, feedback=None):
+        """hidden (..., D) -> instruction (..., D), raw return prob r (...), halting prob h (...), next
+        input (..., D), engine result (or None). ``feedback(instruction) -> (result, feedback)``
+        executes the instruction first (feedback mode)."""
         x = self.norm(hidden)
         inst = self.instruction(x)
+        nxt, res = inst, None
+        if feedback is not None:
+            res, fb = feedback(inst)
+            g = self.feedback(fb)
+            x, nxt = g, inst + g
         r = self.min_prob + (1 - 2 * self.min_prob) * torch.sigmoid(self.return_head(x).squeeze(-1))
-        h = torch.sigmoid(self.halt_head(inst).squeeze(-1))
-        return inst, r, h
+        h = torch.sigmoid(self.halt_head(nxt if feedback is None else g).squeeze(-1))
+        return inst, r, h, nxt, res
 
     def _check(self, command, context, context_mask, max_instructions):
         if not isinstance(command, torch.Tensor) or command.dim() != 2 or command.shape[1] != self.config.dim:
@@ -111,14 +150,28 @@ class DirectiveDecoder(nn.Module):
             raise ValueError(f"max_instructions: expected 1 <= max_instructions <= max_seq_len - N = "
                              f"{self.max_seq_len - context.shape[1]}, got {max_instructions}")
 
+    def _set_length(self, n: int) -> None:
+        for layer in self.layers:
+            if isinstance(layer.attention.kv_cache, PrefixKVCache):
+                layer.attention.kv_cache.length = n
+
     # ------------------------------------------------------------------ generation
     def forward(self, command: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None,
                 max_instructions: int = 32, schedule: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: str = "auto", compact_every: int = 8) -> TransformDirective:
+                cache: str = "auto", compact_every: int = 8, engine=None,
+                engine_context: torch.Tensor | None = None, engine_mask: torch.Tensor | None = None) -> TransformDirective:
         """Generates up to ``max_instructions`` per row. ``schedule = (r, h)`` (B, max_instructions)
         replaces the heads' probabilities (the fixed-N baseline). ``cache``: 'auto' (static without
-        autograd, growing with), 'static', 'growing' or 'none' (recompute the prefix every step)."""
+        autograd, growing with), 'static', 'growing' or 'none' (recompute the prefix every step).
+        ``engine``: a TransformEngine run step by step for feedback (required when the decoder was
+        built with ``feedback_dim``), on ``engine_context`` / ``engine_mask`` (default ``context`` /
+        ``context_mask``); the directive's
+        ``results`` are then its per-instruction results."""
         self._check(command, context, context_mask, max_instructions)
+        if (engine is None) != (self.feedback is None):
+            raise ValueError("engine: pass a TransformEngine exactly when the decoder has feedback_dim > 0")
+        if engine is not None and engine.feedback_dim != self.feedback.in_features:
+            raise ValueError(f"engine: its feedback_dim {engine.feedback_dim} != the decoder's {self.feedback.in_features}")
         B, N, D = context.shape
         dev = command.device
         if context_mask is None:
@@ -135,24 +188,36 @@ class DirectiveDecoder(nn.Module):
         x0 = torch.cat([context, command[:, None]], 1)
         c = self.config
         for layer in self.layers:
-            layer.attention.kv_cache = (KVCache(B, c.n_kv_heads, L, c.head_dim, x0.dtype, dev) if cache == "static"
-                                        else GrowingKVCache())
+            layer.attention.kv_cache = (PrefixKVCache(B, c.n_kv_heads, L, c.head_dim, x0.dtype, dev)
+                                        if cache == "static" else GrowingKVCache())
+        self._set_length(N + 1)
         try:
             pos = slots[: N + 1]
             cos_all, sin_all = rope_angles(slots, self.inv_freq)  # once; each step slices its row
             if cache == "static":  # the step mask is a slice of one (B, 1, L, L) mask, rebuilt after compaction
                 step_mask = _mask(slots, slots, key_ok, N)
-            hidden = self._blocks(x0, pos, _mask(pos, slots if cache == "static" else pos, key_ok, N))[:, -1]
+            hidden = self._blocks(x0, pos, _mask(pos, pos, key_ok, N))[:, -1]
             seq = x0
             rows = torch.arange(B, device=dev)
             state = DirectiveState.start(B, hidden.dtype, dev)
+            if engine is not None:
+                mem, est = engine.start(context if engine_context is None else engine_context,
+                                        context_mask if engine_context is None and engine_mask is None else engine_mask)
             record = []
             for t in range(max_instructions):
-                inst, r, h = self.heads(hidden)
+                last = t == max_instructions - 1
+                execute = None
+                if engine is not None:
+                    run = ~state.halted & (state.fill > 0) if last else ~state.halted  # directive_step's active
+                    step_out = []
+                    execute = _Execute(engine, mem, est, run, step_out)
+                inst, r, h, nxt, res = self.heads(hidden, execute)
+                if engine is not None:
+                    est = step_out[0]
                 if schedule is not None:
                     r, h = schedule[0].index_select(0, rows)[:, t], schedule[1].index_select(0, rows)[:, t]
-                out, state = directive_step(state, r, h, self.eps, self.mode, last=t == max_instructions - 1)
-                record.append((rows, inst, out))
+                out, state = directive_step(state, r, h, self.eps, self.mode, last=last)
+                record.append((rows, inst, out, res))
                 if t == max_instructions - 1:
                     break
                 if (t + 1) % compact_every == 0:
@@ -160,7 +225,9 @@ class DirectiveDecoder(nn.Module):
                     if keep.numel() == 0:
                         break
                     if keep.numel() < rows.numel():
-                        rows, state, inst = rows[keep], state.select(keep), inst[keep]
+                        rows, state, nxt = rows[keep], state.select(keep), nxt[keep]
+                        if engine is not None:
+                            mem, est = mem.select(keep), est.select(keep)
                         key_ok, seq = key_ok[keep], seq[keep]
                         if cache == "static":
                             step_mask = step_mask[keep]
@@ -172,19 +239,32 @@ class DirectiveDecoder(nn.Module):
                                 c.select_rows(keep)
                 p = N + 1 + t
                 if cache == "none":
-                    seq = torch.cat([seq, inst[:, None]], 1)
+                    seq = torch.cat([seq, nxt[:, None]], 1)
                     for layer in self.layers:
                         layer.attention.kv_cache = GrowingKVCache()
                     q = slots[: p + 1]
                     hidden = self._blocks(seq, q, _mask(q, q, key_ok, N))[:, -1]
                 else:
                     q = slots[p: p + 1]
-                    m = _mask(q, slots[: p + 1], key_ok, N) if cache == "growing" else step_mask[:, :, p: p + 1]
-                    hidden = self._blocks(inst[:, None], q, m, (cos_all[p: p + 1], sin_all[p: p + 1]))[:, 0]
+                    m = _mask(q, slots[: p + 1], key_ok, N) if cache == "growing" else step_mask[:, :, p: p + 1, : p + 1]
+                    self._set_length(p + 1)
+                    hidden = self._blocks(nxt[:, None], q, m, (cos_all[p: p + 1], sin_all[p: p + 1]))[:, 0]
         finally:
             for layer in self.layers:
                 layer.attention.kv_cache = None
         return _assemble(record, B, D, hidden.dtype, dev)
+
+
+class _Execute:
+    """Runs one engine step on the instruction the heads just made; keeps the new engine state."""
+
+    def __init__(self, engine, mem, state, active, out: list):
+        self.engine, self.mem, self.state, self.active, self.out = engine, mem, state, active, out
+
+    def __call__(self, inst):
+        state, res, fb = self.engine.step(self.mem, self.state, inst, self.active)
+        self.out.append(state)
+        return res, fb
 
 
 def _mask(q: torch.Tensor, k: torch.Tensor, key_ok: torch.Tensor, N: int) -> torch.Tensor:
@@ -205,14 +285,16 @@ def _assemble(record, B, D, dtype, dev) -> TransformDirective:
         base = torch.full(shape, fill, dtype=vals.dtype, device=dev)
         return base.index_copy(0, rows, vals)
 
-    cols = {k: [] for k in ("inst", "p", "active", "closes", "dh", "slot")}
-    for rows, inst, o in record:
+    cols = {k: [] for k in ("inst", "p", "active", "closes", "dh", "slot", "res")}
+    for rows, inst, o, res in record:
+        if res is not None:
+            cols["res"].append(full(res, rows))
         cols["inst"].append(full(inst * o.active[:, None].to(inst.dtype), rows))  # 0 where inactive
         cols["p"].append(full(o.p, rows))
         cols["active"].append(full(o.active, rows, False))
         cols["closes"].append(full(o.closes, rows, False))
         cols["dh"].append(full(o.dh, rows))
         cols["slot"].append(full(o.slot, rows, -1))
-    st = {k: torch.stack(v, 1) for k, v in cols.items()}
+    st = {k: torch.stack(v, 1) for k, v in cols.items() if v}
     return TransformDirective(st["inst"], st["p"], st["active"], halting_probs=st["dh"], slot_index=st["slot"],
-                              closes=st["closes"], n_outputs=st["closes"].sum(1))
+                              closes=st["closes"], n_outputs=st["closes"].sum(1), results=st.get("res"))

@@ -50,7 +50,8 @@ class TransformDirective:
     """``instructions (B, I, D)``; ``return_probs (B, I)`` in (0, 1) where ``mask``, 0 elsewhere;
     ``mask (B, I)`` bool. Optional bookkeeping from generation: ``halting_probs (B, I)`` (``dh``: the
     halting probability each closing instruction added, 0 elsewhere), ``slot_index (B, I)`` long (slot
-    each instruction starts in, -1 where masked), ``closes (B, I)`` bool, ``n_outputs (B,)`` long."""
+    each instruction starts in, -1 where masked), ``closes (B, I)`` bool, ``n_outputs (B,)`` long,
+    ``results (B, I, D')``: the engine's per-instruction results when it ran inside generation."""
 
     instructions: torch.Tensor
     return_probs: torch.Tensor
@@ -59,6 +60,7 @@ class TransformDirective:
     slot_index: torch.Tensor | None = None
     closes: torch.Tensor | None = None
     n_outputs: torch.Tensor | None = None
+    results: torch.Tensor | None = None
 
     def __post_init__(self):
         i, r, m = self.instructions, self.return_probs, self.mask

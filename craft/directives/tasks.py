@@ -66,7 +66,7 @@ class Task:
 
 
 class ParityTask(Task):
-    name, in_dim, out_dim, max_items, max_count, fixed_steps = "parity", 17, 1, 16, 1, 8
+    name, in_dim, out_dim, max_items, max_count, fixed_steps = "parity", 17, 1, 16, 1, 16
     size = 16
 
     def sample(self, batch_size, gen, split="train"):

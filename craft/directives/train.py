@@ -4,7 +4,7 @@ training loop with atomic checkpoints and resume, and evaluation.
 Variants, trained in the same harness:
 - ``act`` / ``pondernet`` / ``none``: the halting decoder with that ponder cost.
 - ``fixed``: the same model with no halting: every output gets exactly ``task.fixed_steps``
-  instructions of return probability ``1 / fixed_steps`` and the number of outputs is the task's
+  instructions, is the result of the last of them, and the number of outputs is the task's
   (an oracle the halting variants must learn); the repetition baseline of Fojo et al.
 
 A run folder holds one sub-folder per variant with ``checkpoint.pt`` (model, optimizer, step,
@@ -30,7 +30,9 @@ from craft.directives.losses import count_loss, pad_slots, ponder_cost
 from craft.directives.tasks import Batch, Task, get_task
 
 VARIANTS = ("act", "pondernet", "none", "fixed")
-MAX_INSTRUCTIONS = {"parity": 12, "counts": 40, "addition": 16}
+# instructions allowed per row: in training / on the extrapolation split (longer inputs need more)
+MAX_INSTRUCTIONS = {"parity": (12, 24), "counts": (28, 48), "addition": (16, 24)}
+RESULT_LOSSES = ("expected", "slot")
 
 
 @dataclass
@@ -41,14 +43,19 @@ class RunConfig:
     dim: int = 32
     n_layers: int = 2
     n_heads: int = 4
-    batch_size: int = 32
-    lr: float = 3e-3
+    batch_size: int = 64
+    lr: float = 2e-3
     max_steps: int = 1_000_000
     max_minutes: float = 5.0
     seed: int = 0
     count_weight: float = 1.0
     ponder_weight: float = 1e-2
     lambda_p: float = 0.3
+    feedback: bool = True
+    positions: str = "none"
+    return_bias: float = -4.0  # rows start by running long: results after a full scan get trained first
+    result_loss: str = "expected"
+    decoder_context: bool = True  # False: the decoder sees only the command; the items reach only the engine
     checkpoint_every: int = 50
     eval_rows: int = 256
 
@@ -56,50 +63,88 @@ class RunConfig:
         get_task(self.task)
         if self.variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {self.variant!r}")
+        if self.result_loss not in RESULT_LOSSES:
+            raise ValueError(f"result_loss: expected one of {RESULT_LOSSES}, got {self.result_loss!r}")
 
 
 class DirectiveModel(nn.Module):
-    """Command embedding, context projection (+ learned item positions), decoder, engine, readout."""
+    """Command embedding, context projection, decoder, engine, readout.
+
+    No learned per-index item embedding: an index seen only past the training sizes would be an
+    untrained vector on the extrapolation split. Order reaches the engine as its index slope and the
+    decoder through rotary positions (``positions='ordered'``) or not at all ('none').
+    ``feedback``: the engine runs inside generation and the decoder's return/halting heads see its
+    state (see decoder.py); otherwise it runs after generation."""
 
     def __init__(self, task: Task, cfg: RunConfig):
         super().__init__()
         self.task, self.cfg = task, cfg
         D = cfg.dim
-        self.max_instructions = MAX_INSTRUCTIONS[task.name]
+        self.max_instructions, self.max_instructions_test = MAX_INSTRUCTIONS[task.name]
         self.command = nn.Embedding(task.n_commands, D)
         self.embed = nn.Linear(task.in_dim, D)
-        self.position = nn.Embedding(task.max_items, D)
-        self.decoder = DirectiveDecoder(D, cfg.n_layers, cfg.n_heads, max_seq_len=task.max_items + self.max_instructions,
-                                        mode=cfg.mode)
         self.engine = TransformEngine(D, mode=cfg.mode)
+        self.decoder = DirectiveDecoder(D, cfg.n_layers, cfg.n_heads, max_seq_len=task.max_items + self.max_instructions_test,
+                                        mode=cfg.mode, return_bias=cfg.return_bias, positions=cfg.positions,
+                                        feedback_dim=self.engine.feedback_dim if cfg.feedback else 0)
         self.readout = nn.Linear(D, task.out_dim)
 
     def _schedule(self, batch: Batch):
-        """The fixed-N baseline's (r, h) (B, I): 1/n each step; halting 1 at the close of output ``count``."""
+        """The fixed-N baseline's (r, h) (B, I): each output is the result of its n-th instruction
+        (return probability ``min_prob`` before it; the n-th closes the slot with the rest), and
+        halting is 1 at the close of output ``count``."""
         n = self.task.fixed_steps
         I = n * int(batch.count.max())
         t = torch.arange(I)
-        r = torch.full((len(batch.count), I), 1.0 / n)
+        closing = ((t + 1) % n == 0)[None].expand(len(batch.count), I)
+        m = self.decoder.min_prob
+        r = torch.where(closing, torch.tensor(1 - m), torch.tensor(m))
         h = (((t + 1) % n == 0) & ((t + 1) // n == batch.count[:, None])).float()
         return (r, h), I
 
-    def forward(self, batch: Batch):
-        N = batch.context.shape[1]
-        ctx = self.embed(batch.context) + self.position.weight[:N]
+    def forward(self, batch: Batch, max_instructions: int | None = None):
+        ctx = self.embed(batch.context)
         cmd = self.command(batch.command)
         if self.cfg.variant == "fixed":
             schedule, I = self._schedule(batch)
         else:
-            schedule, I = None, self.max_instructions
-        d = self.decoder(cmd, ctx, batch.context_mask, max_instructions=I, schedule=schedule)
-        eng = self.engine(d, ctx, batch.context_mask)
+            schedule, I = None, max_instructions or self.max_instructions
+        if self.cfg.feedback and not self.cfg.decoder_context:
+            none = ctx.new_zeros(ctx.shape[0], 1, ctx.shape[2])
+            d = self.decoder(cmd, none, torch.zeros(ctx.shape[0], 1, dtype=torch.bool), max_instructions=I,
+                             schedule=schedule, engine=self.engine, engine_context=ctx, engine_mask=batch.context_mask)
+            eng = self.engine.pour(d.results, d)
+        elif self.cfg.feedback:
+            d = self.decoder(cmd, ctx, batch.context_mask, max_instructions=I, schedule=schedule, engine=self.engine)
+            eng = self.engine.pour(d.results, d)
+        else:
+            d = self.decoder(cmd, ctx, batch.context_mask, max_instructions=I, schedule=schedule)
+            eng = self.engine(d, ctx, batch.context_mask)
         pred = self.readout(pad_slots(eng.slots, eng.n_slots, batch.targets.shape[1]))
         return d, eng, pred
+
+    def expected_result_loss(self, d, eng, batch: Batch) -> torch.Tensor:
+        """PonderNet's reconstruction loss per slot: every instruction's own result is read out and
+        scored against its slot's target, weighted by its return probability (within a closed slot
+        these sum to 1: the slot's halting distribution). Unlike the loss of the mixed slot, this
+        gives each step's result a gradient and tells the return probabilities which step was
+        right, so a slot learns to stay open until its result is ready."""
+        B, K = batch.target_mask.shape
+        slot = d.slot_index.clamp(0, K - 1)
+        idx = slot.reshape(B, -1, *([1] * (batch.targets.dim() - 2))).expand(B, slot.shape[1], *batch.targets.shape[2:])
+        targets = batch.targets.gather(1, idx)
+        ok = d.mask & (d.slot_index < K) & batch.target_mask.gather(1, slot)
+        per = self.task.slot_loss(self.readout(eng.results), targets)
+        w = torch.where(ok, d.return_probs, torch.zeros_like(d.return_probs))
+        return (w * per).sum() / batch.target_mask.sum().clamp_min(1)
 
     def losses(self, batch: Batch):
         d, eng, pred = self(batch)
         tm = batch.target_mask.float()
-        result = (self.task.slot_loss(pred, batch.targets) * tm).sum() / tm.sum()
+        if self.cfg.result_loss == "expected":
+            result = self.expected_result_loss(d, eng, batch)
+        else:
+            result = (self.task.slot_loss(pred, batch.targets) * tm).sum() / tm.sum()
         total = result
         parts = {"result": float(result.detach())}
         if self.cfg.variant != "fixed":
@@ -146,7 +191,7 @@ def evaluate(model: DirectiveModel, rows: int = 512, seed: int = 12345) -> dict:
         correct = exact = slots_ok = slots = 0
         for start in range(0, rows, 256):
             batch = model.task.sample(min(256, rows - start), gen, split)
-            d, eng, pred = model(batch)
+            d, eng, pred = model(batch, model.max_instructions if split == "train" else model.max_instructions_test)
             ok = model.task.slot_correct(pred, batch.targets) & batch.target_mask
             count_ok = d.n_outputs == batch.count
             row_ok = count_ok & (ok | ~batch.target_mask).all(1)

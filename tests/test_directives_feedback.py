@@ -1,0 +1,150 @@
+"""The tape-head TransformEngine step and the decoder running it inside generation (feedback)."""
+import pytest
+import torch
+
+from craft.directives.decoder import DirectiveDecoder
+from craft.directives.engine import TransformEngine
+from craft.directives.tasks import ParityTask
+from craft.directives.train import DirectiveModel, RunConfig
+
+
+def _scan_engine(D=8, reverse=False):
+    """Gates fixed by their biases: a hard scan (backwards from a jump to the last item when
+    ``reverse``), the register copying each read."""
+    torch.manual_seed(0)
+    eng = TransformEngine(D)
+    s = 30.0 if reverse else -30.0
+    with torch.no_grad():
+        eng.gates.weight.zero_()
+        eng.gates.bias.copy_(torch.tensor([s, -s, 30.0, s, -30.0, 30.0]))
+        eng.null_value.fill_(7.0)
+    return eng
+
+
+def _prefix_context(B, N, D, lengths, seed=0):
+    ctx = torch.randn(B, N, D, generator=torch.Generator().manual_seed(seed))
+    mask = torch.arange(N)[None] < torch.tensor(lengths)[:, None]
+    return ctx, mask
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_tape_head_scans_items_in_order_then_reads_null(reverse):
+    D, lengths = 8, [3, 5, 1, 0]
+    eng = _scan_engine(D, reverse)
+    ctx, mask = _prefix_context(4, 5, D, lengths)
+    mem, st = eng.start(ctx, mask)
+    values = eng.value(ctx)
+    x = torch.zeros(4, D)
+    for t in range(7):
+        if reverse and t > 0:  # jump only once, at the start
+            with torch.no_grad():
+                eng.gates.bias[0] = -30.0
+        st, res, fb = eng.step(mem, st, x)
+        read = fb[:, D:2 * D]
+        for b, n in enumerate(lengths):
+            want = values[b, (n - 1 - t) if reverse else t] if t < n else eng.null_value
+            torch.testing.assert_close(read[b], want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(res[b] - eng.result(torch.cat([st.z[b], read[b]])), want, atol=1e-5, rtol=1e-5)
+            assert float(fb[b, 2 * D + 1].detach()) == pytest.approx(float(t + 1 >= n), abs=1e-5)  # end after the move
+            assert float(fb[b, 2 * D + 2].detach()) == pytest.approx(float(t + 2 == n), abs=1e-5)  # one item left
+        torch.testing.assert_close(st.head.sum(1), torch.ones(4))
+
+
+def test_tape_head_mass_is_conserved_and_inactive_rows_keep_state():
+    torch.manual_seed(1)
+    D = 8
+    eng = TransformEngine(D)
+    with torch.no_grad():
+        eng.gates.weight.normal_(0, 2.0)  # random soft gates
+    ctx, mask = _prefix_context(16, 7, D, [int(n) for n in torch.randint(0, 8, (16,))])
+    mem, st = eng.start(ctx, mask)
+    for t in range(10):
+        active = torch.rand(16) > 0.3
+        new, res, fb = eng.step(mem, st, torch.randn(16, D), active)
+        torch.testing.assert_close(new.head.sum(1), torch.ones(16))
+        assert bool((new.head[:, :-1][~mask] == 0).all()) and bool((new.head >= -1e-7).all())
+        assert torch.equal(new.z[~active], st.z[~active]) and torch.equal(new.head[~active], st.head[~active])
+        st = new
+
+
+def _feedback_decoder(D=16):
+    torch.manual_seed(0)
+    eng = TransformEngine(D)
+    dec = DirectiveDecoder(D, n_layers=1, n_heads=2, max_seq_len=32, feedback_dim=eng.feedback_dim, positions="none")
+    with torch.no_grad():
+        dec.halt_head.bias.fill_(0.0)
+        dec.return_head.bias.fill_(1.0)
+    return dec, eng
+
+
+def test_feedback_generation_batched_matches_each_row_alone_with_gradients():
+    dec, eng = _feedback_decoder()
+    B, N, D = 6, 5, 16
+    ctx, mask = _prefix_context(B, N, D, [5, 2, 4, 1, 3, 5], seed=3)
+    cmd = torch.randn(B, D, generator=torch.Generator().manual_seed(4))
+    d = dec(cmd, ctx, mask, max_instructions=12, compact_every=2, engine=eng)
+    assert len(set(d.n_instructions.tolist())) > 1
+    loss = (d.results * torch.linspace(-1, 1, D)).sum() + (d.return_probs * torch.arange(12)).sum()
+    grads = torch.autograd.grad(loss, list(eng.parameters()) + [dec.feedback.weight], allow_unused=True)
+    assert grads[-1] is not None and grads[-1].abs().sum() > 0  # the heads depend on the engine's state
+    for b in range(B):
+        db = dec(cmd[b:b + 1], ctx[b:b + 1, :int(mask[b].sum())], None, max_instructions=12, cache="none", engine=eng)
+        k = db.mask.shape[1]
+        assert torch.equal(db.mask[0], d.mask[b, :k]) and not bool(d.mask[b, k:].any())
+        torch.testing.assert_close(db.return_probs[0], d.return_probs[b, :k], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(db.results[0][db.mask[0]], d.results[b, :k][db.mask[0]], atol=1e-5, rtol=1e-4)
+
+
+def test_feedback_needs_a_matching_engine():
+    dec, eng = _feedback_decoder()
+    ctx, mask = _prefix_context(2, 3, 16, [3, 2])
+    with pytest.raises(ValueError, match="engine"):
+        dec(torch.randn(2, 16), ctx, mask, max_instructions=4)
+    with pytest.raises(ValueError, match="feedback_dim"):
+        dec(torch.randn(2, 16), ctx, mask, max_instructions=4, engine=TransformEngine(8))
+    with pytest.raises(ValueError, match="positions"):
+        DirectiveDecoder(16, positions="learned")
+
+
+def test_expected_result_loss_weights_each_instruction_by_its_return_probability():
+    cfg = RunConfig(task="parity", variant="act", dim=16, n_heads=2, n_layers=1)
+    model = DirectiveModel(ParityTask(), cfg)
+    b = model.task.sample(5, torch.Generator().manual_seed(0))
+    d, eng, pred = model(b)
+    got = model.expected_result_loss(d, eng, b)
+    want = 0.0
+    for i in range(5):
+        for n in range(d.mask.shape[1]):
+            if d.mask[i, n] and d.slot_index[i, n] == 0:
+                logit = model.readout(eng.results[i, n])[0]
+                want = want + d.return_probs[i, n] * torch.nn.functional.binary_cross_entropy_with_logits(
+                    logit, b.targets[i, 0, 0])
+    torch.testing.assert_close(got, want / 5)
+
+
+def test_fixed_schedule_reads_out_the_last_instruction_of_each_output():
+    cfg = RunConfig(task="counts", variant="fixed", dim=16, n_heads=2, n_layers=1)
+    from craft.directives.tasks import CountsTask
+
+    model = DirectiveModel(CountsTask(), cfg)
+    b = model.task.sample(4, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        d, eng, pred = model(b)
+    n = model.task.fixed_steps
+    closing = d.closes & d.mask
+    assert bool((d.return_probs[closing] > 0.99).all())
+    assert bool((d.return_probs[d.mask & ~closing] == model.decoder.min_prob).all())
+    assert torch.equal(closing.sum(1), b.count) and bool((closing.nonzero()[:, 1] % n == n - 1).all())
+
+
+def test_decoder_without_context_sees_items_only_through_the_engine():
+    cfg = RunConfig(task="parity", variant="pondernet", dim=16, n_heads=2, n_layers=1, decoder_context=False)
+    model = DirectiveModel(ParityTask(), cfg)
+    b = model.task.sample(4, torch.Generator().manual_seed(0))
+    other = model.task.sample(4, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        d1, _, _ = model(b)
+        d2, _, _ = model(type(b)(other.context, other.context_mask, b.command, b.targets, b.target_mask, b.count,
+                                 b.difficulty))
+    torch.testing.assert_close(d1.instructions[:, 0], d2.instructions[:, 0])  # the first comes from the command alone
+    assert not torch.allclose(d1.results[:, 0], d2.results[:, 0])  # the engine reads the items
