@@ -1,7 +1,9 @@
 """Training, evaluation and checkpoints of the agents (``craft agents train|eval|roundtrip``).
 
 A run folder holds ``agent0.pt`` (word agent) and ``agent1.pt`` (sentence agent); level 1 trains
-on top of the folder's frozen level 0. Checkpoints are written atomically (``mkstemp`` in the
+on top of the folder's frozen level 0. ``lm.pt`` / ``lm_flat.pt`` hold the hierarchical language
+model and the flat byte model (:mod:`craft.agents.lm`), with their validation bits/byte over
+training time (``evals``). Checkpoints are written atomically (``mkstemp`` in the
 folder, then ``os.replace``) and hold the model, the optimizer, the step and the training seconds
 so far, so ``--resume`` continues where a run stopped. Data: a text file or a folder of .txt/.md
 files, split like nanoGPT's tiny-shakespeare: the first 90% of the characters train, the last 10%
