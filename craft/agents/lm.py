@@ -75,6 +75,7 @@ class WordStream:
 
 
 def word_stream(data: bytes, max_word_len: int = 16) -> WordStream:
+    """The stream of ``data`` (see the module docstring): ``len(data) + n_words`` positions."""
     wo = split_words(data, max_word_len)
     b = np.frombuffer(data, dtype=np.uint8).astype(np.int64)
     n_words = len(wo) - 1
@@ -133,7 +134,7 @@ def make_batch(s: WordStream, word_ranges, seq_len: int) -> StreamBatch:
         tgt[r, : b - a] = s.targets[a:b]
         doc[r, : b - a] = s.word[a:b] - w0
         last[r, : w1 - w0] = s.offsets[w0 + 1: w1 + 1] - a - 1
-        n_bytes += b - a - (w1 - w0)
+        n_bytes += int(b - a - (w1 - w0))
     t = torch.from_numpy
     return StreamBatch(t(inp), t(tgt), t(doc), t(last), n_bytes)
 
