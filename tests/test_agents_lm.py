@@ -134,7 +134,7 @@ def test_bits_per_byte_counts_every_byte_and_every_word_end():
 def test_training_lowers_validation_bits_and_resumes(tmp_path, kind, one_thread):
     cfg = H.HierarchicalLMConfig(**TINY) if kind == "hier" else TINY_FLAT
     s = T.LMSettings(max_steps=40, lr=1e-2, batch_units=4, progress=False, bf16=False, eval_every_s=1e9,
-                     checkpoint_every=10 ** 9, warmup_steps=10)
+                     checkpoint_every=10 ** 9, warmup_steps=10, max_minutes=60.0)
     text = TEXT * 4
     T.train_lm(text, TEXT, tmp_path, kind, cfg, s)
     ck = torch.load(tmp_path / T.LM_FILES[kind], weights_only=True)
