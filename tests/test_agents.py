@@ -63,16 +63,18 @@ def test_word_pieces_rejects_width_below_two():
 # --------------------------------------------------------------------------- Agent 0
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A run folder with a word agent and a sentence agent trained on the synthetic text."""
+    """A run folder with a word agent and a sentence agent trained on the synthetic text (the step
+    counts decide, never the default 5-minute budget: a loaded machine would cut training short)."""
     out = tmp_path_factory.mktemp("agents")
     torch.manual_seed(0)
     wcfg = WordAgentConfig(width=WIDTH, dim=16, hidden_dim=48, row_len=32)
     T.train_word_agent(" ".join(VOCAB + SENTENCES), out, wcfg,
-                       T.TrainSettings(max_steps=100, lr=1e-2, batch_units=64, progress=False, checkpoint_every=10 ** 9))
+                       T.TrainSettings(max_steps=100, lr=1e-2, batch_units=64, progress=False, checkpoint_every=10 ** 9,
+                                       max_minutes=60.0))
     scfg = SentenceAgentConfig(word_dim=16, dim=64, hidden_dim=64, max_words=6, row_len=24)
     T.train_sentence_agent(" ".join(SENTENCES), out, scfg,
                            T.TrainSettings(max_steps=200, lr=1e-2, batch_units=32, progress=False,
-                                           checkpoint_every=10 ** 9))
+                                           checkpoint_every=10 ** 9, max_minutes=60.0))
     return out
 
 

@@ -1,4 +1,5 @@
-"""``craft agents train|eval|roundtrip``: the word and sentence agents from the command line."""
+"""``craft agents train|eval|roundtrip``: the word and sentence agents and the language models from the
+command line."""
 from __future__ import annotations
 
 import json
@@ -10,15 +11,22 @@ def register(subparsers) -> None:
     sub = a.add_subparsers(dest="agents_command", parser_class=type(a))
     sub.required = True
     t = sub.add_parser("train", help="train one level of the agent stack into a run folder")
-    t.add_argument("--level", required=True, choices=["0", "1", "lm"], help="0 word agent, 1 sentence agent (needs 0)")
+    t.add_argument("--level", required=True, choices=["0", "1", "lm"],
+                   help="0 word agent, 1 sentence agent (needs 0), lm a language model (see --lm-model)")
+    t.add_argument("--lm-model", choices=["hier", "flat"], default="hier",
+                   help="with --level lm: the hierarchical model (lm.pt) or the flat byte model (lm_flat.pt)")
     t.add_argument("--corpus", help="a text file or a folder of .txt/.md files (default: the built-in corpus)")
     t.add_argument("--max-minutes", type=float, default=5.0)
+    t.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="what --max-minutes counts: wall-clock, or this process's CPU time (a shared machine)")
     t.add_argument("--max-steps", type=int)
     t.add_argument("--lr", type=float)
-    t.add_argument("--batch-units", type=int, help="word pieces (level 0) or sentences (level 1) per step")
+    t.add_argument("--batch-units", type=int, help="word pieces (level 0), sentences (level 1) or rows (lm) per step")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--eval-every", type=float, default=60.0,
+                   help="lm: validation bits/byte every this many training seconds (default 60)")
     t.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint of this level")
-    t.add_argument("--out", required=True, help="run folder (agent0.pt, agent1.pt)")
+    t.add_argument("--out", required=True, help="run folder (agent0.pt, agent1.pt, lm.pt, lm_flat.pt)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=run)
     e = sub.add_parser("eval", help="held-out accuracies of a run folder")
@@ -44,15 +52,24 @@ def run(args) -> int:
 
 def _train(args) -> int:
     from craft.agents import train as T
-    from craft.cli import CliError
 
-    if args.level == "lm":
-        raise CliError("--level lm: the hierarchical language model is not built yet; train --level 0 or 1")
     out = Path(args.out)
     text = T.read_corpus(args.corpus)
-    train_text, _ = T.split_corpus(text)
+    train_text, val_text = T.split_corpus(text)
+    if args.level == "lm":
+        s = T.LMSettings(max_minutes=args.max_minutes, max_steps=args.max_steps, seed=args.seed,
+                         progress=not args.no_progress, eval_every_s=args.eval_every, clock=args.clock)
+        if args.lr:
+            s.lr = args.lr
+        if args.batch_units:
+            s.batch_units = args.batch_units
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "corpus.json").write_text(json.dumps({"corpus": str(Path(args.corpus).resolve()) if args.corpus else None}))
+        T.train_lm(train_text, val_text, out, args.lm_model, settings=s, resume=args.resume)
+        print(f"saved {out / T.LM_FILES[args.lm_model]}")
+        return 0
     s = T.TrainSettings(max_minutes=args.max_minutes, max_steps=args.max_steps, seed=args.seed,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, clock=args.clock)
     if args.level == "1":
         s.batch_units = 128
     if args.lr:
@@ -78,17 +95,23 @@ def _eval(args) -> int:
     if corpus is None and meta.is_file():
         corpus = json.loads(meta.read_text())["corpus"]
     train_text, val_text = T.split_corpus(T.read_corpus(corpus))
-    stack = T.load_stack(run_dir)
     res = {"corpus": corpus or "builtin"}
-    res.update(T.eval_word_agent(stack.word_agent, train_text, val_text))
-    if stack.sentence_agent is not None:
-        res.update(T.eval_sentence_agent(stack, val_text))
-        res.update(T.eval_roundtrip(stack, val_text))
+    lms = [k for k, f in T.LM_FILES.items() if (run_dir / f).is_file()]
+    if not lms or (run_dir / T.AGENT_FILES[0]).is_file():
+        stack = T.load_stack(run_dir)
+        res.update(T.eval_word_agent(stack.word_agent, train_text, val_text))
+        if stack.sentence_agent is not None:
+            res.update(T.eval_sentence_agent(stack, val_text))
+            res.update(T.eval_roundtrip(stack, val_text))
+    for kind in lms:
+        res[f"lm_{kind}"] = T.eval_lm(run_dir, kind, val_text)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         for k, v in res.items():
-            print(f"{k:30s} {v:.4f}" if isinstance(v, float) else f"{k:30s} {v}")
+            for kk, vv in (v.items() if isinstance(v, dict) else [("", v)]):
+                name = f"{k}.{kk}" if kk else k
+                print(f"{name:30s} {vv:.4f}" if isinstance(vv, float) else f"{name:30s} {vv}")
     return 0
 
 

@@ -1,7 +1,9 @@
 """Training, evaluation and checkpoints of the agents (``craft agents train|eval|roundtrip``).
 
 A run folder holds ``agent0.pt`` (word agent) and ``agent1.pt`` (sentence agent); level 1 trains
-on top of the folder's frozen level 0. Checkpoints are written atomically (``mkstemp`` in the
+on top of the folder's frozen level 0. ``lm.pt`` / ``lm_flat.pt`` hold the hierarchical language
+model and the flat byte model (:mod:`craft.agents.lm`), with their validation bits/byte over
+training time (``evals``). Checkpoints are written atomically (``mkstemp`` in the
 folder, then ``os.replace``) and hold the model, the optimizer, the step and the training seconds
 so far, so ``--resume`` continues where a run stopped. Data: a text file or a folder of .txt/.md
 files, split like nanoGPT's tiny-shakespeare: the first 90% of the characters train, the last 10%
@@ -9,6 +11,8 @@ validate.
 """
 from __future__ import annotations
 
+import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -20,10 +24,12 @@ import torch
 from craft.data.files import save_torch_atomic
 from craft.agents.sentence import SentenceAgent, SentenceAgentConfig, pack_sentences
 from craft.agents.stack import AgentStack
+from craft.agents import lm as LM
 from craft.agents.text import normalize, text_to_units, word_pieces
 from craft.agents.word import WordAgent, WordAgentConfig, pack_units
 
 AGENT_FILES = {0: "agent0.pt", 1: "agent1.pt"}
+LM_FILES = {"hier": "lm.pt", "flat": "lm_flat.pt"}  # the hierarchical LM and the flat byte model
 
 
 # --------------------------------------------------------------------------- data
@@ -90,16 +96,27 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 200
     progress: bool = True
+    warmup_steps: int = 50
+    clock: str = "wall"           # what max_minutes counts: "wall" seconds, or "cpu" seconds of this process
+
+    def __post_init__(self):
+        if self.clock not in ("wall", "cpu"):
+            raise ValueError(f"clock: expected 'wall' or 'cpu', got {self.clock!r}")
 
 
-def _lr_at(step, total, base):
-    warm = 50
+def _lr_at(step, total, base, warm=50):
     if step < warm:
         return base * (step + 1) / warm
-    return base * max(0.05, 0.5 * (1 + np.cos(np.pi * min(1.0, step / max(1, total)))))
+    # a Python float: a numpy scalar in the optimizer state would make the checkpoint unloadable
+    # with weights_only=True
+    return base * max(0.05, 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total)))))
 
 
-def _loop(model, opt, make_batch, out_path, config_dict, s: TrainSettings, start_step, start_seconds, extra, log):
+def _loop(model, opt, make_batch, out_path, config_dict, s: TrainSettings, start_step, start_seconds, extra, log,
+          evaluate=None, eval_every_s: float = 60.0):
+    """Steps until ``max_steps`` or ``max_minutes`` of training time. ``evaluate()`` -> dict, when
+    given, runs every ``eval_every_s`` training seconds and at the end; its time is not training
+    time, and its results go to ``extra['evals']`` with the step and training seconds."""
     from tqdm import tqdm
 
     total = s.max_steps or 10 ** 9
@@ -108,20 +125,33 @@ def _loop(model, opt, make_batch, out_path, config_dict, s: TrainSettings, start
     est_total = s.max_steps or max(step + 1, 1)
     bar = tqdm(total=s.max_steps, disable=not s.progress, desc=out_path.name, unit="step")
     rate = None
+    evals = extra.setdefault("evals", []) if evaluate is not None else None
+    next_eval = (evals[-1]["seconds"] if evals else 0.0) + eval_every_s
+
+    def run_eval():
+        evals.append({"step": step, "seconds": elapsed, **evaluate()})
+        if s.progress:
+            bar.write(f"step {step} ({elapsed:.0f} s): " + ", ".join(f"{k} {v:.4f}" for k, v in evals[-1].items()
+                                                                      if k not in ("step", "seconds")))
+        model.train()
+
+    if evaluate is not None and not evals:
+        run_eval()
     model.train()
-    t_last = time.perf_counter()
+    now_fn = time.process_time if s.clock == "cpu" else time.perf_counter
+    t_last = now_fn()
     while step < total and elapsed < budget:
         if rate is not None and not s.max_steps:
             est_total = step + int((budget - elapsed) * rate)
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, est_total, s.lr)
+            g["lr"] = _lr_at(step, est_total, s.lr, s.warmup_steps)
         loss, info = make_batch()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        now = time.perf_counter()
+        now = now_fn()
         elapsed += now - t_last
         t_last = now
         rate = step / max(elapsed, 1e-9) if step > start_step + 5 else None
@@ -129,9 +159,15 @@ def _loop(model, opt, make_batch, out_path, config_dict, s: TrainSettings, start
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v:.3f}" for k, v in info.items()})
             log.append({"step": step, "seconds": elapsed, "loss": loss.item(), **info})
+        if evaluate is not None and elapsed >= next_eval:
+            run_eval()
+            next_eval = elapsed + eval_every_s
+            t_last = now_fn()  # evaluation time is not training time
         if step % s.checkpoint_every == 0:
             _save(out_path, model, opt, config_dict, step, elapsed, extra, log)
     bar.close()
+    if evaluate is not None and (not evals or evals[-1]["step"] != step):
+        run_eval()
     _save(out_path, model, opt, config_dict, step, elapsed, extra, log)
     model.eval()
     return step, elapsed
@@ -173,6 +209,122 @@ def train_word_agent(text: str, out: Path, config: WordAgentConfig | None = None
         return model.loss(pack_units(tok, off, c.row_len))
 
     _loop(model, opt, batch, path, c.to_dict(), s, step, secs, {}, log)
+    return model
+
+
+@dataclass
+class LMSettings(TrainSettings):
+    """Language-model runs: ``batch_units`` rows per step; bf16 autocast where the CPU has fast bf16
+    (craft's trainer default), evaluation on the validation text every ``eval_every_s`` seconds."""
+    lr: float = 2e-3
+    batch_units: int = 8
+    bf16: bool | None = None
+    eval_every_s: float = 60.0
+
+
+def _lm_model(kind: str, config: dict | None):
+    if kind == "hier":
+        return LM.HierarchicalLM(LM.HierarchicalLMConfig(**(config or {})))
+    if kind == "flat":
+        from craft.models import ModelConfig
+        return LM.flat_model(ModelConfig.from_dict(config) if config else None)
+    raise ValueError(f"kind: expected 'hier' or 'flat', got {kind!r}")
+
+
+def _lm_config_dict(model) -> dict:
+    return model.config.to_dict()
+
+
+def load_lm(run: str | Path, kind: str):
+    """(model, checkpoint) of a run folder's ``lm.pt`` (kind ``hier``) or ``lm_flat.pt`` (``flat``)."""
+    path = Path(run) / LM_FILES[kind]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no {kind} language model; train it with "
+                                f"`craft agents train --level lm --lm-model {kind} --out {run}`")
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    model = _lm_model(kind, ck["config"])
+    model.load_state_dict(ck["model"])
+    return model.eval(), ck
+
+
+def lm_bits_per_byte(model, data: bytes, bf16: bool = False) -> float:
+    if isinstance(model, LM.HierarchicalLM):
+        return LM.hierarchical_bits_per_byte(model, data, autocast=bf16)
+    return LM.flat_bits_per_byte(model, data, autocast=bf16)
+
+
+def train_lm(train_text: str, val_text: str, out: Path, kind: str = "hier", config=None,
+             settings: LMSettings | None = None, resume: bool = False):
+    """The hierarchical LM (``kind='hier'``, ``lm.pt``) or the flat byte model (``'flat'``,
+    ``lm_flat.pt``) on ``train_text``; validation bits/byte on ``val_text`` through training.
+    Rows: random windows of whole words (hier, ``max_seq_len`` stream positions) or of
+    ``max_seq_len`` + 1 bytes (flat). The checkpoint keeps ``train_bytes`` (text bytes trained on)
+    and ``evals`` ([{step, seconds, val_bits_per_byte}])."""
+    from craft_kernels import bf16_is_fast
+
+    s = settings or LMSettings()
+    bf16 = bf16_is_fast(torch.device("cpu")) if s.bf16 is None else s.bf16
+    torch.manual_seed(s.seed)
+    rng = np.random.default_rng(s.seed)
+    model = _lm_model(kind, config.to_dict() if config is not None and not isinstance(config, dict) else config)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=s.lr, betas=(0.9, 0.99))
+    path = out / LM_FILES[kind]
+    step, secs, log = _resume(path, model, opt, resume)
+    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())  # tied weights once
+    extra = {"kind": kind, "bf16": bf16, "clock": s.clock, "parameters": n_params, "train_bytes": 0, "evals": []}
+    if resume and path.is_file():
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        extra.update({k: ck[k] for k in ("train_bytes", "evals") if k in ck})
+    data = train_text.encode("utf-8")
+    val = val_text.encode("utf-8")
+    L = model.config.max_seq_len
+    if kind == "hier":
+        stream = LM.word_stream(data, model.config.max_word_len)
+        n_words = len(stream.offsets) - 1
+        last_start = int(np.searchsorted(stream.offsets, stream.offsets[-1] - L, side="left"))
+
+        def batch():
+            w0 = rng.integers(0, max(1, last_start), size=s.batch_units)
+            w1 = np.searchsorted(stream.offsets, stream.offsets[w0] + L, side="right") - 1
+            b = LM.make_batch(stream, list(zip(w0.tolist(), np.minimum(w1, n_words).tolist())), L)
+            extra["train_bytes"] += b.n_bytes
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                _, loss = model(b)
+            return loss, {}
+    else:
+        all_bytes = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).astype(np.int64))
+        if all_bytes.numel() <= L + 1:
+            raise ValueError(f"corpus: {all_bytes.numel()} training bytes, need more than max_seq_len + 1 = {L + 1}")
+
+        def batch():
+            st = torch.from_numpy(rng.integers(0, all_bytes.numel() - L - 1, size=s.batch_units))
+            idx = st[:, None] + torch.arange(L + 1)
+            w = all_bytes[idx]
+            extra["train_bytes"] += w.shape[0] * L
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                _, loss = model(w[:, :-1], targets=w[:, 1:])
+            return loss, {}
+
+    # both clocks, training time only (evaluation excluded): the machine may be shared, so the
+    # process's CPU seconds are kept beside the wall-clock ones whichever one the budget counts
+    prev = extra["evals"][-1] if extra["evals"] else {}
+    clocks = {"wall": [time.perf_counter, time.perf_counter() - prev.get("wall_seconds", 0.0)],
+              "cpu": [time.process_time, time.process_time() - prev.get("cpu_seconds", 0.0)]}
+
+    def evaluate():
+        marks = {k: fn() for k, (fn, _) in clocks.items()}
+        out = {"val_bits_per_byte": lm_bits_per_byte(model, val, bf16),
+               **{f"{k}_seconds": marks[k] - start for k, (_, start) in clocks.items()},
+               "load_average": os.getloadavg()[0]}
+        for k, (fn, _) in clocks.items():
+            clocks[k][1] += fn() - marks[k]
+        return out
+
+    _loop(model, opt, batch, path, _lm_config_dict(model), s, step, secs, extra, log,
+          evaluate=evaluate if val else None, eval_every_s=s.eval_every_s)
     return model
 
 
@@ -280,6 +432,22 @@ def eval_sentence_agent(stack: AgentStack, val_text: str, max_sentences: int = 2
     # the vectors themselves: regenerated word vectors vs Agent 0's, where counts agree
     return {"sentence_accuracy": float(np.mean(ok)), "word_count_accuracy": float(count_ok.mean()),
             "held_out_sentences": n}
+
+
+def eval_lm(run: str | Path, kind: str, val_text: str) -> dict:
+    """Validation bits/byte of a run folder's language model (same precision as its training), its
+    parameters, and its training throughput (text bytes per training second)."""
+    model, ck = load_lm(run, kind)
+    bf16 = bool(ck.get("bf16", False))
+    res = {"val_bits_per_byte": lm_bits_per_byte(model, val_text.encode("utf-8"), bf16),
+           "parameters": ck["parameters"],
+           "steps": ck["step"], "train_seconds": ck["seconds"], "clock": ck.get("clock", "wall"),
+           "train_bytes_per_second": ck.get("train_bytes", 0) / max(ck["seconds"], 1e-9), "bf16": bf16}
+    last = (ck.get("evals") or [{}])[-1]
+    if "cpu_seconds" in last:
+        res["train_bytes_per_cpu_second"] = ck.get("train_bytes", 0) / max(last["cpu_seconds"], 1e-9)
+        res["train_bytes_per_wall_second"] = ck.get("train_bytes", 0) / max(last["wall_seconds"], 1e-9)
+    return res
 
 
 @torch.no_grad()
