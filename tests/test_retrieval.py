@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from craft.data.recsys import leave_one_out
+from craft.data.recsys import leave_one_out, training_windows
 from craft.retrieval.decode import beam_search, build_trie, exact_scores, history_codes, hybrid_rank
 from craft.retrieval.evaluate import evaluate, invalid_rate
 from craft.retrieval.model import Tiger, TigerConfig
@@ -126,6 +126,36 @@ def test_decode_step_matches_teacher_forcing():
             step = model.decode_step(mem, mask, cache, tok, lvl, 1)
             torch.testing.assert_close(step, full[lvl].float(), atol=1e-5, rtol=1e-5)
             tok = tgt[:, lvl] + model.offsets[lvl]
+
+
+def test_window_loss_equals_one_forward_per_prefix():
+    # the one-pass training loss over a window == the mean of the per-example loss over every target
+    codes = _random_codes(30, 3, 4, seed=2)
+    model = Tiger(_small(codes, n_encoder_layers=2)).eval()
+    with torch.no_grad():
+        model.recency.normal_()  # a non-zero recency bias, so a wrong item distance shows
+    ct = torch.from_numpy(codes)
+    seqs = [np.array([3, 5, 7, 9]), np.arange(1, 17), np.array([4, 8])]
+    win = torch.from_numpy(training_windows(seqs, 6))
+    ref = [model(ct[torch.from_numpy(row[:t])][None], ct[row[t]][None])
+           for row in win.numpy() for t in range(1, int((row > 0).sum()))]
+    torch.testing.assert_close(model.window_loss(ct[win]), torch.stack(ref).mean(), atol=1e-5, rtol=1e-5)
+    # and the encoder never looks ahead: changing a later item leaves earlier targets' losses alone
+    hist = ct[torch.tensor([[3, 5, 7]])]
+    changed = ct[torch.tensor([[3, 5, 8]])]
+    m1, _ = model.encode(hist)
+    m2, _ = model.encode(changed)
+    torch.testing.assert_close(m1[0][0][..., :6, :], m2[0][0][..., :6, :])
+
+
+def test_history_codes_packs_items_first():
+    codes = _random_codes(9, 2, 3)
+    ct = torch.from_numpy(codes)
+    h = history_codes(ct, np.array([[0, 0, 4, 5], [0, 6, 7, 8], [0, 0, 0, 9]]))
+    assert h.shape == (3, 3, 3)
+    assert h[0].tolist() == [codes[4].tolist(), codes[5].tolist(), [-1, -1, -1]]
+    assert h[1].tolist() == [codes[6].tolist(), codes[7].tolist(), codes[8].tolist()]
+    assert h[2, 1:].tolist() == [[-1] * 3] * 2
 
 
 def test_hybrid_rank_dedups_and_excludes_history():

@@ -48,7 +48,7 @@ def register(subparsers) -> None:
     e.add_argument("--split", default="test", choices=["valid", "test"])
     e.add_argument("--beam", type=int, default=20)
     e.add_argument("--batch-users", type=int, default=256)
-    e.add_argument("--max-users", type=int, help="evaluate only the first N users (quick checks)")
+    e.add_argument("--max-users", type=int, help="evaluate a seeded random sample of N users (quick checks)")
     e.add_argument("--no-hybrid", action="store_true", help="skip the hybrid ranker (saves a validation decode)")
     e.add_argument("--exact-users", type=int, default=0,
                    help="also score every item exactly for the first N users (the beam-search oracle; slow)")

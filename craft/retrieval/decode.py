@@ -24,11 +24,15 @@ def build_trie(codes: np.ndarray) -> Trie:
 
 
 def history_codes(codes_t: torch.Tensor, history: np.ndarray) -> torch.Tensor:
-    """(B, H) item ids (0 = padding) -> (B, H', L) codes, -1 for padding, trimmed to the longest history."""
-    h = torch.as_tensor(np.asarray(history), dtype=torch.long)
-    used = int((h > 0).sum(1).max()) if h.numel() else 0
-    h = h[:, h.shape[1] - max(used, 1):]
-    return codes_t[h]
+    """(B, H) item ids left-padded with 0 (most recent last) -> (B, H', L) codes with each row's items
+    first (oldest first) and -1 rows after, H' = the longest history (the model's layout)."""
+    h = np.asarray(history)
+    if h.ndim != 2:
+        raise ValueError(f"history: expected (users, items) item ids, got shape {h.shape}")
+    order = np.argsort(h == 0, axis=1, kind="stable")  # items first, order kept
+    packed = torch.as_tensor(np.take_along_axis(h, order, 1), dtype=torch.long)
+    used = int((packed > 0).sum(1).max()) if packed.numel() else 0
+    return codes_t[packed[:, :max(used, 1)]]
 
 
 class BeamTimer:
@@ -49,7 +53,7 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
     disallowed entries to -inf in place."""
     L = model.config.levels
     t0 = time.perf_counter()
-    memory, mask = model.encode(history_codes(codes_t, history))
+    memory, bias = model.encode(history_codes(codes_t, history))
     B = len(history)
     cache = [None] * len(model.decoder)
     tokens = torch.zeros(B, dtype=torch.long)
@@ -61,7 +65,7 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
     t_con = 0.0
     for level in range(L):
         t0 = time.perf_counter()
-        logp = torch.log_softmax(model.decode_step(memory, mask, cache, tokens, level, w), dim=-1)
+        logp = torch.log_softmax(model.decode_step(memory, bias, cache, tokens, level, w), dim=-1)
         t1 = time.perf_counter()
         if constrain is None:
             trie.apply_to_logits(logp, states, on_empty="keep")  # dead beams are -inf already
@@ -107,7 +111,7 @@ def score_items(model, codes_t: torch.Tensor, history: np.ndarray, items: np.nda
     user: teacher-forced decoder over the candidates' full IDs, summed log-softmax over levels."""
     items = np.asarray(items, dtype=np.int64)
     B, C = items.shape
-    memory, mask = model.encode(history_codes(codes_t, history))
+    memory, bias = model.encode(history_codes(codes_t, history))
     out = np.full((B, C), -np.inf, dtype=np.float32)
     users_per = max(1, chunk_rows // max(C, 1))
     for u0 in range(0, B, users_per):
@@ -116,7 +120,7 @@ def score_items(model, codes_t: torch.Tensor, history: np.ndarray, items: np.nda
         tgt = codes_t[it].reshape(-1, model.config.levels).clamp_min(0)  # ((u1-u0)*C, L); item 0 -> any valid codes
         rep = torch.arange(u1 - u0).repeat_interleave(C) + u0
         mem = [(k[rep], v[rep]) for k, v in memory]
-        logits = model.decode_full(mem, mask[rep], model.decoder_inputs(tgt[:, :-1]))
+        logits = model.decode_full(mem, bias[rep], model.decoder_inputs(tgt[:, :-1]))
         lp = sum(torch.log_softmax(lg.float(), -1).gather(1, tgt[:, l:l + 1]).squeeze(1) for l, lg in enumerate(logits))
         lp = lp.view(u1 - u0, C).numpy()
         out[u0:u1] = np.where(items[u0:u1] > 0, lp, -np.inf)

@@ -72,7 +72,8 @@ def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", be
              exact_users: int = 0) -> dict:
     """Metrics of the model (beam search), the baselines and the hybrid on ``split``; with
     ``exact_users`` > 0 also beam vs exact full-catalog scoring (:func:`exact_scores`, pessimistic
-    ties) on the split's first ``exact_users`` users."""
+    ties) on the first ``exact_users`` users of the evaluated ones. ``max_users``: evaluate a seeded
+    random sample of that many users (the same users for every model and baseline)."""
     if split not in ("valid", "test"):
         raise ValueError(f"split: expected 'valid' or 'test', got {split!r}")
     if beams < 10:
@@ -84,7 +85,10 @@ def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", be
     def sub(ex: Examples) -> Examples:
         if max_users is None or max_users >= len(ex):
             return ex
-        return Examples(ex.history[:max_users], ex.target[:max_users], ex.user[:max_users])
+        # a seeded random sample: the files' user order is not random (the first users are far
+        # harder than the average one), so the first N users would give a biased estimate
+        sel = np.sort(np.random.default_rng(0).choice(len(ex), max_users, replace=False))
+        return Examples(ex.history[sel], ex.target[sel], ex.user[sel])
 
     ex = sub(getattr(data, split))
     heur, pop = TransitionHeuristic(data), Popularity(data)
