@@ -91,24 +91,50 @@ def test_beam_search_equals_exact_ranking_when_beam_covers_the_catalog():
     hist = np.zeros((5, 6), dtype=np.int64)
     hist[:, 3:] = np.random.default_rng(1).integers(1, 31, size=(5, 3))
     hist[0, :5] = 0
-    items, lp = beam_search(model, build_trie(codes), ct, hist, beams=30)
-    ex = exact_scores(model, ct, hist, 30, chunk_rows=64)  # small tensors keep the SwiGLU MLP eager (no compile)
+    items, lp = beam_search(model, build_trie(codes), ct, hist, beams=30, exclude_history=False)
+    ex = exact_scores(model, ct, hist, 30, chunk_rows=64, exclude_history=False)  # small tensors keep SwiGLU eager
     for u in range(5):
         assert sorted(items[u].tolist()) == list(range(1, 31))  # every real item, each once
         np.testing.assert_allclose(lp[u], ex[u][items[u]], atol=1e-4)
         assert (np.diff(lp[u]) <= 1e-6).all()
     # narrower beam: only real, distinct items, scores match the exact ones
-    items, lp = beam_search(model, build_trie(codes), ct, hist, beams=10)
+    items, lp = beam_search(model, build_trie(codes), ct, hist, beams=10, exclude_history=False)
     assert invalid_rate(items, 30) == 0.0
     np.testing.assert_allclose(lp, np.take_along_axis(ex, items, 1), atol=1e-4)
+    # history excluded (the default): every other item, each once, in the exact order
+    items, lp = beam_search(model, build_trie(codes), ct, hist, beams=30)
+    exh = exact_scores(model, ct, hist, 30, chunk_rows=64)
+    for u in range(5):
+        seen = set(hist[u][hist[u] > 0].tolist())
+        assert sorted(i for i in items[u].tolist() if i > 0) == [i for i in range(1, 31) if i not in seen]
+        k = 30 - len(seen)
+        assert (items[u, k:] == -1).all() and np.isneginf(exh[u, sorted(seen)]).all()
+        np.testing.assert_allclose(lp[u, :k], exh[u][items[u, :k]], atol=1e-4)
+
+
+def test_beam_spends_no_beam_on_history_branches():
+    # 2-code IDs, unique for all 30 items (the collision code is always 0): a beam exactly as wide as
+    # the eligible items must return every one of them, so no beam may enter a branch that holds
+    # only history items (masking only the last code would lose the beams that entered one)
+    c = np.full((31, 2), -1)
+    c[1:] = np.array([(i // 6, i % 6) for i in range(30)])
+    codes = add_collision_code(c)
+    model = Tiger(_small(codes)).eval()
+    ct = torch.from_numpy(codes)
+    rng = np.random.default_rng(4)
+    for _ in range(4):
+        hist = np.zeros((1, 6), dtype=np.int64)
+        hist[0, 1:] = rng.choice(np.arange(1, 31), 5, replace=False)
+        items, _ = beam_search(model, build_trie(codes), ct, hist, beams=25)
+        assert sorted(items[0].tolist()) == sorted(set(range(1, 31)) - set(hist[0].tolist()))
 
 
 def test_beam_pads_when_catalog_is_smaller_than_beam():
     codes = _random_codes(6, 2, 2, seed=3)
     model = Tiger(_small(codes)).eval()
     items, lp = beam_search(model, build_trie(codes), torch.from_numpy(codes), np.array([[0, 0, 0, 0, 1, 2]]), beams=10)
-    assert sorted(items[0, :6].tolist()) == [1, 2, 3, 4, 5, 6] and (items[0, 6:] == -1).all()
-    assert np.isneginf(lp[0, 6:]).all()
+    assert sorted(items[0, :4].tolist()) == [3, 4, 5, 6] and (items[0, 4:] == -1).all()  # history 1, 2 excluded
+    assert np.isneginf(lp[0, 4:]).all()
 
 
 def test_decode_step_matches_teacher_forcing():

@@ -44,9 +44,14 @@ class BeamTimer:
 
 @torch.no_grad()
 def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, beams: int = 20,
-                timer: BeamTimer | None = None, constrain=None) -> tuple[np.ndarray, np.ndarray]:
+                timer: BeamTimer | None = None, constrain=None,
+                exclude_history: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Top ``beams`` items per user: (items (B, beams) int64 best first, -1 where fewer exist;
     log-probabilities (B, beams) float32, -inf for those).
+
+    ``exclude_history``: the user's history items are never returned, as the baselines exclude them:
+    at every level a code is set to -inf when all the catalog items below it are history items, so
+    no beam is spent on a branch that can only end in one.
 
     ``constrain(logp (rows, K) fp32, prefixes (rows, level) int64 codes decoded so far, level) -> None``
     replaces the trie step (benchmarks compare other constraint implementations); it must set the
@@ -62,7 +67,10 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
     prefixes = np.zeros((B, 0), dtype=np.int64)
     w = 1
     t_model = time.perf_counter() - t0
-    t_con = 0.0
+    t0 = time.perf_counter()
+    if exclude_history:
+        hc, dead = _dead_history_prefixes(codes_t, history)
+    t_con = time.perf_counter() - t0
     for level in range(L):
         t0 = time.perf_counter()
         logp = torch.log_softmax(model.decode_step(memory, bias, cache, tokens, level, w), dim=-1)
@@ -71,6 +79,8 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
             trie.apply_to_logits(logp, states, on_empty="keep")  # dead beams are -inf already
         else:
             constrain(logp, prefixes, level)
+        if exclude_history:
+            _mask_history(logp, prefixes, hc, dead, level, w)
         t2 = time.perf_counter()
         K = logp.shape[1]
         cand = (scores.view(B * w, 1) + logp).view(B, w * K)
@@ -84,7 +94,7 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
         states = trie.advance(states[rows.numpy()], code.numpy())
         states[~torch.isfinite(top).view(-1).numpy()] = -1
         t4 = time.perf_counter()
-        if constrain is not None:
+        if constrain is not None or exclude_history:
             prefixes = np.concatenate([prefixes[rows.numpy()], code.numpy()[:, None]], 1)
         scores, w = top, new_w
         tokens = code + model.offsets[level]
@@ -103,6 +113,50 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
         timer.model += t_model
         timer.constraint += t_con
     return items, sc
+
+
+def _dead_history_prefixes(codes_t: torch.Tensor, history: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(history codes (B, H, L), dead (B, H, L) bool): ``dead[b, h, l]`` when every catalog item
+    whose ID starts with the first l + 1 codes of history item h is in user b's history, so a beam
+    must not take that branch (at the last level: the item itself)."""
+    codes = codes_t.numpy()[1:]
+    sizes = codes.max(0) + 1
+    h = np.asarray(history, dtype=np.int64)
+    first = np.ones(h.shape, dtype=bool)  # count each distinct history item once
+    srt = np.sort(h, 1)
+    if h.shape[1] > 1:
+        dup_sorted = np.zeros(h.shape, dtype=bool)
+        dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+        first = ~np.take_along_axis(dup_sorted, np.argsort(np.argsort(h, 1, kind="stable"), 1), 1)
+    valid = (h > 0) & first
+    hc = codes_t[torch.from_numpy(h)]  # (B, H, L), padding -> -1 rows
+    hcn = hc.numpy()
+    dead = np.zeros(hcn.shape, dtype=bool)
+    key_cat = np.zeros(len(codes), dtype=np.int64)
+    key_h = np.zeros(h.shape, dtype=np.int64)
+    for lvl in range(codes.shape[1]):
+        key_cat = key_cat * int(sizes[lvl]) + codes[:, lvl]
+        key_h = key_h * int(sizes[lvl]) + np.maximum(hcn[..., lvl], 0)
+        uniq, counts = np.unique(key_cat, return_counts=True)
+        n_cat = counts[np.clip(np.searchsorted(uniq, key_h), 0, len(uniq) - 1)]
+        n_hist = ((key_h[:, :, None] == key_h[:, None, :]) & valid[:, None, :]).sum(-1)
+        dead[..., lvl] = valid & (n_hist >= n_cat)
+    return hc, torch.from_numpy(dead)
+
+
+def _mask_history(logp: torch.Tensor, prefixes: np.ndarray, hc: torch.Tensor, dead: torch.Tensor, level: int,
+                  w: int) -> None:
+    """logp (B*w, K) at ``level``: -inf on each code that leads into a dead history branch
+    (:func:`_dead_history_prefixes`) from the row's prefix (in place)."""
+    B = hc.shape[0]
+    match = dead[:, None, :, level].expand(B, w, -1)  # (B, w, H)
+    if level:
+        pre = torch.from_numpy(prefixes).view(B, w, 1, level)
+        match = match & (pre == hc[:, None, :, :level]).all(-1)
+    if match.any():
+        hit = torch.zeros(B, w, logp.shape[1])
+        hit.scatter_add_(2, hc[:, None, :, level].clamp_min(0).expand(B, w, -1), match.float())
+        logp.view(B, w, -1).masked_fill_(hit > 0, float("-inf"))
 
 
 @torch.no_grad()
@@ -127,11 +181,16 @@ def score_items(model, codes_t: torch.Tensor, history: np.ndarray, items: np.nda
     return out
 
 
-def exact_scores(model, codes_t: torch.Tensor, history: np.ndarray, n_items: int, chunk_rows: int = 65536) -> np.ndarray:
-    """float32 (B, n_items + 1): the log-likelihood of every item (column 0 = -inf) — the oracle beam search approximates."""
+def exact_scores(model, codes_t: torch.Tensor, history: np.ndarray, n_items: int, chunk_rows: int = 65536,
+                 exclude_history: bool = True) -> np.ndarray:
+    """float32 (B, n_items + 1): the log-likelihood of every item (column 0 = -inf; history items
+    -inf with ``exclude_history``, as :func:`beam_search`) — the oracle beam search approximates."""
     B = len(history)
     all_items = np.broadcast_to(np.arange(n_items + 1, dtype=np.int64), (B, n_items + 1))
-    return score_items(model, codes_t, history, all_items, chunk_rows)
+    out = score_items(model, codes_t, history, all_items, chunk_rows)
+    if exclude_history:
+        np.put_along_axis(out, np.asarray(history, dtype=np.int64), -np.inf, 1)  # column 0 (padding) included
+    return out
 
 
 def hybrid_rank(cand: np.ndarray, logp: np.ndarray, heur: np.ndarray, alpha: float, k: int = 10) -> np.ndarray:
