@@ -216,6 +216,7 @@ def test_train_resume_and_evaluate(tmp_path):
     # a beam as wide as the catalog is exact: the oracle's full ranking gives the same metrics
     res = evaluate(model, codes, data, "valid", beams=30, batch_users=4, hybrid=False, exact_users=12)
     assert res["exact"]["users"] == 12 and res["exact"]["beam"] == pytest.approx(res["exact"]["exact"])
+    assert res["exact"]["top10_identical"] == 1.0 and res["exact"]["top10_overlap"] == 1.0
 
 
 def _craft(*args):

@@ -36,7 +36,8 @@ def history_codes(codes_t: torch.Tensor, history: np.ndarray) -> torch.Tensor:
 
 
 class BeamTimer:
-    """Seconds spent in the model and in the constraint (apply_to_logits + advance) during beam search."""
+    """Seconds spent in the model and in the constraint (apply_to_logits + advance, plus the history
+    exclusion when on) during beam search."""
 
     def __init__(self):
         self.model = self.constraint = self.other = 0.0

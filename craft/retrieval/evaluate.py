@@ -135,12 +135,17 @@ def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", be
                          "valid_ndcg@10_by_alpha": {str(a): v for a, v in scores.items()}}
     if exact_users:
         n = min(exact_users, len(ex))
-        ranks = []
+        ranks, tops = [], []
         for i in range(0, n, 8):
             sc = exact_scores(model, codes_t, ex.history[i:min(n, i + 8)], data.n_items, chunk_rows=batch_users * beams)
             ranks.append(target_ranks(sc, ex.target[i:min(n, i + 8)]))
+            tops.append(torch.from_numpy(sc).topk(10, dim=1).indices.numpy())
+        ex_top = np.concatenate(tops)
+        overlap = [len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(top[:n], ex_top)]
         res["exact"] = {"users": n, "exact": metrics_from_ranks(np.concatenate(ranks)),
-                        "beam": metrics_from_ranks(ranks_from_lists(items[:n], ex.target[:n]))}
+                        "beam": metrics_from_ranks(ranks_from_lists(items[:n], ex.target[:n])),
+                        "top10_identical": float((top[:n] == ex_top).all(1).mean()),
+                        "top10_overlap": float(np.mean(overlap))}
     res["seconds"] = time.perf_counter() - t_start
     return res
 
@@ -159,6 +164,8 @@ def format_results(res: dict) -> str:
         lines.append(f"beam vs exact full-catalog scoring on the first {res['exact']['users']} users:")
         lines.append(row("  beam", res["exact"]["beam"]))
         lines.append(row("  exact", res["exact"]["exact"]))
+        lines.append(f"  top-10 identical (items and order) for {100 * res['exact']['top10_identical']:.1f}% of users, "
+                     f"mean overlap {100 * res['exact']['top10_overlap']:.1f}%")
     lines.append(f"invalid IDs {100 * res['invalid_id_rate']:.3f}%  decode {res['decode_seconds']:.1f} s "
                  f"({res['users_per_sec']:.0f} users/s, constraint {100 * res['constraint_share']:.1f}% of decode)  "
                  f"total {res['seconds']:.1f} s")
