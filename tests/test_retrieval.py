@@ -252,6 +252,15 @@ def test_cli_train_eval_json_and_errors(tmp_path, capsys):
         assert main(["retrieval", *args]) == 1
         err = capsys.readouterr().err
         assert err.startswith("craft: error:") and msg in err and len(err.strip().splitlines()) == 1, (args, err)
+    old = tmp_path / "old"  # a run folder from before the recency bias: a clear line, not a state-dict dump
+    old.mkdir()
+    for f in ("run.json", "codes.npy"):
+        (old / f).write_bytes((out / f).read_bytes())
+    st = torch.load(out / "checkpoint.pt", weights_only=False)
+    del st["model"]["recency"]
+    torch.save(st, old / "checkpoint.pt")
+    assert main(["retrieval", "eval", str(old)]) == 1
+    assert "does not match this version's model" in capsys.readouterr().err
     p = _craft("train", "--data", str(bad), "--out", str(out))  # a real process: one line, no traceback
     assert p.returncode == 1 and p.stderr.startswith("craft: error:") and "bad.txt:2:" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1

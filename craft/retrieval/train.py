@@ -139,7 +139,11 @@ def load_run(run_dir: str | Path) -> tuple[Tiger, np.ndarray, dict]:
     run = json.loads((d / "run.json").read_text())
     st = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=True)
     model = Tiger(TigerConfig(**st["config"]))
-    model.load_state_dict(st["model"])
+    try:
+        model.load_state_dict(st["model"])
+    except RuntimeError:
+        raise ValueError(f"{str(d)!r}: the checkpoint does not match this version's model (it predates the "
+                         "block-causal encoder with recency bias); train it again with `craft retrieval train`") from None
     model.eval()
     run["step"] = st["step"]
     return model, np.load(d / "codes.npy"), run
