@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from craft.data.recsys import leave_one_out
+from craft.data.recsys import leave_one_out, training_windows
 from craft.retrieval.decode import beam_search, build_trie, exact_scores, history_codes, hybrid_rank
 from craft.retrieval.evaluate import evaluate, invalid_rate
 from craft.retrieval.model import Tiger, TigerConfig
@@ -91,24 +91,50 @@ def test_beam_search_equals_exact_ranking_when_beam_covers_the_catalog():
     hist = np.zeros((5, 6), dtype=np.int64)
     hist[:, 3:] = np.random.default_rng(1).integers(1, 31, size=(5, 3))
     hist[0, :5] = 0
-    items, lp = beam_search(model, build_trie(codes), ct, hist, beams=30)
-    ex = exact_scores(model, ct, hist, 30, chunk_rows=64)  # small tensors keep the SwiGLU MLP eager (no compile)
+    items, lp = beam_search(model, build_trie(codes), ct, hist, beams=30, exclude_history=False)
+    ex = exact_scores(model, ct, hist, 30, chunk_rows=64, exclude_history=False)  # small tensors keep SwiGLU eager
     for u in range(5):
         assert sorted(items[u].tolist()) == list(range(1, 31))  # every real item, each once
         np.testing.assert_allclose(lp[u], ex[u][items[u]], atol=1e-4)
         assert (np.diff(lp[u]) <= 1e-6).all()
     # narrower beam: only real, distinct items, scores match the exact ones
-    items, lp = beam_search(model, build_trie(codes), ct, hist, beams=10)
+    items, lp = beam_search(model, build_trie(codes), ct, hist, beams=10, exclude_history=False)
     assert invalid_rate(items, 30) == 0.0
     np.testing.assert_allclose(lp, np.take_along_axis(ex, items, 1), atol=1e-4)
+    # history excluded (the default): every other item, each once, in the exact order
+    items, lp = beam_search(model, build_trie(codes), ct, hist, beams=30)
+    exh = exact_scores(model, ct, hist, 30, chunk_rows=64)
+    for u in range(5):
+        seen = set(hist[u][hist[u] > 0].tolist())
+        assert sorted(i for i in items[u].tolist() if i > 0) == [i for i in range(1, 31) if i not in seen]
+        k = 30 - len(seen)
+        assert (items[u, k:] == -1).all() and np.isneginf(exh[u, sorted(seen)]).all()
+        np.testing.assert_allclose(lp[u, :k], exh[u][items[u, :k]], atol=1e-4)
+
+
+def test_beam_spends_no_beam_on_history_branches():
+    # 2-code IDs, unique for all 30 items (the collision code is always 0): a beam exactly as wide as
+    # the eligible items must return every one of them, so no beam may enter a branch that holds
+    # only history items (masking only the last code would lose the beams that entered one)
+    c = np.full((31, 2), -1)
+    c[1:] = np.array([(i // 6, i % 6) for i in range(30)])
+    codes = add_collision_code(c)
+    model = Tiger(_small(codes)).eval()
+    ct = torch.from_numpy(codes)
+    rng = np.random.default_rng(4)
+    for _ in range(4):
+        hist = np.zeros((1, 6), dtype=np.int64)
+        hist[0, 1:] = rng.choice(np.arange(1, 31), 5, replace=False)
+        items, _ = beam_search(model, build_trie(codes), ct, hist, beams=25)
+        assert sorted(items[0].tolist()) == sorted(set(range(1, 31)) - set(hist[0].tolist()))
 
 
 def test_beam_pads_when_catalog_is_smaller_than_beam():
     codes = _random_codes(6, 2, 2, seed=3)
     model = Tiger(_small(codes)).eval()
     items, lp = beam_search(model, build_trie(codes), torch.from_numpy(codes), np.array([[0, 0, 0, 0, 1, 2]]), beams=10)
-    assert sorted(items[0, :6].tolist()) == [1, 2, 3, 4, 5, 6] and (items[0, 6:] == -1).all()
-    assert np.isneginf(lp[0, 6:]).all()
+    assert sorted(items[0, :4].tolist()) == [3, 4, 5, 6] and (items[0, 4:] == -1).all()  # history 1, 2 excluded
+    assert np.isneginf(lp[0, 4:]).all()
 
 
 def test_decode_step_matches_teacher_forcing():
@@ -126,6 +152,36 @@ def test_decode_step_matches_teacher_forcing():
             step = model.decode_step(mem, mask, cache, tok, lvl, 1)
             torch.testing.assert_close(step, full[lvl].float(), atol=1e-5, rtol=1e-5)
             tok = tgt[:, lvl] + model.offsets[lvl]
+
+
+def test_window_loss_equals_one_forward_per_prefix():
+    # the one-pass training loss over a window == the mean of the per-example loss over every target
+    codes = _random_codes(30, 3, 4, seed=2)
+    model = Tiger(_small(codes, n_encoder_layers=2)).eval()
+    with torch.no_grad():
+        model.recency.normal_()  # a non-zero recency bias, so a wrong item distance shows
+    ct = torch.from_numpy(codes)
+    seqs = [np.array([3, 5, 7, 9]), np.arange(1, 17), np.array([4, 8])]
+    win = torch.from_numpy(training_windows(seqs, 6))
+    ref = [model(ct[torch.from_numpy(row[:t])][None], ct[row[t]][None])
+           for row in win.numpy() for t in range(1, int((row > 0).sum()))]
+    torch.testing.assert_close(model.window_loss(ct[win]), torch.stack(ref).mean(), atol=1e-5, rtol=1e-5)
+    # and the encoder never looks ahead: changing a later item leaves earlier targets' losses alone
+    hist = ct[torch.tensor([[3, 5, 7]])]
+    changed = ct[torch.tensor([[3, 5, 8]])]
+    m1, _ = model.encode(hist)
+    m2, _ = model.encode(changed)
+    torch.testing.assert_close(m1[0][0][..., :6, :], m2[0][0][..., :6, :])
+
+
+def test_history_codes_packs_items_first():
+    codes = _random_codes(9, 2, 3)
+    ct = torch.from_numpy(codes)
+    h = history_codes(ct, np.array([[0, 0, 4, 5], [0, 6, 7, 8], [0, 0, 0, 9]]))
+    assert h.shape == (3, 3, 3)
+    assert h[0].tolist() == [codes[4].tolist(), codes[5].tolist(), [-1, -1, -1]]
+    assert h[1].tolist() == [codes[6].tolist(), codes[7].tolist(), codes[8].tolist()]
+    assert h[2, 1:].tolist() == [[-1] * 3] * 2
 
 
 def test_hybrid_rank_dedups_and_excludes_history():
@@ -160,6 +216,7 @@ def test_train_resume_and_evaluate(tmp_path):
     # a beam as wide as the catalog is exact: the oracle's full ranking gives the same metrics
     res = evaluate(model, codes, data, "valid", beams=30, batch_users=4, hybrid=False, exact_users=12)
     assert res["exact"]["users"] == 12 and res["exact"]["beam"] == pytest.approx(res["exact"]["exact"])
+    assert res["exact"]["top10_identical"] == 1.0 and res["exact"]["top10_overlap"] == 1.0
 
 
 def _craft(*args):
@@ -195,6 +252,15 @@ def test_cli_train_eval_json_and_errors(tmp_path, capsys):
         assert main(["retrieval", *args]) == 1
         err = capsys.readouterr().err
         assert err.startswith("craft: error:") and msg in err and len(err.strip().splitlines()) == 1, (args, err)
+    old = tmp_path / "old"  # a run folder from before the recency bias: a clear line, not a state-dict dump
+    old.mkdir()
+    for f in ("run.json", "codes.npy"):
+        (old / f).write_bytes((out / f).read_bytes())
+    st = torch.load(out / "checkpoint.pt", weights_only=False)
+    del st["model"]["recency"]
+    torch.save(st, old / "checkpoint.pt")
+    assert main(["retrieval", "eval", str(old)]) == 1
+    assert "does not match this version's model" in capsys.readouterr().err
     p = _craft("train", "--data", str(bad), "--out", str(out))  # a real process: one line, no traceback
     assert p.returncode == 1 and p.stderr.startswith("craft: error:") and "bad.txt:2:" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from craft.data.recsys import (RecsysDataError, leave_one_out, load_recsys, read_attributes, read_item_text,
-                               read_letter_index, read_sequences)
+                               read_letter_index, read_sequences, training_windows)
 from craft.retrieval.baselines import Popularity, TransitionHeuristic, evaluate_ranker
 from craft.retrieval.metrics import metrics_from_ranks, ranks_from_lists, target_ranks
 
@@ -27,6 +27,25 @@ def test_split_every_prefix_valid_test(tmp_path):
     assert data.valid.history.tolist() == [[2, 3], [0, 6]] and data.valid.target.tolist() == [4, 7]
     assert data.test.history.tolist() == [[3, 4], [6, 7]] and data.test.target.tolist() == [5, 8]
     assert [s.tolist() for s in data.train_sequences] == [[1, 2, 3], [6], [9, 1]]
+
+
+def test_training_windows_cover_every_target_once():
+    seqs = [np.arange(1, 31), np.array([5, 6]), np.array([7]), np.arange(40, 44)]
+    w = training_windows(seqs, max_history=4)
+    assert w.shape[1] == 5
+    targets, histories = [], {}
+    for row in w:
+        items = row[row > 0]
+        assert (row[len(items):] == 0).all() and len(items) >= 2
+        for t in range(1, len(items)):
+            targets.append(int(items[t]))
+            histories[int(items[t])] = items[:t].tolist()
+    # every item but each sequence's first is a target exactly once; the histories are its predecessors
+    assert sorted(targets) == sorted(list(range(2, 31)) + [6, 41, 42, 43])
+    assert histories[30] == [26, 27, 28, 29] and histories[26] == [22, 23, 24, 25] and histories[6] == [5]
+    assert training_windows([np.arange(1, 31)], 28).tolist()[1][:3] == [1, 2, 0]  # 30 items, windows of 29
+    with pytest.raises(ValueError, match="max_history"):
+        training_windows(seqs, 0)
 
 
 @pytest.mark.parametrize("text, msg", [("1 2 3\n2 x 4\n", ":2: expected 'user item item"),

@@ -15,6 +15,10 @@ Leave-one-out (the protocol of S3-Rec, TIGER and their reimplementations): for a
 ``s`` the model trains on every prefix of ``s[:-2]`` (history ``s[:t]`` -> target ``s[t]``), is
 validated on ``s[-2]`` given ``s[:-2]`` and tested on ``s[-1]`` given ``s[:-1]``; histories keep
 their last ``max_history`` items. Users with fewer than 3 items have no valid/test example.
+
+:func:`training_windows` cuts the same training targets into windows of up to ``max_history + 1``
+items for models that train every target of a window in one pass (each target exactly once; a
+target's history is the items before it in its window).
 """
 from __future__ import annotations
 
@@ -220,6 +224,29 @@ def leave_one_out(sequences: list[np.ndarray], max_history: int = 20, n_items: i
         raise ValueError("sequences: no user has 3 or more items, so there is nothing to validate or test")
     return RecsysData(n, max_history, _examples(train, max_history), _examples(valid, max_history),
                       _examples(test, max_history), train_seqs, path)
+
+
+def training_windows(train_sequences: list[np.ndarray], max_history: int) -> np.ndarray:
+    """int64 (N, max_history + 1): windows of the training sequences, items first (oldest first),
+    0-padded on the right. A sequence of n items gives windows ending at n, n - max_history, …, so
+    every item but the first of each sequence is a target (item t of a window, t >= 1) exactly once;
+    windows with fewer than 2 items are dropped."""
+    if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1:
+        raise ValueError(f"max_history: expected a positive int, got {max_history!r}")
+    w = max_history + 1
+    rows = []
+    for s in train_sequences:
+        end = len(s)
+        while end >= 2:
+            start = max(0, end - w)
+            rows.append(np.asarray(s[start:end], dtype=np.int64))
+            if start == 0:
+                break
+            end = start + 1  # the next window's last target is this window's first item
+    out = np.zeros((len(rows), w), dtype=np.int64)
+    for r, items in enumerate(rows):
+        out[r, :len(items)] = items
+    return out
 
 
 def load_recsys(path: str, max_history: int = 20) -> RecsysData:

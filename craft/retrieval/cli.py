@@ -29,14 +29,14 @@ def register(subparsers) -> None:
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--max-minutes", type=float)
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--epochs", type=int, default=50, help="upper bound; --max-minutes usually ends the run first")
+    t.add_argument("--batch-size", type=int, default=64, help="windows (users) per batch (default 64)")
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--warmup", type=int, default=100, help="warmup steps (default 100)")
-    t.add_argument("--dim", type=int, default=128)
-    t.add_argument("--layers", type=int, default=4, help="encoder and decoder layers each")
+    t.add_argument("--dim", type=int, default=64)
+    t.add_argument("--layers", type=int, default=2, help="encoder and decoder layers each (default 2)")
     t.add_argument("--heads", type=int, default=4)
-    t.add_argument("--hidden-dim", type=int, default=512, help="SwiGLU MLP width")
+    t.add_argument("--hidden-dim", type=int, default=256, help="SwiGLU MLP width (default 256)")
     t.add_argument("--dropout", type=float, default=0.1)
     t.add_argument("--max-history", type=int, default=20)
     t.add_argument("--seed", type=int, default=0)
@@ -48,8 +48,10 @@ def register(subparsers) -> None:
     e.add_argument("--split", default="test", choices=["valid", "test"])
     e.add_argument("--beam", type=int, default=20)
     e.add_argument("--batch-users", type=int, default=256)
-    e.add_argument("--max-users", type=int, help="evaluate only the first N users (quick checks)")
+    e.add_argument("--max-users", type=int, help="evaluate a seeded random sample of N users (quick checks)")
     e.add_argument("--no-hybrid", action="store_true", help="skip the hybrid ranker (saves a validation decode)")
+    e.add_argument("--alpha-users", type=int, default=4000,
+                   help="validation users (a seeded random sample) the hybrid's weight is chosen on (default 4000)")
     e.add_argument("--exact-users", type=int, default=0,
                    help="also score every item exactly for the first N users (the beam-search oracle; slow)")
     e.add_argument("--data", help="interactions file (default: the one the run was trained on)")
@@ -161,7 +163,7 @@ def cmd_eval(args) -> int:
     from craft.retrieval.evaluate import evaluate, format_results
     from craft.retrieval.train import load_run
 
-    _positive(args, ["beam", "batch_users", "max_users", "threads"])
+    _positive(args, ["beam", "batch_users", "max_users", "threads", "alpha_users"])
     if args.beam < 10:
         raise _error(f"--beam: at least 10 (the metrics rank 10 items), got {args.beam}")
     if args.threads:
@@ -172,7 +174,7 @@ def cmd_eval(args) -> int:
         raise _error(f"{args.data or run['data']}: {data.n_items} items, the run's IDs cover {len(codes) - 1}")
     res = evaluate(model, codes, data, args.split, args.beam, hybrid=not args.no_hybrid,
                    batch_users=args.batch_users, progress=not args.no_progress and not args.json,
-                   max_users=args.max_users, exact_users=args.exact_users)
+                   max_users=args.max_users, exact_users=args.exact_users, alpha_users=args.alpha_users)
     res["run"] = str(args.dir)
     res["step"] = run["step"]
     print(json.dumps(res, indent=1) if args.json else format_results(res))

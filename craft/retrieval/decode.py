@@ -24,15 +24,20 @@ def build_trie(codes: np.ndarray) -> Trie:
 
 
 def history_codes(codes_t: torch.Tensor, history: np.ndarray) -> torch.Tensor:
-    """(B, H) item ids (0 = padding) -> (B, H', L) codes, -1 for padding, trimmed to the longest history."""
-    h = torch.as_tensor(np.asarray(history), dtype=torch.long)
-    used = int((h > 0).sum(1).max()) if h.numel() else 0
-    h = h[:, h.shape[1] - max(used, 1):]
-    return codes_t[h]
+    """(B, H) item ids left-padded with 0 (most recent last) -> (B, H', L) codes with each row's items
+    first (oldest first) and -1 rows after, H' = the longest history (the model's layout)."""
+    h = np.asarray(history)
+    if h.ndim != 2:
+        raise ValueError(f"history: expected (users, items) item ids, got shape {h.shape}")
+    order = np.argsort(h == 0, axis=1, kind="stable")  # items first, order kept
+    packed = torch.as_tensor(np.take_along_axis(h, order, 1), dtype=torch.long)
+    used = int((packed > 0).sum(1).max()) if packed.numel() else 0
+    return codes_t[packed[:, :max(used, 1)]]
 
 
 class BeamTimer:
-    """Seconds spent in the model and in the constraint (apply_to_logits + advance) during beam search."""
+    """Seconds spent in the model and in the constraint (apply_to_logits + advance, plus the history
+    exclusion when on) during beam search."""
 
     def __init__(self):
         self.model = self.constraint = self.other = 0.0
@@ -40,16 +45,21 @@ class BeamTimer:
 
 @torch.no_grad()
 def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, beams: int = 20,
-                timer: BeamTimer | None = None, constrain=None) -> tuple[np.ndarray, np.ndarray]:
+                timer: BeamTimer | None = None, constrain=None,
+                exclude_history: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Top ``beams`` items per user: (items (B, beams) int64 best first, -1 where fewer exist;
     log-probabilities (B, beams) float32, -inf for those).
+
+    ``exclude_history``: the user's history items are never returned, as the baselines exclude them:
+    at every level a code is set to -inf when all the catalog items below it are history items, so
+    no beam is spent on a branch that can only end in one.
 
     ``constrain(logp (rows, K) fp32, prefixes (rows, level) int64 codes decoded so far, level) -> None``
     replaces the trie step (benchmarks compare other constraint implementations); it must set the
     disallowed entries to -inf in place."""
     L = model.config.levels
     t0 = time.perf_counter()
-    memory, mask = model.encode(history_codes(codes_t, history))
+    memory, bias = model.encode(history_codes(codes_t, history))
     B = len(history)
     cache = [None] * len(model.decoder)
     tokens = torch.zeros(B, dtype=torch.long)
@@ -58,15 +68,20 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
     prefixes = np.zeros((B, 0), dtype=np.int64)
     w = 1
     t_model = time.perf_counter() - t0
-    t_con = 0.0
+    t0 = time.perf_counter()
+    if exclude_history:
+        hc, dead = _dead_history_prefixes(codes_t, history)
+    t_con = time.perf_counter() - t0
     for level in range(L):
         t0 = time.perf_counter()
-        logp = torch.log_softmax(model.decode_step(memory, mask, cache, tokens, level, w), dim=-1)
+        logp = torch.log_softmax(model.decode_step(memory, bias, cache, tokens, level, w), dim=-1)
         t1 = time.perf_counter()
         if constrain is None:
             trie.apply_to_logits(logp, states, on_empty="keep")  # dead beams are -inf already
         else:
             constrain(logp, prefixes, level)
+        if exclude_history:
+            _mask_history(logp, prefixes, hc, dead, level, w)
         t2 = time.perf_counter()
         K = logp.shape[1]
         cand = (scores.view(B * w, 1) + logp).view(B, w * K)
@@ -80,7 +95,7 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
         states = trie.advance(states[rows.numpy()], code.numpy())
         states[~torch.isfinite(top).view(-1).numpy()] = -1
         t4 = time.perf_counter()
-        if constrain is not None:
+        if constrain is not None or exclude_history:
             prefixes = np.concatenate([prefixes[rows.numpy()], code.numpy()[:, None]], 1)
         scores, w = top, new_w
         tokens = code + model.offsets[level]
@@ -101,13 +116,57 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
     return items, sc
 
 
+def _dead_history_prefixes(codes_t: torch.Tensor, history: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(history codes (B, H, L), dead (B, H, L) bool): ``dead[b, h, l]`` when every catalog item
+    whose ID starts with the first l + 1 codes of history item h is in user b's history, so a beam
+    must not take that branch (at the last level: the item itself)."""
+    codes = codes_t.numpy()[1:]
+    sizes = codes.max(0) + 1
+    h = np.asarray(history, dtype=np.int64)
+    first = np.ones(h.shape, dtype=bool)  # count each distinct history item once
+    srt = np.sort(h, 1)
+    if h.shape[1] > 1:
+        dup_sorted = np.zeros(h.shape, dtype=bool)
+        dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+        first = ~np.take_along_axis(dup_sorted, np.argsort(np.argsort(h, 1, kind="stable"), 1), 1)
+    valid = (h > 0) & first
+    hc = codes_t[torch.from_numpy(h)]  # (B, H, L), padding -> -1 rows
+    hcn = hc.numpy()
+    dead = np.zeros(hcn.shape, dtype=bool)
+    key_cat = np.zeros(len(codes), dtype=np.int64)
+    key_h = np.zeros(h.shape, dtype=np.int64)
+    for lvl in range(codes.shape[1]):
+        key_cat = key_cat * int(sizes[lvl]) + codes[:, lvl]
+        key_h = key_h * int(sizes[lvl]) + np.maximum(hcn[..., lvl], 0)
+        uniq, counts = np.unique(key_cat, return_counts=True)
+        n_cat = counts[np.clip(np.searchsorted(uniq, key_h), 0, len(uniq) - 1)]
+        n_hist = ((key_h[:, :, None] == key_h[:, None, :]) & valid[:, None, :]).sum(-1)
+        dead[..., lvl] = valid & (n_hist >= n_cat)
+    return hc, torch.from_numpy(dead)
+
+
+def _mask_history(logp: torch.Tensor, prefixes: np.ndarray, hc: torch.Tensor, dead: torch.Tensor, level: int,
+                  w: int) -> None:
+    """logp (B*w, K) at ``level``: -inf on each code that leads into a dead history branch
+    (:func:`_dead_history_prefixes`) from the row's prefix (in place)."""
+    B = hc.shape[0]
+    match = dead[:, None, :, level].expand(B, w, -1)  # (B, w, H)
+    if level:
+        pre = torch.from_numpy(prefixes).view(B, w, 1, level)
+        match = match & (pre == hc[:, None, :, :level]).all(-1)
+    if match.any():
+        hit = torch.zeros(B, w, logp.shape[1])
+        hit.scatter_add_(2, hc[:, None, :, level].clamp_min(0).expand(B, w, -1), match.float())
+        logp.view(B, w, -1).masked_fill_(hit > 0, float("-inf"))
+
+
 @torch.no_grad()
 def score_items(model, codes_t: torch.Tensor, history: np.ndarray, items: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
     """Exact log-likelihood (B, C) float32 of candidate items (B, C) (<= 0 entries give -inf) for each
     user: teacher-forced decoder over the candidates' full IDs, summed log-softmax over levels."""
     items = np.asarray(items, dtype=np.int64)
     B, C = items.shape
-    memory, mask = model.encode(history_codes(codes_t, history))
+    memory, bias = model.encode(history_codes(codes_t, history))
     out = np.full((B, C), -np.inf, dtype=np.float32)
     users_per = max(1, chunk_rows // max(C, 1))
     for u0 in range(0, B, users_per):
@@ -116,18 +175,23 @@ def score_items(model, codes_t: torch.Tensor, history: np.ndarray, items: np.nda
         tgt = codes_t[it].reshape(-1, model.config.levels).clamp_min(0)  # ((u1-u0)*C, L); item 0 -> any valid codes
         rep = torch.arange(u1 - u0).repeat_interleave(C) + u0
         mem = [(k[rep], v[rep]) for k, v in memory]
-        logits = model.decode_full(mem, mask[rep], model.decoder_inputs(tgt[:, :-1]))
+        logits = model.decode_full(mem, bias[rep], model.decoder_inputs(tgt[:, :-1]))
         lp = sum(torch.log_softmax(lg.float(), -1).gather(1, tgt[:, l:l + 1]).squeeze(1) for l, lg in enumerate(logits))
         lp = lp.view(u1 - u0, C).numpy()
         out[u0:u1] = np.where(items[u0:u1] > 0, lp, -np.inf)
     return out
 
 
-def exact_scores(model, codes_t: torch.Tensor, history: np.ndarray, n_items: int, chunk_rows: int = 65536) -> np.ndarray:
-    """float32 (B, n_items + 1): the log-likelihood of every item (column 0 = -inf) — the oracle beam search approximates."""
+def exact_scores(model, codes_t: torch.Tensor, history: np.ndarray, n_items: int, chunk_rows: int = 65536,
+                 exclude_history: bool = True) -> np.ndarray:
+    """float32 (B, n_items + 1): the log-likelihood of every item (column 0 = -inf; history items
+    -inf with ``exclude_history``, as :func:`beam_search`) — the oracle beam search approximates."""
     B = len(history)
     all_items = np.broadcast_to(np.arange(n_items + 1, dtype=np.int64), (B, n_items + 1))
-    return score_items(model, codes_t, history, all_items, chunk_rows)
+    out = score_items(model, codes_t, history, all_items, chunk_rows)
+    if exclude_history:
+        np.put_along_axis(out, np.asarray(history, dtype=np.int64), -np.inf, 1)  # column 0 (padding) included
+    return out
 
 
 def hybrid_rank(cand: np.ndarray, logp: np.ndarray, heur: np.ndarray, alpha: float, k: int = 10) -> np.ndarray:

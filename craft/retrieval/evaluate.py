@@ -2,7 +2,9 @@
 
 Model: trie-constrained beam search; its first 10 items are the ranking (items past the beam rank
 last, so Recall/NDCG@K are those of full ranking for K <= beams). Invalid-ID rate: the share of
-top-10 slots that are empty, repeated or not a catalog item. Hybrid: candidates are the beam's items
+top-10 slots that are repeated, history or non-catalog items, or empty although enough eligible
+items exist. Every ranker excludes the user's history items (none of Beauty's or Yelp's targets
+is one). Hybrid: candidates are the beam's items
 plus the heuristic's top ``beams`` items (each scored exactly by the model), ranked by
 ``log p_model + alpha * log1p(heuristic)``; ``alpha`` is the grid value with the best validation NDCG@10.
 """
@@ -18,7 +20,7 @@ from craft.retrieval.baselines import Popularity, TransitionHeuristic, evaluate_
 from craft.retrieval.decode import BeamTimer, beam_search, build_trie, exact_scores, hybrid_rank, score_items
 from craft.retrieval.metrics import metrics_from_ranks, ranks_from_lists, target_ranks
 
-ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 
 
 def decode_split(model, trie, codes_t, ex: Examples, beams: int, batch_users: int = 256, progress: bool = False):
@@ -37,12 +39,25 @@ def decode_split(model, trie, codes_t, ex: Examples, beams: int, batch_users: in
     return np.concatenate(items), np.concatenate(logp), timer, time.perf_counter() - t0
 
 
-def invalid_rate(top: np.ndarray, n_items: int) -> float:
+def invalid_rate(top: np.ndarray, n_items: int, history: np.ndarray | None = None) -> float:
+    """Share of the top-k slots (top (N, k), -1 = empty) holding a non-catalog item, a repeat or a
+    history item, or left empty although enough eligible items exist (catalog minus history)."""
     bad = (top < 1) | (top > n_items)
     srt = np.sort(top, 1)
     dup = np.zeros_like(bad)
     dup[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] > 0)
-    return float((bad.sum() + dup.sum()) / max(top.size, 1))
+    filled = top > 0
+    if history is not None:
+        h = np.asarray(history)
+        in_hist = (top[:, :, None] == h[:, None, :]).any(-1) & filled
+        distinct = np.array([len(set(r[r > 0].tolist())) for r in h])
+        eligible = np.minimum(top.shape[1], n_items - distinct)
+    else:
+        in_hist = np.zeros_like(bad)
+        eligible = np.full(len(top), top.shape[1])
+    wrong = ((bad & filled) | dup | in_hist).sum()
+    missing = np.maximum(eligible - filled.sum(1), 0).sum()
+    return float((wrong + missing) / max(top.size, 1))
 
 
 def _hybrid_inputs(model, codes_t, ex, heur, items, beams, batch_users=256):
@@ -69,10 +84,13 @@ def _hybrid_metrics(items, logp, extra, extra_lp, h_cand, alpha, targets):
 
 def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", beams: int = 20,
              hybrid: bool = True, batch_users: int = 256, progress: bool = False, max_users: int | None = None,
-             exact_users: int = 0) -> dict:
+             exact_users: int = 0, alpha_users: int | None = 4000) -> dict:
     """Metrics of the model (beam search), the baselines and the hybrid on ``split``; with
     ``exact_users`` > 0 also beam vs exact full-catalog scoring (:func:`exact_scores`, pessimistic
-    ties) on the split's first ``exact_users`` users."""
+    ties) on the first ``exact_users`` users of the evaluated ones. ``max_users``: evaluate a seeded
+    random sample of that many users (the same users for every model and baseline). The hybrid's
+    ``alpha`` is chosen on a seeded random sample of ``alpha_users`` validation users (None: all),
+    never on the evaluated split's targets unless that split is ``valid``."""
     if split not in ("valid", "test"):
         raise ValueError(f"split: expected 'valid' or 'test', got {split!r}")
     if beams < 10:
@@ -81,10 +99,13 @@ def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", be
     codes_t = torch.from_numpy(codes)
     trie = build_trie(codes)
 
-    def sub(ex: Examples) -> Examples:
-        if max_users is None or max_users >= len(ex):
+    def sub(ex: Examples, n: int | None = max_users) -> Examples:
+        if n is None or n >= len(ex):
             return ex
-        return Examples(ex.history[:max_users], ex.target[:max_users], ex.user[:max_users])
+        # a seeded random sample: the files' user order is not random (the first users are far
+        # harder than the average one), so the first N users would give a biased estimate
+        sel = np.sort(np.random.default_rng(0).choice(len(ex), n, replace=False))
+        return Examples(ex.history[sel], ex.target[sel], ex.user[sel])
 
     ex = sub(getattr(data, split))
     heur, pop = TransitionHeuristic(data), Popularity(data)
@@ -93,30 +114,38 @@ def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", be
     items, logp, timer, secs = decode_split(model, trie, codes_t, ex, beams, batch_users, progress)
     top = items[:, :10]
     res["model"] = metrics_from_ranks(ranks_from_lists(items, ex.target))
-    res["invalid_id_rate"] = invalid_rate(top, data.n_items)
+    res["invalid_id_rate"] = invalid_rate(top, data.n_items, ex.history)
     res["decode_seconds"] = secs
     res["users_per_sec"] = len(ex) / max(secs, 1e-9)
     res["constraint_share"] = timer.constraint / max(timer.constraint + timer.model, 1e-9)
     if hybrid:
-        vex = sub(data.valid)
-        if split == "valid":
+        n_alpha = max_users if alpha_users is None else min(alpha_users, max_users or alpha_users)
+        vex = sub(data.valid, n_alpha)
+        if split == "valid" and len(vex) == len(ex):
             v_items, v_logp = items, logp
         else:
             v_items, v_logp, _, _ = decode_split(model, trie, codes_t, vex, beams, batch_users, progress)
         ve, vlp, vh = _hybrid_inputs(model, codes_t, vex, heur, v_items, beams, batch_users)
         scores = {a: _hybrid_metrics(v_items, v_logp, ve, vlp, vh, a, vex.target)[0]["ndcg@10"] for a in ALPHAS}
         alpha = max(ALPHAS, key=lambda a: (scores[a], -a))
-        e, elp, eh = (ve, vlp, vh) if split == "valid" else _hybrid_inputs(model, codes_t, ex, heur, items, beams, batch_users)
+        e, elp, eh = ((ve, vlp, vh) if split == "valid" and len(vex) == len(ex)
+                      else _hybrid_inputs(model, codes_t, ex, heur, items, beams, batch_users))
         hm, _ = _hybrid_metrics(items, logp, e, elp, eh, alpha, ex.target)
-        res["hybrid"] = {"alpha": alpha, **hm, "valid_ndcg@10_by_alpha": {str(a): v for a, v in scores.items()}}
+        res["hybrid"] = {"alpha": alpha, **hm, "alpha_users": len(vex),
+                         "valid_ndcg@10_by_alpha": {str(a): v for a, v in scores.items()}}
     if exact_users:
         n = min(exact_users, len(ex))
-        ranks = []
+        ranks, tops = [], []
         for i in range(0, n, 8):
             sc = exact_scores(model, codes_t, ex.history[i:min(n, i + 8)], data.n_items, chunk_rows=batch_users * beams)
             ranks.append(target_ranks(sc, ex.target[i:min(n, i + 8)]))
+            tops.append(torch.from_numpy(sc).topk(10, dim=1).indices.numpy())
+        ex_top = np.concatenate(tops)
+        overlap = [len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(top[:n], ex_top)]
         res["exact"] = {"users": n, "exact": metrics_from_ranks(np.concatenate(ranks)),
-                        "beam": metrics_from_ranks(ranks_from_lists(items[:n], ex.target[:n]))}
+                        "beam": metrics_from_ranks(ranks_from_lists(items[:n], ex.target[:n])),
+                        "top10_identical": float((top[:n] == ex_top).all(1).mean()),
+                        "top10_overlap": float(np.mean(overlap))}
     res["seconds"] = time.perf_counter() - t_start
     return res
 
@@ -135,6 +164,8 @@ def format_results(res: dict) -> str:
         lines.append(f"beam vs exact full-catalog scoring on the first {res['exact']['users']} users:")
         lines.append(row("  beam", res["exact"]["beam"]))
         lines.append(row("  exact", res["exact"]["exact"]))
+        lines.append(f"  top-10 identical (items and order) for {100 * res['exact']['top10_identical']:.1f}% of users, "
+                     f"mean overlap {100 * res['exact']['top10_overlap']:.1f}%")
     lines.append(f"invalid IDs {100 * res['invalid_id_rate']:.3f}%  decode {res['decode_seconds']:.1f} s "
                  f"({res['users_per_sec']:.0f} users/s, constraint {100 * res['constraint_share']:.1f}% of decode)  "
                  f"total {res['seconds']:.1f} s")

@@ -1,16 +1,24 @@
 """TIGER's sequence-to-sequence recommender on craft's pieces (RMSNorm, SwiGLU MLP).
 
 The encoder reads a user's history as semantic-ID tokens, H items x L codes flattened to H*L
-tokens (left-padded; token id 0 = padding). Each token's embedding is the sum of a code embedding
-(one table, codes of level l offset by the sizes of the levels before it), an item-position
-embedding (0 = most recent item) and a code-position embedding (the level). Attention is
-bidirectional over the non-padding tokens.
+tokens (items first, oldest first, then padding; token id 0 = padding). Each token's embedding is
+the sum of a code embedding (one table, codes of level l offset by the sizes of the levels before
+it), an item-position embedding (0 = oldest item of the window) and a code-position embedding (the
+level). Attention is block-causal over items: a token sees every code of its own item and of the
+items before it, never a later item.
 
 The decoder reads ``[BOS, c_0, …, c_{L-2}]`` and predicts ``c_0 … c_{L-1}`` of the next item with
 causal self-attention, cross-attention to the encoder output and one output head per level
-(level l has ``codebook_sizes[l]`` logits). For decoding, :meth:`encode` returns the cross-attention
-keys/values of every decoder layer once per user and :meth:`decode_step` extends a small self-attention
-KV cache by one position for many beams per user (rows ``user * beams + beam``).
+(level l has ``codebook_sizes[l]`` logits). Cross-attention adds a learned per-layer, per-head
+bias by recency (how many items back the key's item is from the target) and never sees items at
+or after the target.
+
+Why block-causal: the encoder states of items ``0..t-1`` are the same whichever later target they
+serve, so :meth:`window_loss` trains every target of a user's window (up to ``max_history + 1``
+items) in one pass — the same loss as one :meth:`forward` per prefix, for a fraction of the
+encoder work. For decoding, :meth:`encode` returns the cross-attention keys/values of every
+decoder layer once per user and :meth:`decode_step` extends a small self-attention KV cache by one
+position for many beams per user (rows ``user * beams + beam``).
 """
 from __future__ import annotations
 
@@ -103,17 +111,25 @@ class DecoderLayer(nn.Module):
         self.mlp_norm, self.mlp = RMSNorm(c.dim), SwiGLUMLP(c.dim, c.hidden_dim)
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x, mem_k, mem_v, mem_mask):
+    def forward(self, x, mem_k, mem_v, mem_bias, self_mask=None):
+        """self_mask: bool (T, T) True = attend, or None for plain causal."""
         h = self.self_norm(x)
         k, v = self.self_attn.keys_values(h)
-        x = x + self.drop(self.self_attn(h, k, v, is_causal=True))
-        x = x + self.drop(self.cross_attn(self.cross_norm(x), mem_k, mem_v, mem_mask))
+        x = x + self.drop(self.self_attn(h, k, v, self_mask, is_causal=self_mask is None))
+        x = x + self.drop(self.cross_attn(self.cross_norm(x), mem_k, mem_v, mem_bias))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+def _block_causal(n_items: int, levels: int, device=None) -> torch.Tensor:
+    """bool (n_items*L, n_items*L): token of item i may attend to tokens of items <= i."""
+    item = torch.arange(n_items, device=device).repeat_interleave(levels)
+    return item[:, None] >= item[None, :]
 
 
 class Tiger(nn.Module):
     """``forward(history_codes (B, H, L) long, -1 = padding item; target_codes (B, L) long)`` ->
-    mean cross-entropy over the L levels (fp32)."""
+    mean cross-entropy over the L levels (fp32). ``window_loss(windows (B, W, L))`` -> the mean of the
+    same loss over every target of each window."""
 
     def __init__(self, config: TigerConfig):
         super().__init__()
@@ -126,6 +142,8 @@ class Tiger(nn.Module):
         self.item_pos = nn.Embedding(c.max_history, c.dim)
         self.code_pos = nn.Embedding(c.levels, c.dim)
         self.dec_pos = nn.Embedding(c.levels, c.dim)
+        # cross-attention bias per decoder layer and head by recency (0 = the item just before the target)
+        self.recency = nn.Parameter(torch.zeros(c.n_decoder_layers, c.n_heads, c.max_history))
         self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.n_encoder_layers))
         self.enc_norm = RMSNorm(c.dim)
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_decoder_layers))
@@ -136,6 +154,8 @@ class Tiger(nn.Module):
             for name, p in self.named_parameters():
                 if name.endswith("norm.weight"):
                     p.fill_(1.0)
+                elif name == "recency":
+                    p.zero_()
                 elif name.endswith(".o.weight") or name.endswith("down.weight"):
                     p.normal_(0.0, c.init_std / math.sqrt(2 * (c.n_encoder_layers + c.n_decoder_layers)))
                 else:
@@ -148,25 +168,40 @@ class Tiger(nn.Module):
             raise ValueError(f"{name}: expected a long tensor (..., {L}) of codes, got "
                              f"{getattr(codes, 'dtype', type(codes).__name__)} {tuple(getattr(codes, 'shape', ()))}")
 
-    def encode(self, history_codes: torch.Tensor):
-        """history_codes (B, H, L) long (-1 rows = padding, left-padded) -> (memory keys/values per
-        decoder layer: list of (k, v) (B, heads, H*L, hd), key mask (B, 1, 1, H*L) bool)."""
-        self._check_codes(history_codes, "history_codes")
-        B, H, L = history_codes.shape
+    def _encode_tokens(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, H, L) items first, -1 rows after -> encoder output (B, H*L, D), block-causal."""
+        B, H, L = codes.shape
         if H > self.config.max_history:
-            raise ValueError(f"history_codes: {H} items, the model was built for max_history={self.config.max_history}")
-        pad = history_codes[..., 0] < 0  # (B, H)
-        tok = torch.where(pad[..., None], torch.zeros_like(history_codes), history_codes + self.offsets)
-        pos_item = torch.arange(H - 1, -1, -1, device=tok.device)  # 0 = most recent
-        x = self.code_emb(tok) + self.item_pos(pos_item)[None, :, None] + self.code_pos.weight[None, None]
+            raise ValueError(f"history: {H} items, the model was built for max_history={self.config.max_history}")
+        pad = codes[..., 0] < 0
+        tok = torch.where(pad[..., None], torch.zeros_like(codes), codes + self.offsets)
+        x = self.code_emb(tok) + self.item_pos.weight[:H, None] + self.code_pos.weight[None, None]
         x = self.drop(x.reshape(B, H * L, -1))
-        keep = (~pad).repeat_interleave(L, dim=1)
-        keep[:, -1] |= ~keep.any(1)  # an empty history still attends to something
-        mask = keep[:, None, None, :]
+        mask = _block_causal(H, L, x.device)
         for layer in self.encoder:
             x = layer(x, mask)
-        mem = self.enc_norm(x)
-        return [layer.cross_attn.keys_values(mem) for layer in self.decoder], mask
+        return self.enc_norm(x)
+
+    def _recency_bias(self, dist: torch.Tensor, levels: int) -> torch.Tensor:
+        """dist (..., Q, H) long items back from the target (< 0 = not visible) -> float
+        (..., layers, heads, Q, H*L) additive cross-attention bias (-inf where not visible)."""
+        d = dist.clamp(0, self.config.max_history - 1)
+        b = self.recency[:, :, d]  # (layers, heads, ..., Q, H)
+        b = b.movedim((0, 1), (-4, -3)).masked_fill((dist < 0)[..., None, None, :, :], float("-inf"))
+        return b.repeat_interleave(levels, dim=-1)
+
+    def encode(self, history_codes: torch.Tensor):
+        """history_codes (B, H, L) long: each row's items first (oldest first), then -1 rows ->
+        (memory keys/values per decoder layer: list of (k, v) (B, heads, H*L, hd), cross-attention
+        bias (B, layers, heads, 1, H*L) float, -inf on padding). The target is the item after the last."""
+        self._check_codes(history_codes, "history_codes")
+        B, H, L = history_codes.shape
+        n = (history_codes[..., 0] >= 0).sum(1)  # (B,) items per row
+        mem = self._encode_tokens(history_codes)
+        dist = n[:, None] - 1 - torch.arange(H, device=n.device)[None]  # (B, H)
+        dist[:, 0] = dist[:, 0].clamp_min(0)  # an empty history still attends to something
+        bias = self._recency_bias(dist[:, None], L)  # (B, layers, heads, 1, H*L)
+        return [layer.cross_attn.keys_values(mem) for layer in self.decoder], bias
 
     # ------------------------------------------------------------------------------ training
     def decoder_inputs(self, codes: torch.Tensor) -> torch.Tensor:
@@ -174,31 +209,62 @@ class Tiger(nn.Module):
         tok = codes + self.offsets[: codes.shape[1]]
         return torch.cat([torch.zeros_like(tok[:, :1]), tok], dim=1)
 
-    def decode_full(self, memory, mem_mask, dec_tokens: torch.Tensor) -> list:
-        """Teacher-forced decoder over dec_tokens (N, T <= L); memory rows must match N.
+    def decode_full(self, memory, mem_bias, dec_tokens: torch.Tensor) -> list:
+        """Teacher-forced decoder over dec_tokens (N, T <= L); memory and mem_bias rows must match N.
         Returns per-level logits [(N, K_l) for l < T]."""
         N, T = dec_tokens.shape
         x = self.drop(self.dec_emb(dec_tokens) + self.dec_pos.weight[:T])
-        for layer, (k, v) in zip(self.decoder, memory):
-            x = layer(x, k, v, mem_mask)
+        for i, (layer, (k, v)) in enumerate(zip(self.decoder, memory)):
+            x = layer(x, k, v, mem_bias[:, i])
         h = self.dec_norm(x)
         return [self.heads[l](h[:, l]) for l in range(T)]
 
     def forward(self, history_codes: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
         self._check_codes(target_codes, "target_codes")
-        memory, mask = self.encode(history_codes)
-        logits = self.decode_full(memory, mask, self.decoder_inputs(target_codes[:, :-1]))
+        memory, bias = self.encode(history_codes)
+        logits = self.decode_full(memory, bias, self.decoder_inputs(target_codes[:, :-1]))
         losses = [F.cross_entropy(lg.float(), target_codes[:, l]) for l, lg in enumerate(logits)]
         return torch.stack(losses).mean()
 
+    def window_loss(self, windows: torch.Tensor) -> torch.Tensor:
+        """windows (B, W, L) long: each row a user's items (oldest first, then -1 rows), W <=
+        max_history + 1. Item t >= 1 of a row is a target whose history is items 0..t-1; returns the
+        mean over levels of the mean cross-entropy over all targets — :meth:`forward` over every
+        prefix, with one encoder pass per window."""
+        self._check_codes(windows, "windows")
+        B, W, L = windows.shape
+        if W < 2:
+            raise ValueError(f"windows: need at least 2 items per window (a history and a target), got {W}")
+        hist, tgt = windows[:, :-1], windows[:, 1:]  # (B, T, L), target t's history: items 0..t
+        T = W - 1
+        mem = self._encode_tokens(hist)
+        t = torch.arange(T, device=windows.device)
+        bias = self._recency_bias((t[:, None] - t[None, :])[None], L)  # (1, layers, heads, T, T*L), shared
+        bias = bias.repeat_interleave(L, dim=-2)  # one row per decoder token
+        tok = self.decoder_inputs(tgt[..., :-1].clamp_min(0).reshape(B * T, L - 1)).view(B, T * L)
+        x = self.drop(self.dec_emb(tok) + self.dec_pos.weight.repeat(T, 1))
+        tgt_id = torch.arange(T, device=windows.device).repeat_interleave(L)
+        lvl = torch.arange(L, device=windows.device).repeat(T)
+        self_mask = (tgt_id[:, None] == tgt_id[None, :]) & (lvl[:, None] >= lvl[None, :])
+        for i, layer in enumerate(self.decoder):
+            k, v = layer.cross_attn.keys_values(mem)
+            x = layer(x, k, v, bias[:, i], self_mask)
+        h = self.dec_norm(x).view(B, T, L, -1)
+        valid = tgt[..., 0] >= 0  # (B, T)
+        hv = h[valid]  # (N, L, D)
+        tv = tgt[valid]  # (N, L)
+        losses = [F.cross_entropy(self.heads[l](hv[:, l]).float(), tv[:, l]) for l in range(L)]
+        return torch.stack(losses).mean()
+
     # ------------------------------------------------------------------------------ decoding
-    def decode_step(self, memory, mem_mask, cache: list, token: torch.Tensor, level: int, beams: int) -> torch.Tensor:
+    def decode_step(self, memory, mem_bias, cache: list, token: torch.Tensor, level: int, beams: int) -> torch.Tensor:
         """One decoder position for B*beams rows (row = user * beams + beam).
 
         token (B*beams,) long decoder token at position ``level`` (BOS = 0 at level 0); ``cache``: per
         decoder layer a list [k, v] of the earlier positions (B*beams, heads, level, hd) or None,
-        extended in place. Memory k/v (B, heads, S, hd) are shared by a user's beams (no copy: the
-        beams are extra query rows). Returns logits (B*beams, K_level) fp32."""
+        extended in place. Memory k/v (B, heads, S, hd) and mem_bias (B, layers, heads, 1, S) are
+        shared by a user's beams (no copy: the beams are extra query rows). Returns logits
+        (B*beams, K_level) fp32."""
         N = token.shape[0]
         B = N // beams
         x = self.dec_emb(token)[:, None] + self.dec_pos.weight[level]
@@ -213,7 +279,7 @@ class Tiger(nn.Module):
             hq = layer.cross_norm(x).view(B, beams, -1)  # beams of a user as query rows
             a = layer.cross_attn
             q = a.q(hq).view(B, beams, a.h, a.hd).transpose(1, 2)
-            y = F.scaled_dot_product_attention(q, mk, mv, attn_mask=mem_mask)
+            y = F.scaled_dot_product_attention(q, mk, mv, attn_mask=mem_bias[:, i])
             x = x + a.o(y.transpose(1, 2).reshape(N, 1, -1))
             x = x + layer.mlp(layer.mlp_norm(x))
         return self.heads[level](self.dec_norm(x[:, 0])).float()

@@ -5,9 +5,11 @@ A run folder holds ``run.json`` (data path, ID source, model config, quality rep
 batch position, RNG state, elapsed seconds), written atomically (temp file + ``os.replace``) every
 ``checkpoint_minutes`` and at the end. ``resume=True`` continues from it at the same batch.
 
-Batches: each epoch's shuffled examples are cut into chunks of 64 batches, sorted by history length
-inside a chunk, and the batches are shuffled; each batch is trimmed to its longest history, so short
-histories do not pay for 20 items of padding. The LR follows warmup then a cosine over the run's
+Examples: the training sequences cut into windows of up to ``max_history + 1`` items
+(:func:`craft.data.recsys.training_windows`); :meth:`Tiger.window_loss` trains every target of a
+window in one pass. Batches: each epoch's shuffled windows are cut into chunks of 64 batches, sorted
+by length inside a chunk, and the batches are shuffled; each batch is trimmed to its longest window,
+so short windows do not pay for 21 items of padding. ``batch_size`` counts windows. The LR follows warmup then a cosine over the run's
 progress: the larger of steps done / planned steps and minutes spent / ``max_minutes``, so a time
 limit still ends on a decayed rate.
 """
@@ -22,8 +24,7 @@ import numpy as np
 import torch
 
 from craft.data.files import save_torch_atomic
-from craft.data.recsys import RecsysData
-from craft.retrieval.decode import history_codes
+from craft.data.recsys import RecsysData, training_windows
 from craft.retrieval.model import Tiger, TigerConfig
 
 
@@ -69,8 +70,9 @@ def train(data: RecsysData, codes: np.ndarray, out: str | Path, config: TigerCon
         torch.set_rng_state(st["rng"])
         log(f"resumed at step {step} (epoch {epoch}, batch {pos})")
     codes_t = torch.from_numpy(codes)
-    lengths = data.train.lengths()
-    per_epoch = math.ceil(len(data.train) / batch_size)
+    windows = training_windows(data.train_sequences, config.max_history)
+    lengths = (windows > 0).sum(1)
+    per_epoch = math.ceil(len(windows) / batch_size)
     total = epochs * per_epoch
     bar = None
     if progress:
@@ -99,15 +101,14 @@ def train(data: RecsysData, codes: np.ndarray, out: str | Path, config: TigerCon
                 for g in opt.param_groups:
                     g["lr"] = lr * lr_factor(prog, step, warmup)
                 idx = batches[pos]
-                hist = history_codes(codes_t, data.train.history[idx])
-                tgt = codes_t[torch.from_numpy(data.train.target[idx])]
-                loss = model(hist, tgt)
+                win = torch.from_numpy(windows[idx, :int(lengths[idx].max())])
+                loss = model.window_loss(codes_t[win])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 step, pos = step + 1, pos + 1
-                tokens_done += hist.shape[0] * hist.shape[1] * hist.shape[2] + tgt.numel()
+                tokens_done += 2 * int(lengths[idx].sum()) * codes.shape[1]  # encoder + decoder tokens
                 loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
                 if bar is not None:
                     bar.update(1)
@@ -138,7 +139,11 @@ def load_run(run_dir: str | Path) -> tuple[Tiger, np.ndarray, dict]:
     run = json.loads((d / "run.json").read_text())
     st = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=True)
     model = Tiger(TigerConfig(**st["config"]))
-    model.load_state_dict(st["model"])
+    try:
+        model.load_state_dict(st["model"])
+    except RuntimeError:
+        raise ValueError(f"{str(d)!r}: the checkpoint does not match this version's model (it predates the "
+                         "block-causal encoder with recency bias); train it again with `craft retrieval train`") from None
     model.eval()
     run["step"] = st["step"]
     return model, np.load(d / "codes.npy"), run
