@@ -56,28 +56,24 @@ def _train(args) -> int:
     out = Path(args.out)
     text = T.read_corpus(args.corpus)
     train_text, val_text = T.split_corpus(text)
+    common = dict(max_minutes=args.max_minutes, max_steps=args.max_steps, seed=args.seed,
+                  progress=not args.no_progress, clock=args.clock)
     if args.level == "lm":
-        s = T.LMSettings(max_minutes=args.max_minutes, max_steps=args.max_steps, seed=args.seed,
-                         progress=not args.no_progress, eval_every_s=args.eval_every, clock=args.clock)
-        if args.lr:
-            s.lr = args.lr
-        if args.batch_units:
-            s.batch_units = args.batch_units
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "corpus.json").write_text(json.dumps({"corpus": str(Path(args.corpus).resolve()) if args.corpus else None}))
-        T.train_lm(train_text, val_text, out, args.lm_model, settings=s, resume=args.resume)
-        print(f"saved {out / T.LM_FILES[args.lm_model]}")
-        return 0
-    s = T.TrainSettings(max_minutes=args.max_minutes, max_steps=args.max_steps, seed=args.seed,
-                        progress=not args.no_progress, clock=args.clock)
-    if args.level == "1":
-        s.batch_units = 128
+        s = T.LMSettings(**common, eval_every_s=args.eval_every)
+    else:
+        s = T.TrainSettings(**common)
+        if args.level == "1":
+            s.batch_units = 128
     if args.lr:
         s.lr = args.lr
     if args.batch_units:
         s.batch_units = args.batch_units
     out.mkdir(parents=True, exist_ok=True)
     (out / "corpus.json").write_text(json.dumps({"corpus": str(Path(args.corpus).resolve()) if args.corpus else None}))
+    if args.level == "lm":
+        T.train_lm(train_text, val_text, out, args.lm_model, settings=s, resume=args.resume)
+        print(f"saved {out / T.LM_FILES[args.lm_model]}")
+        return 0
     if args.level == "0":
         T.train_word_agent(train_text, out, settings=s, resume=args.resume)
     else:
