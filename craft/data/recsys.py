@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from craft_kernels import check_int
+
 _CODE = re.compile(r"^<([A-Za-z]+)_(\d+)>$")
 
 
@@ -204,8 +206,7 @@ def _examples(rows: list[tuple[int, np.ndarray, int]], max_history: int) -> Exam
 def leave_one_out(sequences: list[np.ndarray], max_history: int = 20, n_items: int | None = None,
                   path: str = "") -> RecsysData:
     """The split described in the module docstring. ``n_items`` defaults to the largest item seen."""
-    if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1:
-        raise ValueError(f"max_history: expected a positive int, got {max_history!r}")
+    check_int(max_history, "max_history", 1)
     seen = max(int(s.max()) for s in sequences if len(s))
     n = seen if n_items is None else n_items
     if n < seen:
@@ -231,8 +232,7 @@ def training_windows(train_sequences: list[np.ndarray], max_history: int) -> np.
     0-padded on the right. A sequence of n items gives windows ending at n, n - max_history, …, so
     every item but the first of each sequence is a target (item t of a window, t >= 1) exactly once;
     windows with fewer than 2 items are dropped."""
-    if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1:
-        raise ValueError(f"max_history: expected a positive int, got {max_history!r}")
+    check_int(max_history, "max_history", 1)
     w = max_history + 1
     rows = []
     for s in train_sequences:
