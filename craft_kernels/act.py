@@ -17,8 +17,9 @@ Paths (``craft_kernels._backend.kernels_impl``; CRAFT_KERNELS_IMPL=torch|triton 
   scans N in registers and pours into a register accumulator; the backward pass is one parallel
   pouring kernel plus a per-row reverse scan (craft_kernels/_act_triton.py). No host sync inside.
 - ``torch`` (CPU default): the scalar recurrence (B x N) runs in C++ (``craft_kernels._C.act_scan_*``,
-  one pass per row, forward and reverse, recording its branch decisions); results are poured into
-  slots with ``scatter_add`` — no Python loop over N anywhere.
+  one pass per row, forward and reverse, recording its branch decisions), and results are poured
+  into slots in C++ too (``act_pour_*``: one pass over results, rows split over torch's threads) —
+  no Python loop over N anywhere.
 Both record the branch decisions, so gradients reach ``results``, ``return_probs`` and
 ``halting_probs`` exactly as autograd through the sequential definition would (clamps included).
 Both are the ``torch.library`` custom ops ``craft::act_fwd`` / ``craft::act_bwd`` (the number of
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from craft_kernels._backend import use_triton
@@ -104,19 +106,9 @@ def _fill(w: torch.Tensor, idx: torch.Tensor, S: int) -> torch.Tensor:
     return w.new_zeros(B, S + 1).scatter_add(1, safe, w.reshape(B, 2 * N))[:, :S].contiguous()
 
 
-def _pour_by_matmul(B: int, N: int, D: int, S: int) -> bool:
-    """Pour with one bmm by a dense (B, S+1, N) assignment matrix when it is no bigger than results and
-    S is small: 2(S+1) flops per element at matmul speed beat scatter_add's ~0.1 G elements/s on CPU."""
-    return 0 < S < min(D, 256)
-
-
-def _assignment(w: torch.Tensor, safe: torch.Tensor, S: int, carry: bool) -> torch.Tensor:
-    """(B, S, N): A[b, s, n] = the weight step n pours into slot s (pieces at the dummy slot S dropped)."""
-    B, N = w.shape[:2]
-    a = w.new_zeros(B, S + 1, N)
-    for k in range(2 if carry else 1):
-        a.scatter_add_(1, safe[:, None, :, k], w[:, None, :, k])
-    return a[:, :S]
+def _np(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A C-contiguous CPU NumPy view of ``t`` in ``dtype`` (a copy only where a cast or move is needed)."""
+    return t.detach().to("cpu", dtype).contiguous().numpy()
 
 
 def _fwd_torch(x, r, h, m, eps, carry):
@@ -125,30 +117,13 @@ def _fwd_torch(x, r, h, m, eps, carry):
         r.detach().double().cpu().numpy(), h.detach().double().cpu().numpy(),
         m.cpu().numpy().astype("uint8"), float(eps), bool(carry))
     dev, sd = x.device, _scan_dtype(x.dtype)
-    w = torch.from_numpy(w).to(dev, sd)
-    idx = torch.from_numpy(idx).to(dev)
-    B, N, D = x.shape
-    S = _n_slots_opened(idx)
-    safe = torch.where(idx < 0, S, idx)  # a dummy slot S collects the missing pieces
-    xs = x.to(sd)  # fp16/bf16 are poured with fp32 accumulation
-    if _pour_by_matmul(B, N, D, S):
-        if not bool(m.all()):  # masked steps have weight 0, but 0 * inf/nan would not be 0
-            xs = xs.masked_fill(~m[..., None], 0)
-        slots = torch.bmm(_assignment(w, safe, S, carry), xs)
-        if not bool(torch.isfinite(slots).all()):  # 0 * inf from other steps' zero weights: pour exactly
-            slots = None
-    else:
-        slots = None
-    if slots is None:
-        # rows of (B * (S + 1), D): index_add_ adds whole contiguous rows (vectorised over D), where
-        # scatter_add_ with an expanded (B, N, D) index visits every element through its index
-        rows = (torch.arange(B, device=dev)[:, None, None] * (S + 1) + safe).reshape(B * N, 2)
-        flat = xs.new_zeros(B * (S + 1), D)
-        xf = xs.reshape(B * N, D)
-        for k in range(2 if carry else 1):  # piece 0: where the step starts; piece 1: carry mode's excess
-            flat.index_add_(0, rows[:, k], xf * w.reshape(B * N, 2)[:, k, None])
-        slots = flat.view(B, S + 1, D)
-    return (slots[:, :S].to(x.dtype).contiguous(), w, idx, torch.from_numpy(tape).to(dev),
+    S = int(idx.max()) + 1 if idx.size else 0
+    w = w.astype(np.float32) if sd == torch.float32 else w
+    # one pass over results in C++ (fp16/bf16 results are poured with fp32 accumulation)
+    slots = ext.act_pour_forward(_np(x, sd), w, idx, S, torch.get_num_threads())
+    slots = torch.from_numpy(slots).to(dev, x.dtype)
+    w, idx = torch.from_numpy(w).to(dev), torch.from_numpy(idx).to(dev)
+    return (slots, w, idx, torch.from_numpy(tape).to(dev),
             torch.from_numpy(halt).to(dev, x.dtype), torch.from_numpy(closed).to(dev))
 
 
@@ -212,30 +187,14 @@ def _(results, return_probs, halting_probs, mask, eps, carry):
 
 
 def _bwd_torch(gslots, gw, ghalt, x, w, idx, tape, carry):
-    B, N, D = x.shape
-    S = gslots.shape[1]
     sd = w.dtype
-    safe = torch.where(idx < 0, S, idx)
-    xs = x.to(sd)
-    gw = gw.to(sd, copy=True)
-    if _pour_by_matmul(B, N, D, S):
-        gs = gslots.to(sd)
-        gx = torch.bmm(_assignment(w, safe, S, carry).transpose(1, 2), gs)
-        dots = torch.bmm(gs, xs.transpose(1, 2))  # (B, S, N): <d slots[s], results[n]>
-        for k in range(2 if carry else 1):  # absent pieces read slot S-1: their gw is never used
-            gw[..., k] += dots.gather(1, safe[:, None, :, k].clamp(max=S - 1)).squeeze(1)
-    else:
-        gs = torch.cat([gslots.to(sd), gslots.new_zeros(B, 1, D, dtype=sd)], 1).reshape(B * (S + 1), D)
-        rows = (torch.arange(B, device=x.device)[:, None, None] * (S + 1) + safe).reshape(B, N, 2)
-        gx = xs.new_zeros(x.shape)
-        for k in range(2 if carry else 1):  # whole-row gathers (index_select), as in the forward
-            g = gs.index_select(0, rows[..., k].reshape(-1)).view(B, N, D)
-            gx += w[..., k, None] * g
-            gw[..., k] += (g * xs).sum(-1)
-    gx = gx.to(x.dtype)
-    gr, gh = _dispatch.ext().act_scan_backward(
+    ext = _dispatch.ext()
+    gx, gdot = ext.act_pour_backward(_np(gslots, sd), _np(x, sd), _np(w, sd), _np(idx, torch.int64),
+                                     torch.get_num_threads())
+    gw = gw.to(sd) + torch.from_numpy(gdot).to(gw.device)
+    gr, gh = ext.act_scan_backward(
         tape.cpu().numpy(), gw.detach().double().cpu().numpy(), ghalt.detach().double().cpu().numpy(), bool(carry))
-    return gx, torch.from_numpy(gr).to(x.device), torch.from_numpy(gh).to(x.device)
+    return torch.from_numpy(gx).to(x.device, x.dtype), torch.from_numpy(gr).to(x.device), torch.from_numpy(gh).to(x.device)
 
 
 def _bwd_triton(gslots, gw, ghalt, x, w, idx, tape, carry):

@@ -1,10 +1,15 @@
 // ACT slot accumulation: the sequential scalar scan over return/halting probabilities, forward and
-// reverse (adjoint) pass. The D-dimensional pouring of results into slots happens in torch from the
-// piece weights this scan produces (craft_kernels/act.py). float64 throughout; GIL released.
+// reverse (adjoint) pass (float64), and the D-dimensional pouring of results into slots by the piece
+// weights the scan produces, forward and backward (float32 or float64, the results' dtype). A step
+// pours into at most two slots, so the pour is one pass over results: O(B*N*D) reads, where a dense
+// (B, S, N) assignment matrix times results costs S times that. GIL released; rows split over threads.
 #include <pybind11/numpy.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include "bindings.h"
 
@@ -144,6 +149,133 @@ py::tuple act_scan_backward(U8 tape, F64 gw, F64 ghalt, bool carry) {
     return py::make_tuple(gr, gh);
 }
 
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define CRAFT_POUR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CRAFT_POUR_CLONES
+#endif
+
+// acc[d] += a * x[d]
+template <typename T>
+CRAFT_POUR_CLONES void axpy(T* __restrict acc, const T* __restrict x, T a, int64_t D) {
+    for (int64_t d = 0; d < D; ++d) acc[d] += a * x[d];
+}
+
+// out[d] = a * x[d] (+ b * y[d] when y); returns nothing
+template <typename T>
+CRAFT_POUR_CLONES void scale2(T* __restrict out, const T* __restrict x, T a, const T* __restrict y, T b, int64_t D) {
+    if (y) {
+        for (int64_t d = 0; d < D; ++d) out[d] = a * x[d] + b * y[d];
+    } else {
+        for (int64_t d = 0; d < D; ++d) out[d] = a * x[d];
+    }
+}
+
+// sum_d x[d] * y[d] with 8 independent partial sums (vectorises without reassociating a single sum)
+template <typename T>
+CRAFT_POUR_CLONES T dot(const T* __restrict x, const T* __restrict y, int64_t D) {
+    T part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8)
+        for (int j = 0; j < 8; ++j) part[j] += x[d + j] * y[d + j];
+    T s = ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
+    for (; d < D; ++d) s += x[d] * y[d];
+    return s;
+}
+
+// fn(first_row, end_row) on up to n_threads threads, rows split evenly (no shared writes between rows).
+template <typename Fn>
+void over_rows(int64_t B, int64_t work, int n_threads, Fn fn) {
+    const int64_t nt = std::max<int64_t>(1, std::min<int64_t>({int64_t(n_threads), B, work >> 16}));
+    if (nt == 1) return fn(int64_t(0), B);
+    std::vector<std::thread> pool;
+    for (int64_t t = 1; t < nt; ++t) pool.emplace_back(fn, B * t / nt, B * (t + 1) / nt);
+    fn(int64_t(0), B / nt);
+    for (auto& th : pool) th.join();
+}
+
+// Every piece's slot is -1 (no piece) or in [0, S): checked before any thread reads with it.
+void check_slots(const I64& idx, int64_t S, const char* name) {
+    const int64_t* p = idx.data();
+    bool ok = true;
+    for (int64_t i = 0, n = idx.size(); i < n; ++i) ok &= p[i] >= -1 && p[i] < S;
+    if (!ok) throw py::value_error(std::string(name) + ": a slot index is outside [-1, S)");
+}
+
+// slots (B, S, D): slots[b, idx[b,n,k]] += w[b,n,k] * x[b,n] for each piece k with idx >= 0.
+template <typename T>
+py::array_t<T> act_pour_forward(py::array_t<T, py::array::c_style | py::array::forcecast> x,
+                                py::array_t<T, py::array::c_style | py::array::forcecast> w, I64 idx, int64_t S,
+                                int n_threads) {
+    const int64_t B = x.shape(0), N = x.shape(1), D = x.shape(2);
+    if (w.ndim() != 3 || w.shape(0) != B || w.shape(1) != N || w.shape(2) != 2 || idx.ndim() != 3 ||
+        idx.shape(0) != B || idx.shape(1) != N || idx.shape(2) != 2 || S < 0)
+        throw py::value_error("act_pour_forward: expected x (B,N,D), w and idx (B,N,2), S >= 0");
+    check_slots(idx, S, "act_pour_forward");
+    py::array_t<T> slots({B, S, D});
+    const T *px = x.data(), *pw = w.data();
+    const int64_t* pi = idx.data();
+    T* ps = slots.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        over_rows(B, B * N * D, n_threads, [&](int64_t b0, int64_t b1) {
+            std::fill(ps + b0 * S * D, ps + b1 * S * D, T(0));
+            for (int64_t b = b0; b < b1; ++b)
+                for (int64_t n = 0; n < N; ++n) {
+                    const int64_t i = b * N + n;
+                    for (int k = 0; k < 2; ++k) {
+                        const int64_t s = pi[2 * i + k];
+                        if (s < 0) continue;
+                        axpy(ps + (b * S + s) * D, px + i * D, pw[2 * i + k], D);
+                    }
+                }
+        });
+    }
+    return slots;
+}
+
+// Gradients of the pour: gx (B,N,D) = sum_k w[k] * gs[idx[k]], and gdot (B,N,2) = <gs[idx[k]], x> (0 for
+// absent pieces), which the caller adds to the piece weights' gradient.
+template <typename T>
+py::tuple act_pour_backward(py::array_t<T, py::array::c_style | py::array::forcecast> gs,
+                            py::array_t<T, py::array::c_style | py::array::forcecast> x,
+                            py::array_t<T, py::array::c_style | py::array::forcecast> w, I64 idx, int n_threads) {
+    const int64_t B = x.shape(0), N = x.shape(1), D = x.shape(2), S = gs.shape(1);
+    if (gs.ndim() != 3 || gs.shape(0) != B || gs.shape(2) != D || w.ndim() != 3 || w.shape(0) != B ||
+        w.shape(1) != N || w.shape(2) != 2 || idx.ndim() != 3 || idx.shape(0) != B || idx.shape(1) != N ||
+        idx.shape(2) != 2)
+        throw py::value_error("act_pour_backward: expected gs (B,S,D), x (B,N,D), w and idx (B,N,2)");
+    check_slots(idx, S, "act_pour_backward");
+    py::array_t<T> gx({B, N, D}), gdot({B, N, int64_t(2)});
+    const T *pg = gs.data(), *px = x.data(), *pw = w.data();
+    const int64_t* pi = idx.data();
+    T *pgx = gx.mutable_data(), *pd = gdot.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        over_rows(B, B * N * D, n_threads, [&](int64_t b0, int64_t b1) {
+            for (int64_t b = b0; b < b1; ++b)
+                for (int64_t n = 0; n < N; ++n) {
+                    const int64_t i = b * N + n;
+                    const T* row[2] = {nullptr, nullptr};
+                    for (int k = 0; k < 2; ++k) {
+                        const int64_t s = pi[2 * i + k];
+                        row[k] = s >= 0 ? pg + (b * S + s) * D : nullptr;
+                        pd[2 * i + k] = row[k] ? dot(row[k], px + i * D, D) : T(0);
+                    }
+                    T* out = pgx + i * D;
+                    if (row[0])
+                        scale2(out, row[0], pw[2 * i], row[1], row[1] ? pw[2 * i + 1] : T(0), D);
+                    else if (row[1])
+                        scale2<T>(out, row[1], pw[2 * i + 1], nullptr, T(0), D);
+                    else
+                        std::fill(out, out + D, T(0));
+                }
+        });
+    }
+    return py::make_tuple(gx, gdot);
+}
+
 }  // namespace
 
 void bind_act_scan(py::module_& m) {
@@ -160,6 +292,15 @@ void bind_act_scan(py::module_& m) {
         return d;
     });
     m.def("act_scan_backward", &act_scan_backward, py::arg("tape"), py::arg("gw"), py::arg("ghalt"), py::arg("carry"));
+    // float64 first: overload resolution tries them in order, and forcecast would accept either
+    m.def("act_pour_forward", &act_pour_forward<double>, py::arg("x").noconvert(), py::arg("w").noconvert(),
+          py::arg("idx"), py::arg("S"), py::arg("n_threads"));
+    m.def("act_pour_forward", &act_pour_forward<float>, py::arg("x").noconvert(), py::arg("w").noconvert(),
+          py::arg("idx"), py::arg("S"), py::arg("n_threads"));
+    m.def("act_pour_backward", &act_pour_backward<double>, py::arg("gs").noconvert(), py::arg("x").noconvert(),
+          py::arg("w").noconvert(), py::arg("idx"), py::arg("n_threads"));
+    m.def("act_pour_backward", &act_pour_backward<float>, py::arg("gs").noconvert(), py::arg("x").noconvert(),
+          py::arg("w").noconvert(), py::arg("idx"), py::arg("n_threads"));
 }
 
 }  // namespace craft

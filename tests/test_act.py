@@ -200,13 +200,21 @@ def test_bfloat16_results_with_float32_probs():
     assert (err <= bound + 1e-7).all(), f"d return_probs off by {float((err / (bound + 1e-7)).max()):.2f}x the bound"
 
 
-@pytest.mark.parametrize("by_matmul", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("mode", ["clamp", "carry"])
-def test_both_cpu_pour_paths_match_reference(monkeypatch, by_matmul, mode):
-    from craft_kernels import act as act_mod
+def test_cpu_pour_matches_reference(threads, mode):
+    """The C++ pour (forward and backward), on one thread and with rows split over two (B*N*D is
+    above the size at which the pour splits rows)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_pour_against_reference(mode)
+    finally:
+        torch.set_num_threads(old)
 
-    monkeypatch.setattr(act_mod, "_pour_by_matmul", lambda B, N, D, S: by_matmul and S > 0)
-    x, r, h, m = _inputs(21, 4, 40, 6, True, True)
+
+def _check_pour_against_reference(mode):
+    x, r, h, m = _inputs(21, 4, 100, 400, True, True)
     x[~m] = float("nan")  # masked steps must never touch the slots, whatever they hold
     leaves = [t.clone().requires_grad_() for t in (x, r, h)]
     a = act_accumulate(*leaves, m, mode=mode)
