@@ -201,6 +201,12 @@ def test_train_linked_and_eval_links_cli(md_corpus, tmp_path, capsys):
     assert {"alone", "linked", "random", "title_alone", "title_linked", "title_random"} <= set(res)
     assert main(["eval-links", str(run), "--max-docs", "2"]) == 0
     assert "linked" in capsys.readouterr().out
+    assert main(["eval-links", str(run), "--json", "--max-docs", "1", "--generate", "2"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["prompts"] == 2 and 0 <= res["links_in_corpus"] <= res["links_written"]
+    assert res["link_target_share"] == (res["links_in_corpus"] / res["links_written"] if res["links_written"] else None)
+    assert main(["eval-links", str(run), "--generate", "-1"]) == 1
+    assert "--generate" in capsys.readouterr().err
     assert main(["eval-links", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("craft: error: checkpoint:") and len(err.splitlines()) == 1

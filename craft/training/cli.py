@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     e.add_argument("--max-linked", type=int, default=3, help="linked documents in context, at most (default 3)")
     e.add_argument("--seq-len", type=int, help="default: the checkpoint's training seq_len")
     e.add_argument("--seed", type=int, default=0, help="the draw of the random documents")
+    e.add_argument("--generate", type=int, default=0, metavar="SEEDS",
+                   help="also generate SEEDS root documents per held-out title (no trie) and report the share "
+                        "of their links whose target is a corpus document (default 0: skip)")
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
     e.set_defaults(fn=run)
 
@@ -44,6 +47,8 @@ def run(args) -> int:
     for name in ("max_docs", "max_linked"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')}: expected an int >= 1, got {getattr(args, name)}")
+    if args.generate < 0:
+        raise CliError(f"--generate: expected an int >= 0 (seeds per title), got {args.generate}")
     with PretokenizedCorpus(corpus_path) as corpus:
         if corpus.tokenizer.to_dict() != model.tokenizer.to_dict():
             raise CliError(f"--corpus: {corpus_path} was tokenized with {corpus.tokenizer.name!r}, the checkpoint "
@@ -52,6 +57,15 @@ def run(args) -> int:
             res = evaluate_links(model, corpus, seq_len=args.seq_len or tc.get("seq_len"),
                                  eval_fraction=tc.get("eval_fraction", 0.02), max_docs=args.max_docs,
                                  max_linked=args.max_linked, seed=args.seed, progress=not args.json)
+            if args.generate:
+                from craft.generation.linked.target_share import link_target_share
+                from craft.training.eval_links import held_out_linked_documents
+
+                held = held_out_linked_documents(corpus, int(args.seq_len or tc.get("seq_len") or
+                                                             model.config.max_seq_len),
+                                                 tc.get("eval_fraction", 0.02), args.max_docs)
+                res.update(link_target_share(model, corpus, [corpus.title(d) for d in held], seeds=args.generate,
+                                             progress=not args.json))
         except ValueError as e:
             raise CliError(str(e)) from None
     res["checkpoint"] = model.checkpoint_path
@@ -65,4 +79,7 @@ def run(args) -> int:
     print(f"{'context':<10}{'loss':>10}{'title loss':>12}")
     for c in ("alone", "linked", "random"):
         print(f"{c:<10}{fmt(res[c]):>10}{fmt(res['title_' + c]):>12}")
+    if args.generate:
+        print(f"generated {res['prompts']} root documents: {res['links_written']} links, {res['links_in_corpus']} "
+              f"to corpus documents (share {fmt(res['link_target_share'])})")
     return 0

@@ -43,6 +43,26 @@ def _title_positions(corpus: PretokenizedCorpus, doc: int, n: int, placed: set[i
     return out
 
 
+def held_out_linked_documents(corpus: PretokenizedCorpus, seq_len: int, eval_fraction: float = 0.02,
+                              max_docs: int = 64, links: list | None = None) -> list[int]:
+    """Up to ``max_docs`` documents wholly inside the trainer's held-out windows (``seq_len``,
+    ``eval_fraction``) that link to other corpus documents, in corpus order; every document when the
+    corpus is too small to hold any out. ValueError when there is none."""
+    links = corpus_links(corpus) if links is None else links
+    packed = PackedSequences(corpus, min(seq_len, max(1, corpus.n_tokens - 1)))
+    first = train_document_count(packed, eval_fraction)
+    if first >= corpus.n_documents:  # tiny corpus: no held-out documents, use them all
+        first = 0
+    else:  # a document straddling the split had its start in a training window: skip it
+        first_eval = int(split_windows(len(packed), eval_fraction)[1][0]) * packed.seq_len
+        first += int(packed.starts[first] < first_eval)
+    held = [d for d in range(first, corpus.n_documents) if links[d]][:max_docs]
+    if not held:
+        raise ValueError("corpus: no held-out document links to another corpus document; nothing to measure "
+                         "(use a corpus with links, or a larger eval_fraction)")
+    return held
+
+
 @torch.no_grad()
 def evaluate_links(model, corpus: PretokenizedCorpus, seq_len: int | None = None, eval_fraction: float = 0.02,
                    max_docs: int = 64, max_linked: int = 3, budget_share: float = 0.5, seed: int = 0,
@@ -56,17 +76,7 @@ def evaluate_links(model, corpus: PretokenizedCorpus, seq_len: int | None = None
     if not 0 < budget_share < 1:
         raise ValueError(f"budget_share: expected a number in (0, 1), got {budget_share!r}")
     links = corpus_links(corpus)
-    packed = PackedSequences(corpus, min(seq_len, max(1, corpus.n_tokens - 1)))
-    first = train_document_count(packed, eval_fraction)
-    if first >= corpus.n_documents:  # tiny corpus: no held-out documents, use them all
-        first = 0
-    else:  # a document straddling the split had its start in a training window: skip it
-        first_eval = int(split_windows(len(packed), eval_fraction)[1][0]) * packed.seq_len
-        first += int(packed.starts[first] < first_eval)
-    held = [d for d in range(first, corpus.n_documents) if links[d]][:max_docs]
-    if not held:
-        raise ValueError("corpus: no held-out document links to another corpus document; nothing to measure "
-                         "(use a corpus with links, or a larger eval_fraction)")
+    held = held_out_linked_documents(corpus, seq_len, eval_fraction, max_docs, links)
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
     was_training = model.training
