@@ -2,13 +2,15 @@
 
 For each prompt title and seed, :func:`generate_linked` writes a root document (``# <title>`` then
 free text, ``max_link_depth`` levels of linked documents behind it, no ``constrain_links``), and the
-root's link targets are looked up in the corpus (``corpus.has_document``: exact title, then the same
+link targets written in the root's text (``parse_links``: every ``[text](target)``, followed or
+not) are looked up in the corpus (``corpus.has_document``: exact title, then the same
 normalized title). A model that reads the documents it links to should name real ones more often.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+from craft.data.corpus import parse_links
 from craft.data.pretokenize import PretokenizedCorpus
 from craft.generation.linked.generator import generate_linked
 
@@ -28,7 +30,7 @@ def link_target_share(model, corpus: PretokenizedCorpus, titles: Sequence[str], 
     for title, seed in it:
         res = generate_linked(model, f"# {title}\n\n", corpus, max_new_tokens=max_new_tokens,
                               temperature=temperature, seed=seed, max_link_depth=max_link_depth)
-        targets = res.root_document.links
+        targets = parse_links(res.root_document.text or "")
         written += len(targets)
         found += sum(corpus.has_document(t) for t in targets)
     return {"prompts": len(runs), "links_written": written, "links_in_corpus": found,
