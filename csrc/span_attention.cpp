@@ -8,17 +8,19 @@
 // R query rows is scored against one register of keys at a time with the keys transposed (one FMA
 // per query row and head-dim element, accumulators in registers), softmax uses a branch-free exp
 // that vectorises, and P@V / the gradient scatters run over contiguous head-dim rows, a few
-// registers of columns at a time. Threads split the B*H heads (each thread owns its heads' dK/dV:
-// no atomics). GIL released. Reference: craft_kernels/attention.py.
+// registers of columns at a time. Threads claim the B*H heads one at a time (a head's dK/dV belong
+// to the thread that claimed it: no atomics on them). GIL released. Reference: craft_kernels/attention.py.
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <thread>
 #include <optional>
@@ -145,6 +147,16 @@ struct Geometry {
     i64 heads, H, T;  // heads = B * H
 };
 
+// The (batch, head) problems of one call, claimed one at a time by the threads that run it: each
+// head is computed whole by one thread (results do not depend on the thread count).
+struct HeadQueue {
+    explicit HeadQueue(i64 n) : heads(n) {}
+    const i64 heads;
+    std::atomic<i64> next{0}, done{0};
+    i64 claim() { return next.fetch_add(1, std::memory_order_relaxed); }
+    void finish() { done.fetch_add(1, std::memory_order_release); }
+};
+
 // One (batch, head) problem: row-major q/k/v (T, HD); kT/vT (HD, Tp) transposed, zero-padded; ids
 // padded with -2 up to Tp (never equal to a real id or padding's -1 check: padding rows are empty).
 template <int HD, class C>
@@ -229,13 +241,13 @@ CRAFT_INLINE void block_range(const i64* st, i64 i0, int r, i64& lo0, i64& n) {
 template <int HD, class C>
 CRAFT_INLINE void forward_heads(const float* q, const float* k, const float* v, const int32_t* ids,
                                 const i64* first, const uint8_t* pure, float scale, Geometry g, float* out, float* lse,
-                                i64 h0, i64 step) {
+                                HeadQueue& work, i64 bh0) {
     constexpr int W = C::W, R = C::R, M = C::M, MB = C::MB;
     using V = typename Vec<W>::f;
     const i64 T = g.T;
     Head<HD, C> h(T);
     std::vector<float> s(static_cast<size_t>(R * h.Tp));
-    for (i64 bh = h0; bh < g.heads; bh += step) {
+    for (i64 bh = bh0; bh < g.heads; work.finish(), bh = work.claim()) {
         const i64 b = bh / g.H, base = bh * T * HD;
         const float *qh = q + base, *vh = v + base;
         const int32_t* id = ids + b * T;
@@ -289,14 +301,14 @@ CRAFT_INLINE void forward_heads(const float* q, const float* k, const float* v, 
 template <int HD, class C>
 CRAFT_INLINE void backward_heads(const float* q, const float* k, const float* v, const float* out,
                                  const float* dout, const float* lse, const int32_t* ids, const i64* first,
-                                 const uint8_t* pure, float scale, Geometry g, float* dq, float* dk, float* dv, i64 h0,
-                                 i64 step) {
+                                 const uint8_t* pure, float scale, Geometry g, float* dq, float* dk, float* dv,
+                                 HeadQueue& work, i64 bh0) {
     constexpr int W = C::W, R = C::R, M = C::M, MB = C::MB;
     using V = typename Vec<W>::f;
     const i64 T = g.T;
     Head<HD, C> h(T);
     std::vector<float> p(static_cast<size_t>(R * h.Tp)), ds(static_cast<size_t>(R * h.Tp));
-    for (i64 bh = h0; bh < g.heads; bh += step) {
+    for (i64 bh = bh0; bh < g.heads; work.finish(), bh = work.claim()) {
         const i64 b = bh / g.H, base = bh * T * HD;
         const float *qh = q + base, *kh = k + base, *oh = out + base, *doh = dout + base;
         float *dqh = dq + base, *dkh = dk + base, *dvh = dv + base;
@@ -373,16 +385,16 @@ CRAFT_INLINE void backward_heads(const float* q, const float* k, const float* v,
     template <int HD>                                                                                     \
     ATTR void forward_##NAME(const float* q, const float* k, const float* v, const int32_t* ids,            \
                              const i64* first, const uint8_t* pure, float scale, Geometry g, float* out,     \
-                             float* lse, i64 h0, i64 step) {                                               \
-        forward_heads<HD, Cfg<ISA, HD>>(q, k, v, ids, first, pure, scale, g, out, lse, h0, step);           \
+                             float* lse, HeadQueue& work, i64 bh0) {                                       \
+        forward_heads<HD, Cfg<ISA, HD>>(q, k, v, ids, first, pure, scale, g, out, lse, work, bh0);          \
     }                                                                                                     \
     template <int HD>                                                                                     \
     ATTR void backward_##NAME(const float* q, const float* k, const float* v, const float* out,             \
                               const float* dout, const float* lse, const int32_t* ids, const i64* first,    \
                               const uint8_t* pure, float scale, Geometry g, float* dq, float* dk, float* dv, \
-                              i64 h0, i64 step) {                                                          \
-        backward_heads<HD, Cfg<ISA, HD>>(q, k, v, out, dout, lse, ids, first, pure, scale, g, dq, dk, dv, h0, \
-                                         step);                                                            \
+                              HeadQueue& work, i64 bh0) {                                                  \
+        backward_heads<HD, Cfg<ISA, HD>>(q, k, v, out, dout, lse, ids, first, pure, scale, g, dq, dk, dv, work, \
+                                         bh0);                                                             \
     }
 
 CRAFT_ISA_ENTRY(default, , Isa::Default)
@@ -417,18 +429,23 @@ Isa pick_isa() {
 
 const char* isa_name(Isa i) { return i == Isa::Avx512 ? "avx512" : (i == Isa::Avx2 ? "avx2" : "default"); }
 
+// Runs fn(queue, first claimed head) on the calling thread and n_threads - 1 helper threads, and
+// returns once every head is done. The caller never waits for a helper to start: on a busy machine a
+// new thread can wait milliseconds for a core, and with a fixed split of the heads (joined threads)
+// every call waited with it; here the caller takes the heads a late helper has not claimed. Helpers
+// are detached and call fn only holding a claimed head (the caller is then still waiting, its arrays
+// alive); one that starts after the last claim touches only the shared queue.
 template <class Fn>
 void run_threads(i64 heads, int n_threads, Fn fn) {
+    auto work = std::make_shared<HeadQueue>(heads);
     const i64 nt = std::max<i64>(1, std::min<i64>(n_threads, heads));
-    if (nt == 1) {
-        fn(0, 1);
-        return;
-    }
-    std::vector<std::thread> pool;
-    pool.reserve(static_cast<size_t>(nt - 1));
-    for (i64 t = 1; t < nt; ++t) pool.emplace_back(fn, t, nt);
-    fn(0, nt);
-    for (auto& th : pool) th.join();
+    for (i64 t = 1; t < nt; ++t)
+        std::thread([work, fn]() mutable {
+            const i64 bh = work->claim();
+            if (bh < work->heads) fn(*work, bh);
+        }).detach();
+    fn(*work, work->claim());
+    while (work->done.load(std::memory_order_acquire) < heads) std::this_thread::yield();
 }
 
 Geometry check(const F32& q, const F32& k, const F32& v, const I32& ids) {
@@ -502,7 +519,7 @@ std::vector<i64> window_starts(const I64& starts, i64 B, i64 T, std::vector<uint
     return first;
 }
 
-// Runs fn(head-dim constant, first, pure, thread, n_threads) on n_threads threads with the GIL
+// Runs fn(head-dim constant, first, pure, queue, first head) on n_threads threads with the GIL
 // released, after computing the document windows of ids (B, T), or taking the explicit ``starts``.
 template <class F>
 void run_heads(i64 hd, const int32_t* ids, const std::optional<I64>& starts, i64 B, const Geometry& g,
@@ -513,7 +530,7 @@ void run_heads(i64 hd, const int32_t* ids, const std::optional<I64>& starts, i64
         if (starts) first = window_starts(*starts, B, g.T, pure);
         py::gil_scoped_release nogil;
         if (!starts) first = first_positions(ids, B, g.T, pure);
-        run_threads(g.heads, n_threads, [&](i64 t, i64 nt) { fn(c, first.data(), pure.data(), t, nt); });
+        run_threads(g.heads, n_threads, [&](HeadQueue& work, i64 bh0) { fn(c, first.data(), pure.data(), work, bh0); });
     });
 }
 
@@ -527,13 +544,13 @@ py::tuple span_attention_forward(F32 q, F32 k, F32 v, I32 ids, float scale, int 
     const int32_t* pi = ids.data();
     float *po = out.mutable_data(), *pl = lse.mutable_data();
     const Isa isa = pick_isa();
-    run_heads(hd, pi, starts, q.shape(0), g, n_threads, [&](auto c, const i64* first, const uint8_t* pure, i64 t, i64 nt) {
+    run_heads(hd, pi, starts, q.shape(0), g, n_threads, [&](auto c, const i64* first, const uint8_t* pure, HeadQueue& work, i64 bh0) {
         constexpr int HD = decltype(c)::value;
 #if CRAFT_X86
-        if (isa == Isa::Avx512) return forward_avx512<HD>(pq, pk, pv, pi, first, pure, scale, g, po, pl, t, nt);
-        if (isa == Isa::Avx2) return forward_avx2<HD>(pq, pk, pv, pi, first, pure, scale, g, po, pl, t, nt);
+        if (isa == Isa::Avx512) return forward_avx512<HD>(pq, pk, pv, pi, first, pure, scale, g, po, pl, work, bh0);
+        if (isa == Isa::Avx2) return forward_avx2<HD>(pq, pk, pv, pi, first, pure, scale, g, po, pl, work, bh0);
 #endif
-        forward_default<HD>(pq, pk, pv, pi, first, pure, scale, g, po, pl, t, nt);
+        forward_default<HD>(pq, pk, pv, pi, first, pure, scale, g, po, pl, work, bh0);
     });
     return py::make_tuple(out, lse);
 }
@@ -552,15 +569,15 @@ py::tuple span_attention_backward(F32 q, F32 k, F32 v, F32 out, F32 dout, F32 ls
     const int32_t* pi = ids.data();
     float *pdq = dq.mutable_data(), *pdk = dk.mutable_data(), *pdv = dv.mutable_data();
     const Isa isa = pick_isa();
-    run_heads(hd, pi, starts, q.shape(0), g, n_threads, [&](auto c, const i64* first, const uint8_t* pure, i64 t, i64 nt) {
+    run_heads(hd, pi, starts, q.shape(0), g, n_threads, [&](auto c, const i64* first, const uint8_t* pure, HeadQueue& work, i64 bh0) {
         constexpr int HD = decltype(c)::value;
 #if CRAFT_X86
         if (isa == Isa::Avx512)
-            return backward_avx512<HD>(pq, pk, pv, po, pdo, pl, pi, first, pure, scale, g, pdq, pdk, pdv, t, nt);
+            return backward_avx512<HD>(pq, pk, pv, po, pdo, pl, pi, first, pure, scale, g, pdq, pdk, pdv, work, bh0);
         if (isa == Isa::Avx2)
-            return backward_avx2<HD>(pq, pk, pv, po, pdo, pl, pi, first, pure, scale, g, pdq, pdk, pdv, t, nt);
+            return backward_avx2<HD>(pq, pk, pv, po, pdo, pl, pi, first, pure, scale, g, pdq, pdk, pdv, work, bh0);
 #endif
-        backward_default<HD>(pq, pk, pv, po, pdo, pl, pi, first, pure, scale, g, pdq, pdk, pdv, t, nt);
+        backward_default<HD>(pq, pk, pv, po, pdo, pl, pi, first, pure, scale, g, pdq, pdk, pdv, work, bh0);
     });
     return py::make_tuple(dq, dk, dv);
 }
