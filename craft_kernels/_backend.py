@@ -167,10 +167,15 @@ _cache: dict | None = None
 
 
 def machine_key() -> dict:
-    """What a calibration depends on: CPU model, ISA flags, threads, torch version, and the span
-    kernel's ISA variant if CRAFT_SPAN_ISA forces one."""
+    """What a calibration depends on: CPU model, ISA flags, threads, torch version and the ISA its
+    kernels run (ATEN_CPU_CAPABILITY can hold it below the CPU's), the span kernel's revision (a
+    rebuilt, faster kernel is calibrated again) and its ISA variant if CRAFT_SPAN_ISA forces one."""
     isa = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
-    key = {"cpu": cpu_model(), "isa": isa, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    key = {"cpu": cpu_model(), "isa": isa, "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "torch_isa": torch.backends.cpu.get_cpu_capability()}
+    mod, _ = _load_extension()
+    if mod is not None:
+        key["span_kernel"] = getattr(mod, "span_attention_revision", 1)
     if os.environ.get("CRAFT_SPAN_ISA"):
         key["span_isa"] = os.environ["CRAFT_SPAN_ISA"]
     return key

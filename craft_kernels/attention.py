@@ -33,9 +33,10 @@ def _bucket(T) -> int:
 
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-# where nothing was calibrated (inside torch.compile tracing): the span kernel's vector code is
-# shaped for AVX-512; elsewhere SDPA is the safe default (read once here: tracing cannot read files)
-_SPAN_DEFAULT = "span" if "avx512f" in _backend.cpu_flags() else "sdpa"
+# where nothing was calibrated (inside torch.compile tracing): the span kernel has AVX-512 and AVX2
+# code paths (benchmarks/RESULTS.md: ahead of SDPA on both); on CPUs with neither, SDPA is the safe
+# default (read once here: tracing cannot read files)
+_SPAN_DEFAULT = "span" if "avx512f" in _backend.cpu_flags() or {"avx2", "fma"} <= _backend.cpu_flags() else "sdpa"
 
 
 def _span_key(q, docs: bool) -> str:
@@ -43,16 +44,20 @@ def _span_key(q, docs: bool) -> str:
 
 
 def _calibration_cases(hd: int, T: int, docs: bool, dtype: torch.dtype) -> dict:
-    """span vs SDPA fwd+bwd on random data of the case's shape (B=2, H=8), documents of T/4 tokens."""
+    """span vs SDPA fwd+bwd on random data of the case's shape (B=2, H=8), documents of T/4 tokens.
+    Gradients w.r.t. a fixed output gradient (no ``.sum().backward()``): only the two paths' own work
+    is timed, not small torch ops around them, which on a busy machine wait for torch's worker
+    threads to wake and would rank the paths by that wait."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 8, T, hd, generator=g).to(dtype).requires_grad_() for _ in range(3))
+    go = torch.randn(2, 8, T, hd, generator=g).to(dtype)
     ids = (torch.arange(T) // max(1, T // 4)).expand(2, T).contiguous() if docs else None
 
     def span():
-        span_attention(q, k, v, ids).sum().backward()
+        torch.autograd.grad(span_attention(q, k, v, ids), (q, k, v), go)
 
     def sdpa():
-        _sdpa(q, k, v, ids, "doc_causal" if docs else "causal", None, None).sum().backward()
+        torch.autograd.grad(_sdpa(q, k, v, ids, "doc_causal" if docs else "causal", None, None), (q, k, v), go)
 
     return {"span": span, "sdpa": sdpa}
 

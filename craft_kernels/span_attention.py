@@ -3,7 +3,9 @@
 Query ``i`` of batch row ``b`` attends the keys ``j <= i`` with ``doc_ids[b, j] == doc_ids[b, i]``
 (``doc_ids == -1``: padding, an output row of zeros; ids below -1 raise), i.e. ``doc_attention(kind='doc_causal')``; no
 ``doc_ids`` means plain causal attention. fp32 math whatever the input dtype (fp16/bf16 are
-computed in fp32 and cast back). Head dims 16, 32, 64 and 128.
+computed in fp32 and cast back). Head dims 16, 32, 64 and 128. The kernel is compiled for AVX-512,
+AVX2 and a portable default, each over vectors of its own register width; the CPU's best runs
+(``CRAFT_SPAN_ISA=avx512|avx2|default`` forces one, ``_C.span_attention_isa()`` names it).
 
 Why: SDPA's CPU flash kernel issues one small GEMM per block with K = head_dim, which is slow at
 the head dims of small models. Measured fwd+bwd at B=64, H=8, T=256, head_dim 16 on the 2-core dev

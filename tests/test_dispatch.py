@@ -75,7 +75,8 @@ def test_calibration_ranks_by_the_fastest_round():
 def test_cache_key_names_machine_and_torch_version(fresh):
     key = _backend.machine_key()
     assert _backend.cache_path(key) == _backend.cache_path()
-    for field, other in (("torch", "0.0.1"), ("cpu", "another CPU"), ("threads", key["threads"] + 7)):
+    for field, other in (("torch", "0.0.1"), ("cpu", "another CPU"), ("threads", key["threads"] + 7),
+                         ("torch_isa", "DEFAULT"), ("span_kernel", -1)):
         assert _backend.cache_path(dict(key, **{field: other})) != _backend.cache_path(key)
     # a cache written for another torch version is not read
     alien = _backend.cache_path(dict(key, torch="0.0.1"))

@@ -1,14 +1,45 @@
 """The C++ span-attention kernel (CPU) against a float64 plain-PyTorch reference, forward and
 backward: head dims 16..128, odd lengths, documents with padding, documents that resume after
 another one, grouped-query heads, non-contiguous views, empty batches, fp16/bf16 inputs; its
-routing from doc_attention and the model; torch.compile and opcheck."""
+routing from doc_attention and the model; torch.compile and opcheck. Every check runs each ISA
+variant of the kernel this CPU has (AVX-512, AVX2, the portable default) against the same reference."""
+import contextlib
+import os
+
 import pytest
 import torch
 
 from craft_kernels import doc_attention, doc_dense_mask
 import craft_kernels as ck
+from craft_kernels._backend import cpu_flags
+from craft_kernels.native._dispatch import ext
 from craft_kernels.span_attention import span_attention
 from test_attention import reference_attention
+
+
+@contextlib.contextmanager
+def span_isa(isa: str):
+    """Run the kernel's ``isa`` variant inside the block (CRAFT_SPAN_ISA, read by the kernel per call)."""
+    before = os.environ.get("CRAFT_SPAN_ISA")
+    os.environ["CRAFT_SPAN_ISA"] = isa
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["CRAFT_SPAN_ISA"]
+        else:
+            os.environ["CRAFT_SPAN_ISA"] = before
+
+
+def _runs_here(isa: str) -> bool:
+    with span_isa(isa):
+        try:
+            return ext().span_attention_isa() == isa
+        except ValueError:  # the CPU lacks it
+            return False
+
+
+ISAS = [isa for isa in ("avx512", "avx2", "default") if _runs_here(isa)]
 
 # fp32 kernel math (accumulation over <= 128 keys): outputs and gradients within 2e-5 of float64
 TOL = {torch.float32: dict(rtol=1e-4, atol=2e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
@@ -41,18 +72,29 @@ def _check(B, H, Hkv, T, hd, pattern, dtype=torch.float32, transpose=False, seed
         v = torch.randn(B, Hkv, T, hd, generator=g).to(dtype)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     ids = _ids(B, T, pattern)
-    out = span_attention(q, k, v, ids)
-    assert out.dtype == dtype and out.shape == (B, H, T, hd)
     mask = doc_dense_mask(torch.zeros(B, T, dtype=torch.long) if ids is None else ids, "doc_causal")
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))  # the same (rounded) inputs
     ref = reference_attention(q64, k64, v64, mask)
-    go = torch.randn(out.shape, generator=g).to(dtype)
-    grads = torch.autograd.grad(out, (q, k, v), go)
+    go = torch.randn(B, H, T, hd, generator=g).to(dtype)
     ref_grads = torch.autograd.grad(ref, (q64, k64, v64), go.double())
     tol = TOL[dtype]
-    torch.testing.assert_close(out.double(), ref, **tol)
-    for name, a, b in zip("qkv", grads, ref_grads):
-        torch.testing.assert_close(a.double(), b, **tol, msg=lambda m: f"d{name}: {m}")
+    for isa in ISAS:  # each ISA variant against the same reference
+        with span_isa(isa):
+            out = span_attention(q, k, v, ids)
+            grads = torch.autograd.grad(out, (q, k, v), go)
+        assert out.dtype == dtype and out.shape == (B, H, T, hd)
+        torch.testing.assert_close(out.double(), ref, **tol, msg=lambda m: f"{isa} out: {m}")
+        for name, a, b in zip("qkv", grads, ref_grads):
+            torch.testing.assert_close(a.double(), b, **tol, msg=lambda m: f"{isa} d{name}: {m}")
+
+
+def test_every_isa_variant_of_this_cpu_is_checked():
+    """The checks below run the AVX2 code path wherever the CPU has AVX2 (and AVX-512 where it has
+    it), not only the CPU's best variant."""
+    flags = cpu_flags()
+    assert "default" in ISAS
+    assert ("avx2" in ISAS) == ({"avx2", "fma"} <= flags)
+    assert ("avx512" in ISAS) == ({"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags)
 
 
 @pytest.mark.parametrize("hd", [16, 32, 64, 128])

@@ -1,11 +1,12 @@
 """The C++ span-attention kernel at the lengths training uses it at (T up to 2048) against float64
 SDPA with a document mask, forward and backward, and bitwise the same on 1 and 2 threads (the
-kernel splits (batch, head) pairs between torch's intra-op threads)."""
+kernel splits (batch, head) pairs between torch's intra-op threads), for each ISA variant the CPU has."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import craft_kernels as ck
+from test_span_attention import ISAS, span_isa
 
 # fp32 accumulation over up to 2048 keys; inputs rounded to fp32 first, so only the kernel's math differs
 TOL = dict(rtol=2e-4, atol=5e-5)
@@ -62,15 +63,16 @@ def test_long_rows_match_float64_sdpa_and_do_not_depend_on_threads(T, hd):
     ids = _doc_ids(T, seed=T)
     go = torch.randn(1, H, T, hd, generator=g)
 
-    out1, grads1 = _run(q, k, v, ids, go, threads=1)
-    out2, grads2 = _run(q, k, v, ids, go, threads=2)
-    assert torch.equal(out1, out2)
-    for a, b in zip(grads1, grads2):
-        assert torch.equal(a, b)
-
     ref, leaves = _reference(q, k, v, ids)
     ref_grads = torch.autograd.grad(ref, leaves, go.double())
-    torch.testing.assert_close(out1.double(), ref, **TOL)
-    for name, a, b in zip("qkv", grads1, ref_grads):
-        torch.testing.assert_close(a.double(), b, **TOL, msg=lambda m: f"d{name}: {m}")
-    assert (out1[0, :, -9:] == 0).all()  # padding rows
+    for isa in ISAS:  # each ISA variant of the kernel this CPU has
+        with span_isa(isa):
+            out1, grads1 = _run(q, k, v, ids, go, threads=1)
+            out2, grads2 = _run(q, k, v, ids, go, threads=2)
+        assert torch.equal(out1, out2), isa
+        for a, b in zip(grads1, grads2):
+            assert torch.equal(a, b), isa
+        torch.testing.assert_close(out1.double(), ref, **TOL, msg=lambda m: f"{isa} out: {m}")
+        for name, a, b in zip("qkv", grads1, ref_grads):
+            torch.testing.assert_close(a.double(), b, **TOL, msg=lambda m: f"{isa} d{name}: {m}")
+        assert (out1[0, :, -9:] == 0).all()  # padding rows
