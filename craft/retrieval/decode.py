@@ -45,10 +45,15 @@ class BeamTimer:
 
 @torch.no_grad()
 def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, beams: int = 20,
-                timer: BeamTimer | None = None, constrain=None,
-                exclude_history: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                timer: BeamTimer | None = None, constrain=None, exclude_history: bool = True,
+                return_bound: bool = False):
     """Top ``beams`` items per user: (items (B, beams) int64 best first, -1 where fewer exist;
     log-probabilities (B, beams) float32, -inf for those).
+
+    ``return_bound``: also return bound (B,) float32, the highest log-probability any item outside
+    the returned beams can have: the best candidate a top-k cut dropped, over every level (a
+    prefix's summed log-probability bounds every item below it, each level adding a term <= 0).
+    Items scoring above it are all returned, in exact order (:func:`certified_top`).
 
     ``exclude_history``: the user's history items are never returned, as the baselines exclude them:
     at every level a code is set to -inf when all the catalog items below it are history items, so
@@ -67,6 +72,7 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
     states = trie.root_states(B)
     prefixes = np.zeros((B, 0), dtype=np.int64)
     w = 1
+    bound = torch.full((B,), float("-inf"))
     t_model = time.perf_counter() - t0
     t0 = time.perf_counter()
     if exclude_history:
@@ -86,7 +92,12 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
         K = logp.shape[1]
         cand = (scores.view(B * w, 1) + logp).view(B, w * K)
         new_w = min(beams, w * K)
-        top, idx = cand.topk(new_w, dim=1)
+        if return_bound and new_w < w * K:
+            top, idx = cand.topk(new_w + 1, dim=1)
+            bound = torch.maximum(bound, top[:, new_w])
+            top, idx = top[:, :new_w].contiguous(), idx[:, :new_w].contiguous()
+        else:
+            top, idx = cand.topk(new_w, dim=1)
         parent = idx // K
         code = (idx % K).view(-1)
         rows = (torch.arange(B)[:, None] * w + parent).view(-1)
@@ -113,7 +124,7 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
     if timer is not None:
         timer.model += t_model
         timer.constraint += t_con
-    return items, sc
+    return (items, sc, bound.numpy()) if return_bound else (items, sc)
 
 
 def _history_branches(trie: Trie, codes_t: torch.Tensor, history: np.ndarray):
@@ -193,6 +204,40 @@ def exact_scores(model, codes_t: torch.Tensor, history: np.ndarray, n_items: int
     if exclude_history:
         np.put_along_axis(out, np.asarray(history, dtype=np.int64), -np.inf, 1)  # column 0 (padding) included
     return out
+
+
+def certified_top(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, k: int = 10,
+                  widths=(100, 300, 1000), rows: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact top ``k`` of full-catalog scoring (:func:`exact_scores`, history excluded) without
+    scoring every item: beam search of width ``widths[0]`` with its bound (:func:`beam_search`);
+    a user's top k is certified when the bound is below its k-th score (no item outside the beams
+    can reach it), else the next width, and the users left after the last width are scored
+    exactly. Returns (items (B, k) int64, log-probs (B, k) float32, how (B,) int: the index of the
+    width that certified the user, ``len(widths)`` for full scoring). ``rows``: beams per batch."""
+    if min(widths) < k:
+        raise ValueError(f"widths: each must be at least k={k} (the beam returns the top k), got {tuple(widths)}")
+    B = len(history)
+    items = np.full((B, k), -1, dtype=np.int64)
+    lp = np.full((B, k), -np.inf, dtype=np.float32)
+    how = np.full(B, len(widths), dtype=np.int64)
+    todo = np.arange(B)
+    for wi, w in enumerate(widths):
+        done = []
+        for i in range(0, len(todo), max(1, rows // w)):
+            sel = todo[i:i + max(1, rows // w)]
+            it, sc, bound = beam_search(model, trie, codes_t, history[sel], w, return_bound=True)
+            ok = bound < sc[:, k - 1]
+            ok |= np.isneginf(bound) & np.isneginf(sc[:, k - 1])  # fewer than k eligible items, all found
+            items[sel[ok]], lp[sel[ok]], how[sel[ok]] = it[ok, :k], sc[ok, :k], wi
+            done.append(sel[ok])
+        todo = np.setdiff1d(todo, np.concatenate(done) if done else todo[:0])
+    for i in range(0, len(todo), 8):
+        sel = todo[i:i + 8]
+        sc = torch.from_numpy(exact_scores(model, codes_t, history[sel], len(codes_t) - 1))
+        top = sc.topk(k, dim=1)
+        lp[sel] = top.values.numpy()
+        items[sel] = np.where(torch.isfinite(top.values).numpy(), top.indices.numpy(), -1)
+    return items, lp, how
 
 
 def hybrid_rank(cand: np.ndarray, logp: np.ndarray, heur: np.ndarray, alpha: float, k: int = 10) -> np.ndarray:
