@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from craft.data.recsys import leave_one_out, training_windows
-from craft.retrieval.decode import beam_search, build_trie, exact_scores, history_codes, hybrid_rank
-from craft.retrieval.evaluate import evaluate, invalid_rate
+from craft.data.recsys import Examples, leave_one_out, training_windows
+from craft.retrieval.decode import beam_search, build_trie, certified_top, exact_scores, history_codes, hybrid_rank
+from craft.retrieval.evaluate import by_history_length, decode_split, evaluate, invalid_rate
 from craft.retrieval.model import Tiger, TigerConfig
 from craft.retrieval.semantic_ids import (add_collision_code, attribute_embeddings, cf_embeddings, kmeans,
                                           quality_report, residual_kmeans, rqvae)
@@ -135,6 +135,52 @@ def test_beam_pads_when_catalog_is_smaller_than_beam():
     items, lp = beam_search(model, build_trie(codes), torch.from_numpy(codes), np.array([[0, 0, 0, 0, 1, 2]]), beams=10)
     assert sorted(items[0, :4].tolist()) == [3, 4, 5, 6] and (items[0, 4:] == -1).all()  # history 1, 2 excluded
     assert np.isneginf(lp[0, 4:]).all()
+
+
+def test_decode_split_batches_by_length_and_returns_users_in_order():
+    # batches are formed by history length; every user's beams must come back in its own row,
+    # equal to decoding all users in one batch in their own order
+    codes = _random_codes(40, 3, 4, seed=5)
+    model = Tiger(_small(codes)).eval()
+    ct, trie = torch.from_numpy(codes), build_trie(codes)
+    rng = np.random.default_rng(6)
+    hist = np.zeros((9, 6), dtype=np.int64)
+    for u, n in enumerate([5, 1, 3, 6, 2, 4, 1, 6, 3]):
+        hist[u, 6 - n:] = rng.choice(np.arange(1, 41), n, replace=False)
+    assert by_history_length(hist).tolist() == [1, 6, 4, 2, 8, 5, 0, 3, 7]
+    ex = Examples(hist, np.ones(9, dtype=np.int64), np.arange(9))
+    items, lp, _, _ = decode_split(model, trie, ct, ex, beams=12, batch_users=4)
+    ref_items, ref_lp = beam_search(model, trie, ct, hist, beams=12)
+    assert items.tolist() == ref_items.tolist()
+    np.testing.assert_allclose(lp, ref_lp, atol=1e-5)
+    assert invalid_rate(items[:, :10], 40, hist) == 0.0
+
+
+def test_beam_bound_and_certified_top_equal_full_scoring():
+    codes = _random_codes(60, 3, 4, seed=7)
+    model = Tiger(_small(codes)).eval()
+    with torch.no_grad():  # peaked levels, as a trained model's, so that narrow beams can be certified
+        for head in model.heads:
+            head.weight.mul_(300)
+    ct, trie = torch.from_numpy(codes), build_trie(codes)
+    rng = np.random.default_rng(8)
+    hist = np.zeros((12, 6), dtype=np.int64)
+    for u in range(12):
+        n = int(rng.integers(1, 7))
+        hist[u, 6 - n:] = rng.choice(np.arange(1, 61), n, replace=False)
+    ex = exact_scores(model, ct, hist, 60, chunk_rows=64)
+    # the bound: no item left out of a narrow beam scores above it
+    items, lp, bound = beam_search(model, trie, ct, hist, beams=6, return_bound=True)
+    for u in range(12):
+        out = np.setdiff1d(np.flatnonzero(np.isfinite(ex[u])), items[u])
+        assert ex[u, out].max() <= bound[u] + 1e-5
+    # users certified by the first width, the second, or scored in full: the exact top 5 either way
+    ref = torch.from_numpy(ex).topk(5, dim=1)
+    for widths, paths in (((10, 30), {0, 1}), ((6, 12), {1, 2})):
+        top, tlp, how = certified_top(model, trie, ct, hist, k=5, widths=widths)
+        assert set(how.tolist()) == paths
+        assert top.tolist() == ref.indices.tolist()
+        np.testing.assert_allclose(tlp, ref.values.numpy(), rtol=1e-6, atol=1e-5)
 
 
 def test_decode_step_matches_teacher_forcing():

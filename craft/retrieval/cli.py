@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     e.add_argument("--alpha-users", type=int, default=4000,
                    help="validation users (a seeded random sample) the hybrid's weight is chosen on (default 4000)")
     e.add_argument("--exact-users", type=int, default=0,
-                   help="also score every item exactly for the first N users (the beam-search oracle; slow)")
+                   help="also find the exact top 10 of full-catalog scoring for the first N users (the beam-search oracle)")
     e.add_argument("--data", help="interactions file (default: the one the run was trained on)")
     e.add_argument("--threads", type=int)
     e.add_argument("--json", action="store_true", help="print one JSON object")

@@ -45,10 +45,15 @@ class BeamTimer:
 
 @torch.no_grad()
 def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, beams: int = 20,
-                timer: BeamTimer | None = None, constrain=None,
-                exclude_history: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                timer: BeamTimer | None = None, constrain=None, exclude_history: bool = True,
+                return_bound: bool = False):
     """Top ``beams`` items per user: (items (B, beams) int64 best first, -1 where fewer exist;
     log-probabilities (B, beams) float32, -inf for those).
+
+    ``return_bound``: also return bound (B,) float32, the highest log-probability any item outside
+    the returned beams can have: the best candidate a top-k cut dropped, over every level (a
+    prefix's summed log-probability bounds every item below it, each level adding a term <= 0).
+    Items scoring above it are all returned, in exact order (:func:`certified_top`).
 
     ``exclude_history``: the user's history items are never returned, as the baselines exclude them:
     at every level a code is set to -inf when all the catalog items below it are history items, so
@@ -67,10 +72,11 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
     states = trie.root_states(B)
     prefixes = np.zeros((B, 0), dtype=np.int64)
     w = 1
+    bound = torch.full((B,), float("-inf"))
     t_model = time.perf_counter() - t0
     t0 = time.perf_counter()
     if exclude_history:
-        hc, dead = _dead_history_prefixes(codes_t, history)
+        branches = _history_branches(trie, codes_t, history)
     t_con = time.perf_counter() - t0
     for level in range(L):
         t0 = time.perf_counter()
@@ -81,12 +87,17 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
         else:
             constrain(logp, prefixes, level)
         if exclude_history:
-            _mask_history(logp, prefixes, hc, dead, level, w)
+            _mask_history(logp, states, branches, level, w)
         t2 = time.perf_counter()
         K = logp.shape[1]
         cand = (scores.view(B * w, 1) + logp).view(B, w * K)
         new_w = min(beams, w * K)
-        top, idx = cand.topk(new_w, dim=1)
+        if return_bound and new_w < w * K:
+            top, idx = cand.topk(new_w + 1, dim=1)
+            bound = torch.maximum(bound, top[:, new_w])
+            top, idx = top[:, :new_w].contiguous(), idx[:, :new_w].contiguous()
+        else:
+            top, idx = cand.topk(new_w, dim=1)
         parent = idx // K
         code = (idx % K).view(-1)
         rows = (torch.arange(B)[:, None] * w + parent).view(-1)
@@ -95,7 +106,7 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
         states = trie.advance(states[rows.numpy()], code.numpy())
         states[~torch.isfinite(top).view(-1).numpy()] = -1
         t4 = time.perf_counter()
-        if constrain is not None or exclude_history:
+        if constrain is not None:
             prefixes = np.concatenate([prefixes[rows.numpy()], code.numpy()[:, None]], 1)
         scores, w = top, new_w
         tokens = code + model.offsets[level]
@@ -113,51 +124,52 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
     if timer is not None:
         timer.model += t_model
         timer.constraint += t_con
-    return items, sc
+    return (items, sc, bound.numpy()) if return_bound else (items, sc)
 
 
-def _dead_history_prefixes(codes_t: torch.Tensor, history: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(history codes (B, H, L), dead (B, H, L) bool): ``dead[b, h, l]`` when every catalog item
-    whose ID starts with the first l + 1 codes of history item h is in user b's history, so a beam
-    must not take that branch (at the last level: the item itself)."""
-    codes = codes_t.numpy()[1:]
-    sizes = codes.max(0) + 1
+def _history_branches(trie: Trie, codes_t: torch.Tensor, history: np.ndarray):
+    """Where beams must not go for each user: (parent (B, H, L) int64, code (B, H, L) int64, dead
+    (B, H, L) bool). ``parent[b, h, l]`` is the trie node (depth l) of the first l codes of history
+    item h and ``code[b, h, l]`` its next code; ``dead[b, h, l]`` when every catalog item below
+    that child is in user b's history, so a beam at node ``parent`` must not take ``code`` (at the
+    last level: the item itself). Padding and repeated history items are never dead.
+
+    Nodes are numbered in DFS pre-order, so a subtree's catalog items are one slice of the trie's
+    items and the history items below a node are those whose node at that depth is the same."""
     h = np.asarray(history, dtype=np.int64)
+    B, H = h.shape
+    L = codes_t.shape[1]
     first = np.ones(h.shape, dtype=bool)  # count each distinct history item once
-    srt = np.sort(h, 1)
-    if h.shape[1] > 1:
+    if H > 1:
+        srt = np.sort(h, 1)
         dup_sorted = np.zeros(h.shape, dtype=bool)
         dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
         first = ~np.take_along_axis(dup_sorted, np.argsort(np.argsort(h, 1, kind="stable"), 1), 1)
     valid = (h > 0) & first
-    hc = codes_t[torch.from_numpy(h)]  # (B, H, L), padding -> -1 rows
-    hcn = hc.numpy()
-    dead = np.zeros(hcn.shape, dtype=bool)
-    key_cat = np.zeros(len(codes), dtype=np.int64)
-    key_h = np.zeros(h.shape, dtype=np.int64)
-    for lvl in range(codes.shape[1]):
-        key_cat = key_cat * int(sizes[lvl]) + codes[:, lvl]
-        key_h = key_h * int(sizes[lvl]) + np.maximum(hcn[..., lvl], 0)
-        uniq, counts = np.unique(key_cat, return_counts=True)
-        n_cat = counts[np.clip(np.searchsorted(uniq, key_h), 0, len(uniq) - 1)]
-        n_hist = ((key_h[:, :, None] == key_h[:, None, :]) & valid[:, None, :]).sum(-1)
-        dead[..., lvl] = valid & (n_hist >= n_cat)
-    return hc, torch.from_numpy(dead)
+    code = np.maximum(codes_t.numpy()[h], 0)  # (B, H, L), padding -> code 0 (never dead)
+    flat = code.reshape(B * H, L)
+    nodes = np.zeros((B, H, L + 1), dtype=np.int64)
+    for lvl in range(1, L + 1):
+        nodes[..., lvl] = trie.walk(flat[:, :lvl])[0].reshape(B, H)
+    io, se = np.asarray(trie.item_offsets), np.asarray(trie.subtree_end)
+    below = nodes[..., 1:]
+    n_cat = io[se[below]] - io[below]  # catalog items under each child
+    n_hist = ((below[:, :, None, :] == below[:, None, :, :]) & valid[:, None, :, None]).sum(2)
+    return nodes[..., :L], code, valid[..., None] & (n_hist >= n_cat)
 
 
-def _mask_history(logp: torch.Tensor, prefixes: np.ndarray, hc: torch.Tensor, dead: torch.Tensor, level: int,
-                  w: int) -> None:
-    """logp (B*w, K) at ``level``: -inf on each code that leads into a dead history branch
-    (:func:`_dead_history_prefixes`) from the row's prefix (in place)."""
-    B = hc.shape[0]
-    match = dead[:, None, :, level].expand(B, w, -1)  # (B, w, H)
-    if level:
-        pre = torch.from_numpy(prefixes).view(B, w, 1, level)
-        match = match & (pre == hc[:, None, :, :level]).all(-1)
-    if match.any():
-        hit = torch.zeros(B, w, logp.shape[1])
-        hit.scatter_add_(2, hc[:, None, :, level].clamp_min(0).expand(B, w, -1), match.float())
-        logp.view(B, w, -1).masked_fill_(hit > 0, float("-inf"))
+def _mask_history(logp: torch.Tensor, states: np.ndarray, branches, level: int, w: int) -> None:
+    """logp (B*w, K) at ``level``, states (B*w,) the rows' trie nodes: -inf on each code that leads
+    into a dead history branch (:func:`_history_branches`) from the row's node (in place)."""
+    parent, code, dead = branches
+    bi, hi = np.nonzero(dead[:, :, level])
+    if not len(bi):
+        return
+    hit = states.reshape(-1, w)[bi] == parent[bi, hi, level][:, None]  # (dead branches, w)
+    k, j = np.nonzero(hit)
+    if len(k):
+        rows = torch.from_numpy(bi[k] * w + j)
+        logp[rows, torch.from_numpy(code[bi[k], hi[k], level])] = float("-inf")
 
 
 @torch.no_grad()
@@ -192,6 +204,40 @@ def exact_scores(model, codes_t: torch.Tensor, history: np.ndarray, n_items: int
     if exclude_history:
         np.put_along_axis(out, np.asarray(history, dtype=np.int64), -np.inf, 1)  # column 0 (padding) included
     return out
+
+
+def certified_top(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, k: int = 10,
+                  widths=(100, 300, 1000), rows: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact top ``k`` of full-catalog scoring (:func:`exact_scores`, history excluded) without
+    scoring every item: beam search of width ``widths[0]`` with its bound (:func:`beam_search`);
+    a user's top k is certified when the bound is below its k-th score (no item outside the beams
+    can reach it), else the next width, and the users left after the last width are scored
+    exactly. Returns (items (B, k) int64, log-probs (B, k) float32, how (B,) int: the index of the
+    width that certified the user, ``len(widths)`` for full scoring). ``rows``: beams per batch."""
+    if min(widths) < k:
+        raise ValueError(f"widths: each must be at least k={k} (the beam returns the top k), got {tuple(widths)}")
+    B = len(history)
+    items = np.full((B, k), -1, dtype=np.int64)
+    lp = np.full((B, k), -np.inf, dtype=np.float32)
+    how = np.full(B, len(widths), dtype=np.int64)
+    todo = np.arange(B)
+    for wi, w in enumerate(widths):
+        done = []
+        for i in range(0, len(todo), max(1, rows // w)):
+            sel = todo[i:i + max(1, rows // w)]
+            it, sc, bound = beam_search(model, trie, codes_t, history[sel], w, return_bound=True)
+            ok = bound < sc[:, k - 1]
+            ok |= np.isneginf(bound) & np.isneginf(sc[:, k - 1])  # fewer than k eligible items, all found
+            items[sel[ok]], lp[sel[ok]], how[sel[ok]] = it[ok, :k], sc[ok, :k], wi
+            done.append(sel[ok])
+        todo = np.setdiff1d(todo, np.concatenate(done) if done else todo[:0])
+    for i in range(0, len(todo), 8):
+        sel = todo[i:i + 8]
+        sc = torch.from_numpy(exact_scores(model, codes_t, history[sel], len(codes_t) - 1))
+        top = sc.topk(k, dim=1)
+        lp[sel] = top.values.numpy()
+        items[sel] = np.where(torch.isfinite(top.values).numpy(), top.indices.numpy(), -1)
+    return items, lp, how
 
 
 def hybrid_rank(cand: np.ndarray, logp: np.ndarray, heur: np.ndarray, alpha: float, k: int = 10) -> np.ndarray:

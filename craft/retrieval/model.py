@@ -264,22 +264,32 @@ class Tiger(nn.Module):
         decoder layer a list [k, v] of the earlier positions (B*beams, heads, level, hd) or None,
         extended in place. Memory k/v (B, heads, S, hd) and mem_bias (B, layers, heads, 1, S) are
         shared by a user's beams (no copy: the beams are extra query rows). Returns logits
-        (B*beams, K_level) fp32."""
+        (B*beams, K_level) fp32.
+
+        Attention is written out (scores, softmax, weighted sum) rather than through
+        ``scaled_dot_product_attention``: with one query per row over <= L cached keys, or a user's
+        beams over its S memory tokens, the fused kernel's per-(row, head) setup costs more than the
+        arithmetic; the result is the same attention (tested against :meth:`decode_full`)."""
         N = token.shape[0]
         B = N // beams
         x = self.dec_emb(token)[:, None] + self.dec_pos.weight[level]
         for i, (layer, (mk, mv)) in enumerate(zip(self.decoder, memory)):
             h = layer.self_norm(x)
-            k, v = layer.self_attn.keys_values(h)
+            a = layer.self_attn
+            k, v = a.keys_values(h)  # (N, heads, 1, hd)
             if cache[i] is not None:
                 k = torch.cat([cache[i][0], k], dim=2)
                 v = torch.cat([cache[i][1], v], dim=2)
             cache[i] = [k, v]
-            x = x + layer.self_attn(h, k, v)
+            q = a.q(h).view(N, a.h, 1, a.hd)
+            p = torch.softmax((q * k).sum(-1) * a.hd ** -0.5, dim=-1)  # (N, heads, T)
+            y = (p[..., None] * v).sum(2)  # (N, heads, hd)
+            x = x + a.o(y.view(N, 1, -1))
             hq = layer.cross_norm(x).view(B, beams, -1)  # beams of a user as query rows
             a = layer.cross_attn
-            q = a.q(hq).view(B, beams, a.h, a.hd).transpose(1, 2)
-            y = F.scaled_dot_product_attention(q, mk, mv, attn_mask=mem_bias[:, i])
+            q = a.q(hq).view(B, beams, a.h, a.hd).transpose(1, 2)  # (B, heads, beams, hd)
+            s = torch.matmul(q, mk.transpose(-1, -2)).mul_(a.hd ** -0.5).add_(mem_bias[:, i])
+            y = torch.matmul(torch.softmax(s, dim=-1), mv)  # (B, heads, beams, hd)
             x = x + a.o(y.transpose(1, 2).reshape(N, 1, -1))
             x = x + layer.mlp(layer.mlp_norm(x))
         return self.heads[level](self.dec_norm(x[:, 0])).float()
