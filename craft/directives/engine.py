@@ -31,8 +31,8 @@ Neural Turing Machine's location addressing without content addressing. One step
 
 Gates come from ``[z, instruction]``. Every operation is local (a shift by one item, the two ends),
 so a step does the same thing on 3 items or 30, and the feedback is bounded: "nothing left to
-read" looks the same for any input size. The initial biases make the head move (about 0.95) in no
-preferred direction (backward 0.5) and rarely jump (0.02).
+read" looks the same for any input size. The initial biases make the default a forward scan (move
+about 0.95, backward and jump about 0.02).
 
 Rows whose instruction is masked keep their state. ``forward`` runs the steps over a finished
 directive; the decoder instead calls :meth:`start` / :meth:`step` inside its loop (feedback mode)
@@ -97,9 +97,10 @@ class TransformEngine(nn.Module):
         self.score_item = nn.Linear(dim, 1)  # lookahead score: item part
         self.score_state = nn.Linear(dim, 1, bias=False)  # lookahead score: state part
         with torch.no_grad():
-            # direction undecided (0.5): a command that needs the backward scan (reverse) is not
-            # first trained to ignore what a forward scan reads, a minimum it did not leave
-            self.gates.bias.copy_(torch.tensor([-4.0, 3.0, 0.0, 0.0, 0.0]))
+            # a forward scan by default. Tried: direction undecided (backward 0.5) so that reverse is
+            # not first trained to ignore what a forward scan reads; every command's reads then stayed
+            # blurred for longer (benchmarks/RESULTS.md, directives, counts)
+            self.gates.bias.copy_(torch.tensor([-4.0, 3.0, -4.0, 0.0, 0.0]))
             self.score_item.bias.fill_(3.0)  # start by counting every item
 
     @property
