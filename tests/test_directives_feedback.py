@@ -9,14 +9,13 @@ from craft.directives.train import DirectiveModel, RunConfig
 
 
 def _scan_engine(D=8, reverse=False):
-    """Gates fixed by their biases: a hard scan (backwards from a jump to the last item when
-    ``reverse``), the register copying each read."""
+    """Gates fixed by their biases: a hard scan (backwards when ``reverse``), the register copying
+    each read."""
     torch.manual_seed(0)
     eng = TransformEngine(D)
-    s = 30.0 if reverse else -30.0
     with torch.no_grad():
         eng.gates.weight.zero_()
-        eng.gates.bias.copy_(torch.tensor([s, -s, 30.0, s, -30.0, 30.0]))
+        eng.gates.bias.copy_(torch.tensor([-30.0, 30.0, 30.0 if reverse else -30.0, -30.0, 30.0]))
         eng.null_value.fill_(7.0)
     return eng
 
@@ -29,25 +28,65 @@ def _prefix_context(B, N, D, lengths, seed=0):
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_tape_head_scans_items_in_order_then_reads_null(reverse):
+    """A backward scan needs only the direction gate: from the start cell it enters at the last item."""
     D, lengths = 8, [3, 5, 1, 0]
     eng = _scan_engine(D, reverse)
+    with torch.no_grad():  # count every item
+        eng.score_item.weight.zero_(), eng.score_item.bias.fill_(30.0), eng.score_state.weight.zero_()
     ctx, mask = _prefix_context(4, 5, D, lengths)
     mem, st = eng.start(ctx, mask)
     values = eng.value(ctx)
     x = torch.zeros(4, D)
     for t in range(7):
-        if reverse and t > 0:  # jump only once, at the start
-            with torch.no_grad():
-                eng.gates.bias[0] = -30.0
         st, res, fb = eng.step(mem, st, x)
         read = fb[:, D:2 * D]
         for b, n in enumerate(lengths):
             want = values[b, (n - 1 - t) if reverse else t] if t < n else eng.null_value
             torch.testing.assert_close(read[b], want, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(res[b] - eng.result(torch.cat([st.z[b], read[b]])), want, atol=1e-5, rtol=1e-5)
-            assert float(fb[b, 2 * D + 1].detach()) == pytest.approx(float(t + 1 >= n), abs=1e-5)  # end after the move
-            assert float(fb[b, 2 * D + 2].detach()) == pytest.approx(float(t + 2 == n), abs=1e-5)  # one item left
+            assert float(fb[b, 2 * D].detach()) == pytest.approx(float(t >= n), abs=1e-5)  # nothing left to read
+            left, done = (min(n - 1 - t, 3), min(t, 3)) if t < n else (0, 0)
+            ahead, behind = (done, left) if reverse else (left, done)
+            assert float(fb[b, 2 * D + 1].detach()) == pytest.approx(ahead, abs=1e-4)
+            assert float(fb[b, 2 * D + 2].detach()) == pytest.approx(behind, abs=1e-4)
         torch.testing.assert_close(st.head.sum(1), torch.ones(4))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lookahead_counts_the_scored_items_left_to_read(reverse):
+    """``ahead`` / ``behind`` (the last two feedback columns) = the scored items the scan has not read
+    yet in each direction, clamped at 3; the score here keeps the items whose first value coordinate
+    is positive (as keep-positive-keys needs, to halt at its last output)."""
+    D, lengths = 8, [3, 6, 1, 0, 5]
+    eng = _scan_engine(D, reverse)
+    ctx, mask = _prefix_context(5, 6, D, lengths, seed=3)
+    mem, st = eng.start(ctx, mask)
+    vals = mem.values.detach()
+    with torch.no_grad():  # a hard score: the item counts when its value's coordinate 0 is positive
+        eng.score_state.weight.zero_()
+        mem = mem._replace(score=1e4 * vals[..., 0])
+    x = torch.zeros(5, D)
+    for t in range(7):
+        st, res, fb = eng.step(mem, st, x)
+        col = -1 if reverse else -2
+        for b, n in enumerate(lengths):
+            left = range(0, n - 1 - t) if reverse else range(t + 1, n)
+            want = min(sum(float(vals[b, i, 0]) > 0 for i in left), 3)
+            assert float(fb[b, col].detach()) == pytest.approx(want, abs=1e-4), (b, t)
+
+
+def test_jump_begins_the_scan_again():
+    D, n = 8, 4
+    eng = _scan_engine(D)
+    ctx, mask = _prefix_context(1, n, D, [n])
+    mem, st = eng.start(ctx, mask)
+    values = eng.value(ctx)
+    for t in range(3):
+        st, _, fb = eng.step(mem, st, torch.zeros(1, D))
+    with torch.no_grad():
+        eng.gates.bias[0] = 30.0  # jump, then move: the first item again
+    st, _, fb = eng.step(mem, st, torch.zeros(1, D))
+    torch.testing.assert_close(fb[0, D:2 * D], values[0, 0], atol=1e-5, rtol=1e-5)
 
 
 def test_tape_head_mass_is_conserved_and_inactive_rows_keep_state():
@@ -62,7 +101,7 @@ def test_tape_head_mass_is_conserved_and_inactive_rows_keep_state():
         active = torch.rand(16) > 0.3
         new, res, fb = eng.step(mem, st, torch.randn(16, D), active)
         torch.testing.assert_close(new.head.sum(1), torch.ones(16))
-        assert bool((new.head[:, :-1][~mask] == 0).all()) and bool((new.head >= -1e-7).all())
+        assert bool((new.head[:, :-2][~mask] == 0).all()) and bool((new.head >= -1e-7).all())
         assert torch.equal(new.z[~active], st.z[~active]) and torch.equal(new.head[~active], st.head[~active])
         st = new
 
@@ -72,7 +111,7 @@ def _feedback_decoder(D=16):
     eng = TransformEngine(D)
     dec = DirectiveDecoder(D, n_layers=1, n_heads=2, max_seq_len=32, feedback_dim=eng.feedback_dim, positions="none")
     with torch.no_grad():
-        dec.halt_head.bias.fill_(0.0)
+        dec.halt_head.bias.fill_(2.0)  # rows halt after different numbers of instructions
         dec.return_head.bias.fill_(1.0)
     return dec, eng
 

@@ -38,6 +38,10 @@ def register(subparsers) -> None:
     t.add_argument("--seed", type=int)
     t.add_argument("--ponder-weight", type=float, help="weight of the ponder cost")
     t.add_argument("--lambda-p", type=float, help="PonderNet's geometric prior parameter")
+    t.add_argument("--count-nll-weight", type=float, help="weight of -log P(halt at the target count) (task default)")
+    t.add_argument("--return-bias", type=float, help="initial return-head bias (task default)")
+    t.add_argument("--command-curriculum", action="store_true",
+                   help="counts: draw commands in proportion to their training error")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     t.add_argument("--restart", action="store_true", help="delete the variant's checkpoint and start over")
     t.add_argument("--no-progress", action="store_true")
@@ -62,10 +66,13 @@ def run(args) -> int:
         out = Path(args.out)
         for v in variants:
             fields = dict(task=args.task, variant=v, max_minutes=args.max_minutes)
-            for name in ("max_steps", "batch_size", "lr", "dim", "mode", "seed", "ponder_weight", "lambda_p"):
+            for name in ("max_steps", "batch_size", "lr", "dim", "mode", "seed", "ponder_weight", "lambda_p",
+                         "count_nll_weight", "return_bias"):
                 if getattr(args, name) is not None:
                     fields[name] = getattr(args, name)
             folder = out / v
+            if args.command_curriculum:
+                fields["command_curriculum"] = True
             if args.restart and folder.exists():
                 shutil.rmtree(folder)
             try:

@@ -7,6 +7,8 @@
   ``n_hat`` is its expectation under the halting distribution: ``sum_k k * P(halt at close k)``.
   Lowering early halting probabilities raises ``n_hat``; this is the loss that teaches a row to
   delay halting until it has produced its outputs.
+- :func:`count_nll`: the negative log-likelihood of the target count under the halting
+  distribution (optional, beside the quantity loss).
 - :func:`ponder_cost`: per slot, its return probabilities are an ACT halting distribution over the
   slot's instructions. ``act``: Graves' ``N + R`` (instructions used plus, per slot, the
   remainder returned by its closing instruction, which carries the gradient). ``pondernet``:
@@ -43,6 +45,18 @@ def expected_count(d: TransformDirective) -> torch.Tensor:
 
 def count_loss(d: TransformDirective, target_count: torch.Tensor) -> torch.Tensor:
     return (expected_count(d) - target_count.to(d.return_probs.dtype)).abs().mean()
+
+
+def count_nll(d: TransformDirective, target_count: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
+    """Mean over rows of ``-log P(halt at close n)`` under :func:`halting_distribution` (n = the target
+    count, >= 1). Where :func:`count_loss` only says "halt later" or "halt sooner" (the sign of
+    ``n_hat - n`` reaches every close alike), this raises the halting probability at the right close
+    (and where the row halts there with ACT's remainder ``1 - halt``, lowers the earlier ones). A row
+    that closed fewer than n slots has no probability there (floored, no gradient): the quantity loss
+    and the result loss must bring it to n closes first."""
+    dist = halting_distribution(d)
+    idx = (target_count.to(torch.long) - 1).clamp(0, dist.shape[1] - 1)
+    return -dist.gather(1, idx[:, None]).squeeze(1).clamp_min(floor).log().mean()
 
 
 def position_in_slot(d: TransformDirective) -> torch.Tensor:

@@ -97,12 +97,22 @@ COUNT_COMMANDS = ("copy", "reverse", "running_sum", "keep_positive", "pairwise_s
 class CountsTask(Task):
     name, in_dim, out_dim, n_commands, max_items, max_count, fixed_steps = "counts", 9, 8, 5, 18, 18, 2
     value_dim = 8
+    commands = COUNT_COMMANDS
     train_items, test_items = (2, 12), (13, 18)
 
-    def sample(self, batch_size, gen, split="train"):
+    def sample(self, batch_size, gen, split="train", command_weights: torch.Tensor | None = None):
+        """``command_weights`` (5,) non-negative: draw the commands in these proportions (a
+        curriculum); default uniform."""
         lo, hi = self.train_items if split == "train" else self.test_items
         n = torch.randint(lo, hi + 1, (batch_size,), generator=gen)
-        cmd = torch.randint(0, self.n_commands, (batch_size,), generator=gen)
+        if command_weights is None:
+            cmd = torch.randint(0, self.n_commands, (batch_size,), generator=gen)
+        else:
+            w = torch.as_tensor(command_weights, dtype=torch.float64)
+            if w.shape != (self.n_commands,) or bool((w < 0).any()) or not float(w.sum()) > 0:
+                raise ValueError(f"command_weights: expected {self.n_commands} non-negative weights, not all 0, "
+                                 f"one per command {COUNT_COMMANDS}; got {command_weights!r}")
+            cmd = torch.multinomial(w, batch_size, replacement=True, generator=gen)
         items, outs = [], []
         for b in range(batch_size):
             key = torch.randn(int(n[b]), generator=gen)

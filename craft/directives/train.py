@@ -26,13 +26,22 @@ from torch import nn
 from craft.data.files import atomic_write, save_torch_atomic
 from craft.directives.decoder import DirectiveDecoder
 from craft.directives.engine import TransformEngine
-from craft.directives.losses import count_loss, pad_slots, ponder_cost
+from craft.directives.losses import count_loss, count_nll, pad_slots, ponder_cost
 from craft.directives.tasks import Batch, Task, get_task
 
 VARIANTS = ("act", "pondernet", "none", "fixed")
 # instructions allowed per row: in training / on the extrapolation split (longer inputs need more)
 MAX_INSTRUCTIONS = {"parity": (12, 24), "counts": (28, 48), "addition": (16, 24)}
 RESULT_LOSSES = ("expected", "slot")
+# Per-task defaults of the RunConfig fields left None.
+# return_bias: parity starts with rows running long (r about 0.02: the result after a full scan gets
+# trained first); counts starts closing a slot every 2 instructions (r = 0.5), the pace its outputs
+# need, so its slots line up with the targets from the first step. count_nll_weight: counts needs
+# the halting to land on one exact close among many (see losses.count_nll); parity and addition
+# were tuned without it.
+TASK_DEFAULTS = {"parity": {"return_bias": -4.0, "count_nll_weight": 0.0},
+                 "counts": {"return_bias": 0.0, "count_nll_weight": 1.0},
+                 "addition": {"return_bias": -4.0, "count_nll_weight": 0.0}}
 
 
 @dataclass
@@ -49,18 +58,25 @@ class RunConfig:
     max_minutes: float = 5.0
     seed: int = 0
     count_weight: float = 1.0
+    count_nll_weight: float | None = None  # -log P(halt at the target count), beside the quantity loss
     ponder_weight: float = 1e-2
     lambda_p: float = 0.3
     feedback: bool = True
     positions: str = "none"
-    return_bias: float = -4.0  # rows start by running long: results after a full scan get trained first
+    return_bias: float | None = None  # initial return-head bias; None: the task's (TASK_DEFAULTS)
     result_loss: str = "expected"
     decoder_context: bool = True  # False: the decoder sees only the command; the items reach only the engine
+    # tasks with several commands (counts): draw each command in proportion to 0.2 + its training
+    # error (a moving average of rows fully right), so the solved ones stop taking most of the batch
+    command_curriculum: bool = False
     checkpoint_every: int = 50
     eval_rows: int = 256
 
     def __post_init__(self):
         get_task(self.task)
+        for name, value in TASK_DEFAULTS[self.task].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if self.variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {self.variant!r}")
         if self.result_loss not in RESULT_LOSSES:
@@ -138,7 +154,13 @@ class DirectiveModel(nn.Module):
         w = torch.where(ok, d.return_probs, torch.zeros_like(d.return_probs))
         return (w * per).sum() / batch.target_mask.sum().clamp_min(1)
 
-    def losses(self, batch: Batch):
+    def row_correct(self, d, pred, batch: Batch) -> torch.Tensor:
+        """(B,) bool: the row made the right number of outputs and every target slot is right."""
+        ok = self.task.slot_correct(pred, batch.targets) & batch.target_mask
+        return (d.n_outputs == batch.count) & (ok | ~batch.target_mask).all(1)
+
+    def losses(self, batch: Batch, rows: bool = False):
+        """(total loss, parts: floats for the log) and with ``rows`` also :meth:`row_correct`."""
         d, eng, pred = self(batch)
         tm = batch.target_mask.float()
         if self.cfg.result_loss == "expected":
@@ -151,11 +173,18 @@ class DirectiveModel(nn.Module):
             c = count_loss(d, batch.count)
             total = total + self.cfg.count_weight * c
             parts["count"] = float(c.detach())
+            if self.cfg.count_nll_weight:
+                nll = count_nll(d, batch.count)
+                total = total + self.cfg.count_nll_weight * nll
+                parts["count_nll"] = float(nll.detach())
         if self.cfg.variant in ("act", "pondernet"):
             pc = ponder_cost(d, self.cfg.variant, self.cfg.lambda_p)
             total = total + self.cfg.ponder_weight * pc
             parts["ponder"] = float(pc.detach())
         parts["instructions"] = float(d.n_instructions.float().mean())
+        if rows:
+            with torch.no_grad():
+                return total, parts, self.row_correct(d, pred.detach(), batch)
         return total, parts
 
 
@@ -181,28 +210,40 @@ def _spearman(x, y) -> float:
 @torch.no_grad()
 def evaluate(model: DirectiveModel, rows: int = 512, seed: int = 12345) -> dict:
     """Accuracy (right count and every slot right), exact-count rate, slot accuracy, instructions
-    used, on fixed in-distribution ('train' split) and extrapolation ('test' split) sets."""
+    used, on fixed in-distribution ('train' split) and extrapolation ('test' split) sets; for a task
+    with named commands (counts) the same figures per command under ``by_command``."""
     model.eval()
     out = {}
     per_difficulty: dict[int, list] = {}
     all_d, all_n = [], []
+    names = getattr(model.task, "commands", None)
     for split, name in (("train", "in_distribution"), ("test", "extrapolation")):
         gen = torch.Generator().manual_seed(seed + (split == "test"))
         correct = exact = slots_ok = slots = 0
+        by_cmd = {c: [0, 0, 0, 0, 0] for c in names} if names else None  # rows, right, exact, slots ok, slots
         for start in range(0, rows, 256):
             batch = model.task.sample(min(256, rows - start), gen, split)
             d, eng, pred = model(batch, model.max_instructions if split == "train" else model.max_instructions_test)
             ok = model.task.slot_correct(pred, batch.targets) & batch.target_mask
             count_ok = d.n_outputs == batch.count
-            row_ok = count_ok & (ok | ~batch.target_mask).all(1)
+            row_ok = model.row_correct(d, pred, batch)
             correct += int(row_ok.sum())
             exact += int(count_ok.sum())
             slots_ok += int(ok.sum())
             slots += int(batch.target_mask.sum())
+            if by_cmd is not None:
+                for c, cname in enumerate(names):
+                    sel = batch.command == c
+                    for i, v in enumerate((sel, row_ok & sel, count_ok & sel, ok & sel[:, None],
+                                           batch.target_mask & sel[:, None])):
+                        by_cmd[cname][i] += int(v.sum())
             for k, n in zip(batch.difficulty.tolist(), d.n_instructions.tolist()):
                 per_difficulty.setdefault(k, []).append(n)
                 all_d.append(k), all_n.append(n)
         out[name] = {"accuracy": correct / rows, "exact_count": exact / rows, "slot_accuracy": slots_ok / slots}
+        if by_cmd is not None:
+            out[name]["by_command"] = {c: {"rows": v[0], "accuracy": v[1] / max(v[0], 1), "exact_count": v[2] / max(v[0], 1),
+                                           "slot_accuracy": v[3] / max(v[4], 1)} for c, v in by_cmd.items()}
     out["instructions_by_difficulty"] = {str(k): float(np.mean(v)) for k, v in sorted(per_difficulty.items())}
     out["spearman_instructions_difficulty"] = _spearman(all_d, all_n)
     model.train()
@@ -226,6 +267,8 @@ def train(cfg: RunConfig, folder: str | Path, resume: bool = True, progress: boo
     model = DirectiveModel(get_task(cfg.task), cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     step, elapsed = 0, 0.0
+    commands = getattr(model.task, "commands", None) if cfg.command_curriculum else None
+    solved = torch.zeros(len(commands)) if commands else None  # moving average of rows right, per command
     if resume and ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         if state["config"]["task"] != cfg.task or state["config"]["variant"] != cfg.variant:
@@ -234,10 +277,13 @@ def train(cfg: RunConfig, folder: str | Path, resume: bool = True, progress: boo
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed"]
+        if solved is not None and "command_solved" in state:
+            solved = state["command_solved"]
 
     def save():
+        extra = {} if solved is None else {"command_solved": solved}
         save_torch_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
-                     "config": dataclasses.asdict(cfg)}, ckpt)
+                           "config": dataclasses.asdict(cfg), **extra}, ckpt)
 
     bar = None
     if progress:
@@ -250,8 +296,16 @@ def train(cfg: RunConfig, folder: str | Path, resume: bool = True, progress: boo
         while step < cfg.max_steps and elapsed < cfg.max_minutes * 60:
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            batch = model.task.sample(cfg.batch_size, gen, "train")
-            loss, parts = model.losses(batch)
+            if solved is None:
+                batch = model.task.sample(cfg.batch_size, gen, "train")
+                loss, parts = model.losses(batch)
+            else:
+                batch = model.task.sample(cfg.batch_size, gen, "train", command_weights=0.2 + (1 - solved))
+                loss, parts, right = model.losses(batch, rows=True)
+                for c in range(len(commands)):
+                    sel = batch.command == c
+                    if bool(sel.any()):
+                        solved[c] = 0.9 * solved[c] + 0.1 * right[sel].float().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
