@@ -43,7 +43,7 @@ constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
 // one register of that ISA: 16 (AVX-512), 8 (AVX2), 4 (the portable default: SSE2 / NEON). Vectors
 // wider than the ISA's registers are not an option: GCC lowers them piecewise and builds every
 // scalar broadcast through the stack (a store-forwarding stall per FMA), which made the AVX2 build
-// of the 16-lane code 5-15x slower than the AVX-512 one. Blocking (query rows per block, columns
+// of the 16-lane code many times slower than the AVX-512 one (benchmarks/RESULTS.md). Blocking (query rows per block, columns
 // per block, key registers per score step: Cfg) is sized per ISA for its register file (32 vector
 // registers on AVX-512, 16 on AVX2 and SSE). Every helper is always_inline and each ISA's entry
 // point carries a target attribute, so the whole loop nest is compiled for that ISA. Which runs:
