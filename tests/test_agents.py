@@ -71,7 +71,7 @@ def run_dir(tmp_path_factory):
     T.train_word_agent(" ".join(VOCAB + SENTENCES), out, wcfg,
                        T.TrainSettings(max_steps=100, lr=1e-2, batch_units=64, progress=False, checkpoint_every=10 ** 9,
                                        max_minutes=60.0))
-    scfg = SentenceAgentConfig(word_dim=16, dim=96, slots=6, hidden_dim=64, max_words=6, row_len=24)
+    scfg = SentenceAgentConfig(word_dim=16, dim=64, slots=4, hidden_dim=64, max_words=6, row_len=24)
     T.train_sentence_agent(" ".join(SENTENCES), out, scfg,
                            T.TrainSettings(max_steps=200, lr=1e-2, batch_units=32, progress=False,
                                            checkpoint_every=10 ** 9, max_minutes=60.0))

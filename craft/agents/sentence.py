@@ -6,7 +6,7 @@ Same shape as :mod:`craft.agents.word` one level up, with attention at both ends
 - encoder: sentences are packed with ``join_pad`` into rows of ``row_len`` word positions;
   ``proj(word vector) + embed_pos(p)`` goes through ``layers`` blocks whose attention sees only
   the words of the same sentence (:class:`craft.agents.word.UnitBlock`); then ``slots`` learned
-  queries attend over the sentence's words (cross-attention, one per slot), and the slots,
+  queries attend over the sentence's words, an embedding of the word count is added, and the slots,
   projected to ``dim // slots`` each and concatenated, are the sentence vector (``dim``, through
   the same parameter-free normalisation as Agent 0's vectors, :func:`craft.agents.word.unit_norm`);
 - decoder: non-autoregressive *position queries*: word position ``p`` of a sentence starts as
@@ -49,8 +49,9 @@ class SentenceAgentConfig:
     mse_weight: float = 1.0
 
     def __post_init__(self):
-        if self.dim % self.slots:
-            raise ValueError(f"slots={self.slots}: must divide the sentence vector dim={self.dim}")
+        if self.dim % self.slots or self.slots > self.max_words:
+            raise ValueError(f"slots={self.slots}: must divide the sentence vector dim={self.dim} and be at "
+                             f"most max_words={self.max_words}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,12 +95,12 @@ class SentenceAgent(nn.Module):
         self.in_proj = nn.Linear(c.word_dim, H)
         self.enc_pos = nn.Embedding(c.max_words, H)
         self.enc_blocks = nn.ModuleList(UnitBlock(H, c.heads, 2 * H) for _ in range(c.layers))
-        self.slot_queries = nn.Parameter(torch.randn(c.slots, H) * 0.02)
-        self.pool = SlotAttention(H, c.heads)
+        self.register_buffer("_slot_of", torch.arange(c.max_words) * c.slots // c.max_words, persistent=False)
+        self.count_emb = nn.Embedding(c.max_words, H)
         self.pool_mlp = ResidualMLP(H, 2 * H)
         self.to_slot = nn.Sequential(RMSNorm(H), nn.Linear(H, c.dim // c.slots))
         self.from_slot = nn.Linear(c.dim // c.slots, H)
-        self.slot_pos = nn.Parameter(torch.randn(c.slots, H) * 0.02)
+        self.slot_pos = nn.Parameter(torch.randn(c.slots, H))
         self.dec_pos = nn.Embedding(c.max_words, H)
         self.read = SlotAttention(H, c.heads)
         self.dec_blocks = nn.ModuleList(UnitBlock(H, c.heads, 2 * H) for _ in range(c.layers))
@@ -116,11 +117,12 @@ class SentenceAgent(nn.Module):
         x = self.in_proj(word_vectors)[p.ids.clamp(0, len(word_vectors) - 1)] + self.enc_pos(p.pos.clamp_min(0))
         for blk in self.enc_blocks:
             x = blk(x, p.unit)
-        # the words of each sentence, (n_sentences, max_words, H), for the slot queries
-        words = x.new_zeros(p.n_units, c.max_words, x.shape[-1])
-        words[p.unit[m], p.pos[m]] = x[m]
-        key_mask = torch.arange(c.max_words)[None, :] < p.lengths[:, None]
-        s = self.pool(self.slot_queries.to(x.dtype).expand(p.n_units, -1, -1), words, key_mask)
+        # slot k sums the states of word positions k*g .. k*g + g - 1 (g = max_words / slots); after
+        # the attention blocks each state has seen the whole sentence
+        s = x.new_zeros(p.n_units, c.slots, x.shape[-1]).index_put_(
+            (p.unit[m], self._slot_of[p.pos[m]]), x[m], accumulate=True)
+        # every slot carries the word count, so the count head reads it exactly
+        s = s + self.count_emb(p.lengths.clamp(1, c.max_words) - 1)[:, None, :]
         s = self.to_slot(self.pool_mlp(s))  # (n, slots, dim // slots)
         return unit_norm(s.reshape(p.n_units, c.dim))
 
@@ -137,9 +139,9 @@ class SentenceAgent(nn.Module):
         c = self.config
         slots = self.from_slot(z.view(len(z), c.slots, c.dim // c.slots)) + self.slot_pos.to(z.dtype)
         m = p.mask
-        # every sentence's max_words position queries read its slots; the content positions are kept
-        q = self.dec_pos.weight.to(slots.dtype).expand(len(z), -1, -1)
-        q = self.read(q, slots)  # (n_sentences, max_words, H)
+        # position query p of a sentence: its own slot + embed_pos(p), then it reads all the slots
+        q = slots[:, self._slot_of] + self.dec_pos.weight.to(slots.dtype)  # (n_sentences, max_words, H)
+        q = self.read(q, slots)
         x = q.new_zeros(*p.unit.shape, q.shape[-1])
         x[m] = q[p.unit[m], p.pos[m]]
         for blk in self.dec_blocks:
