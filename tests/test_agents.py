@@ -262,3 +262,5 @@ def test_cli_train_eval_roundtrip(tmp_path, run_dir, capsys):
     assert main(["agents", "eval", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "agent0.pt" in err
+    assert main(["agents", "train", "--level", "1", "--mutate-fraction", "0.5", "--out", str(out)]) == 1
+    assert "--mutate-fraction" in capsys.readouterr().err
