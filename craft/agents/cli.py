@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     t.add_argument("--lr", type=float)
     t.add_argument("--batch-units", type=int, help="word pieces (level 0), sentences (level 1) or rows (lm) per step")
     t.add_argument("--mutate-fraction", type=float,
-                   help="level 0: share of each batch that is mutated spellings (default 0.25; 0 turns them off)")
+                   help="level 0: share of each batch that is mutated spellings (default 0.5; 0 turns them off)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-every", type=float, default=60.0,
                    help="lm: validation bits/byte every this many training seconds (default 60)")

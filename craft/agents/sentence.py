@@ -5,18 +5,21 @@ Same shape as :mod:`craft.agents.word` one level up, with attention at both ends
 
 - encoder: sentences are packed with ``join_pad`` into rows of ``row_len`` word positions;
   ``proj(word vector) + embed_pos(p)`` goes through ``layers`` blocks whose attention sees only
-  the words of the same sentence (:class:`craft.agents.word.UnitBlock`); then ``slots`` learned
-  queries attend over the sentence's words, an embedding of the word count is added, and the slots,
-  projected to ``dim // slots`` each and concatenated, are the sentence vector (``dim``, through
-  the same parameter-free normalisation as Agent 0's vectors, :func:`craft.agents.word.unit_norm`);
+  the words of the same sentence (:class:`craft.agents.word.UnitBlock`); slot ``k`` sums the
+  states of word positions ``k*g .. k*g + g - 1`` (``g = max_words / slots``), an embedding of
+  the word count is added to every slot, and the slots, projected to ``dim // slots`` each and
+  concatenated, are the sentence vector (``dim``, through the same parameter-free normalisation
+  as Agent 0's vectors, :func:`craft.agents.word.unit_norm`);
 - decoder: non-autoregressive *position queries*: word position ``p`` of a sentence starts as
-  ``embed_pos(p)``, attends over the sentence vector's slots, then through ``layers`` blocks of
-  within-sentence attention, to a word vector (``word_dim``, unit-normalised). A count head
-  (1..max_words) decides how many positions are read out.
+  its own slot + ``embed_pos(p)``, attends over all the sentence vector's slots, then through
+  ``layers`` blocks of within-sentence attention, to a word vector (``word_dim``,
+  unit-normalised). A count head (1..max_words) decides how many positions are read out.
 
-Why the slots: one pooled vector (a sum of per-word features) has to superpose all the words in
-one space and learns to separate them slowly; slots give the decoder's queries something to
-address (slot ``k`` can carry the words near position ``k``), as in Perceiver-style pooling.
+Why fixed slots: one pooled vector (a sum of per-word features) has to superpose all the words in
+one space and learned to separate them too slowly; learned slot queries (cross-attention pooling)
+started with a uniform softmax that made every slot the same average of the words and stayed
+there. Slots tied to positions give each word a place from the first step, and the attention on
+both sides lets any slot carry what its neighbours need.
 
 Why decoding gives back the words: the loss is taken *after* the path decoding takes. Besides the
 vector MSE, the regenerated word vectors go through the (frozen) word agent's byte and length
@@ -64,7 +67,7 @@ def pack_sentences(sentence_offsets, row_len: int) -> Packed:
 
 
 class SlotAttention(nn.Module):
-    """Cross-attention of queries (Q, ..., H) of each unit over that unit's keys.
+    """Cross-attention of each unit's queries over that unit's keys (the decoder's read of the slots).
 
     ``forward(q (N, Q, H), kv (N, K, H), key_mask (N, K) bool) -> (N, Q, H)``: the residual
     ``q + out(attn(RMSNorm(q), RMSNorm(kv)))``; N units, each query sees its unit's valid keys."""

@@ -98,7 +98,7 @@ class TrainSettings:
     progress: bool = True
     warmup_steps: int = 50
     clock: str = "wall"           # what max_minutes counts: "wall" seconds, or "cpu" seconds of this process
-    mutate_fraction: float = 0.25  # level 0: share of each batch that is mutated spellings (see mutate_piece)
+    mutate_fraction: float = 0.5   # level 0: share of each batch that is mutated spellings (see mutate_piece)
     bf16: bool | None = None      # bf16 autocast of the forward; None: where the CPU has fast bf16 (craft's default)
 
     def __post_init__(self):

@@ -5,19 +5,20 @@ Both directions work on *packed rows*: the output of ``craft_kernels.join_pad`` 
 row and the only padding is what is left at the end of each row. Every position is computed; the
 join and pad positions are masked out.
 
-Encoder (HAT's byte encoder, bidirectional): ``embed(byte) + embed_pos(p)``, then
+Encoder: each byte at position p -> ``SwiGLU(embed(byte) + embed_pos(p))`` (residual), optionally
 ``encoder_layers`` pre-norm blocks whose attention sees only the positions of the same word
-(``craft_kernels.doc_attention(kind='doc_bidirectional')`` with the unit index as document id),
-summed over the word's positions, then an MLP and a parameter-free LayerNorm: the vector (``dim``)
-has zero mean and unit variance in every use (training, compression, the sentence agent's
-targets) — one normalisation, applied in one place. Attention lets every position's features
-depend on the whole word, which a sum of per-position features cannot; with ``encoder_layers=0``
-the encoder is that sum (the first design, kept for comparison).
+(HAT's byte encoder; ``craft_kernels.doc_attention(kind='doc_bidirectional')`` with the unit index
+as document id), summed over the word's positions, then an MLP and a parameter-free LayerNorm:
+the vector (``dim``) has zero mean and unit variance in every use (training, compression, the
+sentence agent's targets) — one normalisation, applied in one place. The default is no attention
+blocks: on one CPU thread they make a step much slower and lost at equal training time
+(benchmarks/RESULTS.md); what made held-out spellings come back is training on mutated spellings
+(:func:`craft.agents.train.mutate_piece`).
 
 Decoder: non-autoregressive, so decoding runs the very computation the loss trains (no teacher
 forcing to diverge from). Position queries ``proj(vector) + embed_pos(p)`` go through
-``decoder_layers`` blocks of the same within-word attention, so the positions of a word agree on
-its spelling. The length head classifies the vector's piece length (1..width) and is what decides
+``decoder_layers`` blocks of the same within-word attention (none by default), then per-position
+MLPs. The length head classifies the vector's piece length (1..width) and is what decides
 how many positions are read out: the byte loss covers only the positions inside the word, so the
 logits past the end are untrained and only the length head knows where a word stops.
 """
