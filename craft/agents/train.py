@@ -294,7 +294,6 @@ def train_lm(train_text: str, val_text: str, out: Path, kind: str = "hier", conf
     Rows: random windows of whole words (hier, ``max_seq_len`` stream positions) or of
     ``max_seq_len`` + 1 bytes (flat). The checkpoint keeps ``train_bytes`` (text bytes trained on)
     and ``evals`` ([{step, seconds, val_bits_per_byte}])."""
-
     s = settings or LMSettings()
     bf16 = _use_bf16(s)
     torch.manual_seed(s.seed)
