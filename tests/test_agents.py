@@ -69,9 +69,10 @@ def run_dir(tmp_path_factory):
     torch.manual_seed(0)
     wcfg = WordAgentConfig(width=WIDTH, dim=16, hidden_dim=48, row_len=32)
     T.train_word_agent(" ".join(VOCAB + SENTENCES), out, wcfg,
+                       # a quarter mutated: at the default half, 100 steps leave some of the 40 words unlearnt
                        T.TrainSettings(max_steps=100, lr=1e-2, batch_units=64, progress=False, checkpoint_every=10 ** 9,
-                                       max_minutes=60.0))
-    scfg = SentenceAgentConfig(word_dim=16, dim=64, hidden_dim=64, max_words=6, row_len=24)
+                                       max_minutes=60.0, mutate_fraction=0.25))
+    scfg = SentenceAgentConfig(word_dim=16, dim=64, slots=4, hidden_dim=64, max_words=6, row_len=24)
     T.train_sentence_agent(" ".join(SENTENCES), out, scfg,
                            T.TrainSettings(max_steps=200, lr=1e-2, batch_units=32, progress=False,
                                            checkpoint_every=10 ** 9, max_minutes=60.0))
@@ -101,9 +102,13 @@ def test_word_agent_length_head_decides_where_a_word_stops(run_dir):
     assert sum(f == p for f, p in zip(full, pieces)) < len(pieces) // 4
 
 
-def test_word_agent_packing_does_not_change_vectors():
+@pytest.mark.parametrize("layers", [0, 1])
+def test_word_agent_packing_does_not_change_vectors(layers):
+    """With the within-word attention blocks too: a word's vector and loss do not depend on the
+    words packed beside it (attention that leaked across words would change both)."""
     torch.manual_seed(0)
-    word = WordAgent(WordAgentConfig(width=WIDTH, dim=16, hidden_dim=32, row_len=8)).eval()
+    word = WordAgent(WordAgentConfig(width=WIDTH, dim=16, hidden_dim=32, row_len=8, encoder_layers=layers,
+                                     decoder_layers=layers)).eval()
     pieces = _pieces(VOCAB[:10])
     a = word.encode(pieces)
     word.config.row_len = 64  # many words per row instead of one or two
@@ -113,6 +118,32 @@ def test_word_agent_packing_does_not_change_vectors():
     torch.testing.assert_close(word.encode_packed(pad_to_max(tok, off, WIDTH)), a, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(word.loss(pad_to_max(tok, off, WIDTH))[0], word.loss(pack_units(tok, off, 64))[0])
     torch.testing.assert_close(a.mean(-1), torch.zeros(len(pieces)), atol=1e-5, rtol=0)  # unit-normalised
+
+
+def test_mutate_piece_keeps_pieces_valid_and_changes_them():
+    rng = random.Random(0)
+    alphabet = [ord(c) + 4 for c in "abcXYZ,"]
+    pieces = [word_pieces(w, WIDTH)[0] for w in ("abc", "z", "hello,")] + [word_pieces("abcdefghijk", WIDTH)[0]]
+    changed = 0
+    for _ in range(200):
+        for p in pieces:
+            m = T.mutate_piece(p, alphabet, rng)
+            assert len(m) == len(p) and (m[-1] == JOIN_ID) == (p[-1] == JOIN_ID)
+            body = m[:-1] if p[-1] == JOIN_ID else m
+            assert all(t >= 4 for t in body)
+            changed += m != p
+    assert changed > 0.8 * 200 * len(pieces)
+    assert T.mutate_piece([ord("a") + 4, JOIN_ID], [ord("A") + 4], random.Random(1))[-1] == JOIN_ID
+
+
+def test_train_settings_reject_bad_mutate_fraction():
+    with pytest.raises(ValueError, match="mutate_fraction"):
+        T.TrainSettings(mutate_fraction=1.5)
+
+
+def test_sentence_config_rejects_slots_not_dividing_dim():
+    with pytest.raises(ValueError, match="slots=3"):
+        SentenceAgentConfig(dim=64, slots=3)
 
 
 def test_word_agent_rejects_bad_pieces():
@@ -232,3 +263,5 @@ def test_cli_train_eval_roundtrip(tmp_path, run_dir, capsys):
     assert main(["agents", "eval", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "agent0.pt" in err
+    assert main(["agents", "train", "--level", "1", "--mutate-fraction", "0.5", "--out", str(out)]) == 1
+    assert "--mutate-fraction" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from craft.data.files import save_torch_atomic
 from craft.agents.sentence import SentenceAgent, SentenceAgentConfig, pack_sentences
 from craft.agents.stack import AgentStack
 from craft.agents import lm as LM
-from craft.agents.text import normalize, text_to_units, word_pieces
+from craft.agents.text import BYTE_OFFSET, JOIN_ID, normalize, text_to_units, word_pieces
 from craft.agents.word import WordAgent, WordAgentConfig, pack_units
 
 AGENT_FILES = {0: "agent0.pt", 1: "agent1.pt"}
@@ -98,10 +98,20 @@ class TrainSettings:
     progress: bool = True
     warmup_steps: int = 50
     clock: str = "wall"           # what max_minutes counts: "wall" seconds, or "cpu" seconds of this process
+    mutate_fraction: float = 0.5   # level 0: share of each batch that is mutated spellings (see mutate_piece)
+    bf16: bool | None = None      # bf16 autocast of the forward; None: where the CPU has fast bf16 (craft's default)
 
     def __post_init__(self):
         if self.clock not in ("wall", "cpu"):
             raise ValueError(f"clock: expected 'wall' or 'cpu', got {self.clock!r}")
+        if not 0.0 <= self.mutate_fraction <= 1.0:
+            raise ValueError(f"mutate_fraction: expected a share in [0, 1], got {self.mutate_fraction}")
+
+
+def _use_bf16(s: TrainSettings) -> bool:
+    from craft_kernels import bf16_is_fast
+
+    return bf16_is_fast(torch.device("cpu")) if s.bf16 is None else bool(s.bf16)
 
 
 def _lr_at(step, total, base, warm=50):
@@ -187,26 +197,51 @@ def _resume(path: Path, model, opt, resume: bool):
     return 0, 0.0, []
 
 
+def mutate_piece(piece: list[int], alphabet: list[int], rng: random.Random) -> list[int]:
+    """A spelling the corpus may not hold, near one it does: the piece with its letters' case
+    swapped to upper (names like ``ADRIAN:``), or with 1-2 ids replaced by ids of ``alphabet``
+    (the corpus's ids). A final join id stays, so the piece stays a valid piece.
+
+    Why: an autoencoder is not a language model; it should rebuild any spelling. Trained on the
+    corpus's pieces only, it learns their ~10^4 spellings by heart (training loss ~0) and fails on
+    held-out names and rare characters; mutated spellings make it learn the per-position code."""
+    p = list(piece)
+    body = len(p) - (1 if p[-1] == JOIN_ID and len(p) > 1 else 0)
+    if rng.random() < 0.3:
+        up = [b + BYTE_OFFSET for b in bytes(t - BYTE_OFFSET for t in p[:body] if t >= BYTE_OFFSET).upper()]
+        if len(up) == body and up != p[:body]:
+            return up + p[body:]
+    for _ in range(rng.randint(1, 2)):
+        p[rng.randrange(body)] = rng.choice(alphabet)
+    return p
+
+
 def train_word_agent(text: str, out: Path, config: WordAgentConfig | None = None,
                      settings: TrainSettings | None = None, resume: bool = False) -> WordAgent:
-    """Agent 0 on the word pieces of ``text``: each batch draws half its pieces from the running
-    text (frequent words) and half from the distinct pieces (rare spellings)."""
+    """Agent 0 on the word pieces of ``text``: each batch draws ``mutate_fraction`` of its pieces
+    as mutated spellings (:func:`mutate_piece`), and of the rest half from the running text
+    (frequent words) and half from the distinct pieces (rare spellings)."""
     s, c = settings or TrainSettings(), config or WordAgentConfig()
     torch.manual_seed(s.seed)
     rng = random.Random(s.seed)
     pieces = pieces_of(text, c.width)
     types = sorted({tuple(p) for p in pieces})
+    alphabet = sorted({t for p in types for t in p if t >= BYTE_OFFSET})
+    bf16 = _use_bf16(s)
+    n_mut = int(round(s.batch_units * s.mutate_fraction))
     model = WordAgent(c)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
     path = out / AGENT_FILES[0]
     step, secs, log = _resume(path, model, opt, resume)
-    half = s.batch_units // 2
+    half = (s.batch_units - n_mut) // 2
 
     def batch():
         b = [pieces[rng.randrange(len(pieces))] for _ in range(half)]
-        b += [list(types[rng.randrange(len(types))]) for _ in range(s.batch_units - half)]
+        b += [list(types[rng.randrange(len(types))]) for _ in range(s.batch_units - n_mut - half)]
+        b += [mutate_piece(types[rng.randrange(len(types))], alphabet, rng) for _ in range(n_mut)]
         tok, off = _flat(b)
-        return model.loss(pack_units(tok, off, c.row_len))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model.loss(pack_units(tok, off, c.row_len))
 
     _loop(model, opt, batch, path, c.to_dict(), s, step, secs, {}, log)
     return model
@@ -218,7 +253,6 @@ class LMSettings(TrainSettings):
     (craft's trainer default), evaluation on the validation text every ``eval_every_s`` seconds."""
     lr: float = 2e-3
     batch_units: int = 8
-    bf16: bool | None = None
     eval_every_s: float = 60.0
 
 
@@ -260,10 +294,8 @@ def train_lm(train_text: str, val_text: str, out: Path, kind: str = "hier", conf
     Rows: random windows of whole words (hier, ``max_seq_len`` stream positions) or of
     ``max_seq_len`` + 1 bytes (flat). The checkpoint keeps ``train_bytes`` (text bytes trained on)
     and ``evals`` ([{step, seconds, val_bits_per_byte}])."""
-    from craft_kernels import bf16_is_fast
-
     s = settings or LMSettings()
-    bf16 = bf16_is_fast(torch.device("cpu")) if s.bf16 is None else s.bf16
+    bf16 = _use_bf16(s)
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     model = _lm_model(kind, config.to_dict() if config is not None and not isinstance(config, dict) else config)
@@ -356,6 +388,7 @@ def train_sentence_agent(text: str, out: Path, config: SentenceAgentConfig | Non
         tv = torch.cat([word.encode(type_list[i:i + 8192]) for i in range(0, len(type_list), 8192)])
     piece_type = np.array([types[tuple(p)] for p in pieces], dtype=np.int64)
     model = SentenceAgent(c)
+    bf16 = _use_bf16(s)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
     path = out / AGENT_FILES[1]
     step, secs, log = _resume(path, model, opt, resume)
@@ -368,7 +401,9 @@ def train_sentence_agent(text: str, out: Path, config: SentenceAgentConfig | Non
         sent_off = np.concatenate([[0], np.cumsum(lens)])
         vecs = tv[torch.from_numpy(piece_type[w_idx])]
         tok, off = _flat([pieces[j] for j in w_idx])
-        return model.loss(vecs, pack_sentences(sent_off, c.row_len), word, pack_units(tok, off, word.config.row_len))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model.loss(vecs, pack_sentences(sent_off, c.row_len), word,
+                              pack_units(tok, off, word.config.row_len))
 
     _loop(model, opt, batch, path, c.to_dict(), s, step, secs, {}, log)
     return model

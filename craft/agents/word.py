@@ -5,15 +5,22 @@ Both directions work on *packed rows*: the output of ``craft_kernels.join_pad`` 
 row and the only padding is what is left at the end of each row. Every position is computed; the
 join and pad positions are masked out.
 
-Encoder: each byte at position p -> ``SwiGLU(embed(byte) + embed_pos(p))`` (residual), summed over
-the word's positions, then an MLP and a parameter-free LayerNorm: the vector (``dim``) has zero mean
-and unit variance in every use (training, compression, the sentence agent's targets) — one
-normalisation, applied in one place.
+Encoder: each byte at position p -> ``SwiGLU(embed(byte) + embed_pos(p))`` (residual), optionally
+``encoder_layers`` pre-norm blocks whose attention sees only the positions of the same word
+(HAT's byte encoder; ``craft_kernels.doc_attention(kind='doc_bidirectional')`` with the unit index
+as document id), summed over the word's positions, then an MLP and a parameter-free LayerNorm:
+the vector (``dim``) has zero mean and unit variance in every use (training, compression, the
+sentence agent's targets) — one normalisation, applied in one place. The default is no attention
+blocks: on one CPU thread they make a step much slower and lost at equal training time
+(benchmarks/RESULTS.md); what made held-out spellings come back is training on mutated spellings
+(:func:`craft.agents.train.mutate_piece`).
 
 Decoder: non-autoregressive, so decoding runs the very computation the loss trains (no teacher
-forcing to diverge from). The length head classifies the vector's piece length (1..width) and is
-what decides how many positions are read out: the byte loss covers only the positions inside the
-word, so the logits past the end are untrained and only the length head knows where a word stops.
+forcing to diverge from). Position queries ``proj(vector) + embed_pos(p)`` go through
+``decoder_layers`` blocks of the same within-word attention (none by default), then per-position
+MLPs. The length head classifies the vector's piece length (1..width) and is what decides
+how many positions are read out: the byte loss covers only the positions inside the word, so the
+logits past the end are untrained and only the length head knows where a word stops.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from craft_kernels import join_pad, pad_units
+from craft_kernels import doc_attention, join_pad, pad_units
 from craft.agents.text import JOIN_ID, PAD_ID, VOCAB_SIZE
 from craft.models.transformer import RMSNorm
 
@@ -35,7 +42,10 @@ class WordAgentConfig:
     dim: int = 64            # the word vector
     hidden_dim: int = 128    # per-position width inside the agent
     vocab_size: int = VOCAB_SIZE
-    row_len: int = 128       # positions of a packed join_pad row
+    row_len: int = 64        # positions of a packed join_pad row
+    encoder_layers: int = 0  # within-word attention blocks (0: a sum of per-position features)
+    decoder_layers: int = 0
+    heads: int = 4
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +67,28 @@ class ResidualMLP(nn.Module):
     def forward(self, x):
         g, u = self.gate_up(self.norm(x)).chunk(2, dim=-1)
         return x + self.down(F.silu(g) * u)
+
+
+class UnitBlock(nn.Module):
+    """``x + attn(RMSNorm(x))`` then :class:`ResidualMLP`, (R, L, dim) -> (R, L, dim); attention
+    bidirectional inside each unit (``unit`` (R, L): unit index, -1 on join/pad positions, whose
+    attention output is zero)."""
+
+    def __init__(self, dim: int, heads: int, hidden_dim: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"heads={heads}: must divide the hidden width {dim}")
+        self.heads = heads
+        self.norm = RMSNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.mlp = ResidualMLP(dim, hidden_dim)
+
+    def forward(self, x, unit):
+        R, L, D = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(R, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        y = doc_attention(q, k, v, unit, kind="doc_bidirectional")
+        return self.mlp(x + self.out(y.transpose(1, 2).reshape(R, L, D)))
 
 
 def unit_norm(x: torch.Tensor) -> torch.Tensor:
@@ -116,9 +148,11 @@ class WordAgent(nn.Module):
         self.tok_emb = nn.Embedding(c.vocab_size, H)
         self.enc_pos = nn.Embedding(c.width, H)
         self.enc_tok = ResidualMLP(H, 2 * H)
+        self.enc_blocks = nn.ModuleList(UnitBlock(H, c.heads, 2 * H) for _ in range(c.encoder_layers))
         self.enc_out = nn.Sequential(RMSNorm(H), ResidualMLP(H, 2 * H), nn.Linear(H, c.dim))
         self.dec_in = nn.Linear(c.dim, H)
         self.dec_pos = nn.Embedding(c.width, H)
+        self.dec_blocks = nn.ModuleList(UnitBlock(H, c.heads, 2 * H) for _ in range(c.decoder_layers))
         self.dec_tok = nn.Sequential(ResidualMLP(H, 2 * H), ResidualMLP(H, 2 * H), RMSNorm(H))
         self.dec_out = nn.Linear(H, c.vocab_size)
         self.length_head = nn.Sequential(nn.Linear(c.dim, H), nn.GELU(), nn.Linear(H, c.width + 1))
@@ -128,7 +162,10 @@ class WordAgent(nn.Module):
         """Packed rows -> word vectors (n_units, dim), unit-normalised."""
         m = p.mask
         x = self.tok_emb(p.ids) + self.enc_pos(p.pos.clamp_min(0))
-        x = self.enc_tok(x) * m[..., None]
+        x = self.enc_tok(x)
+        for blk in self.enc_blocks:
+            x = blk(x, p.unit)
+        x = x * m[..., None]
         pooled = x.new_zeros(p.n_units, x.shape[-1]).index_add_(0, p.unit[m], x[m])
         return unit_norm(self.enc_out(pooled))
 
@@ -151,6 +188,8 @@ class WordAgent(nn.Module):
         """Logits (R, L, vocab) of every packed position, unit ``p.unit`` read from ``z`` (n_units, dim)."""
         h = self.dec_in(z)
         x = h[p.unit.clamp_min(0)] + self.dec_pos(p.pos.clamp_min(0))
+        for blk in self.dec_blocks:
+            x = blk(x, p.unit)
         return self.dec_out(self.dec_tok(x))
 
     def loss(self, p: Packed) -> tuple[torch.Tensor, dict]:
