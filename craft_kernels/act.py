@@ -117,8 +117,8 @@ def _fwd_torch(x, r, h, m, eps, carry):
         r.detach().double().cpu().numpy(), h.detach().double().cpu().numpy(),
         m.cpu().numpy().astype("uint8"), float(eps), bool(carry))
     dev, sd = x.device, _scan_dtype(x.dtype)
-    S = int(idx.max()) + 1 if idx.size else 0
     w = w.astype(np.float32) if sd == torch.float32 else w
+    S = _n_slots_opened(torch.from_numpy(idx))
     # one pass over results in C++ (fp16/bf16 results are poured with fp32 accumulation)
     slots = ext.act_pour_forward(_np(x, sd), w, idx, S, torch.get_num_threads())
     slots = torch.from_numpy(slots).to(dev, x.dtype)

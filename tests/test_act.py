@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -227,6 +228,26 @@ def _check_pour_against_reference(mode):
     gb = torch.autograd.grad(loss(b), leaves)
     for p, q in zip(ga, gb):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12, equal_nan=True)
+
+
+def test_pour_rejects_bad_slot_indices_and_shapes():
+    """The C++ pour checks every piece's slot before any thread reads with it, and the shapes."""
+    from craft_kernels.native import _dispatch
+
+    ext = _dispatch.ext()
+    x, w = np.zeros((1, 2, 3)), np.ones((1, 2, 2))
+    for bad in (2, -2):  # past the S = 2 slots, below the -1 of "no piece"
+        idx = np.array([[[0, -1], [bad, -1]]], dtype=np.int64)
+        with pytest.raises(ValueError, match="slot index"):
+            ext.act_pour_forward(x, w, idx, 2, 1)
+        with pytest.raises(ValueError, match="slot index"):
+            ext.act_pour_backward(np.zeros((1, 2, 3)), x, w, idx, 1)
+    ok = np.array([[[0, -1], [1, -1]]], dtype=np.int64)
+    with pytest.raises(ValueError, match="expected"):
+        ext.act_pour_forward(x, w[:, :1], ok, 2, 1)
+    with pytest.raises(ValueError, match="expected"):
+        ext.act_pour_backward(np.zeros((1, 2, 4)), x, w, ok, 1)
+    assert np.array_equal(ext.act_pour_forward(x + 1, w, ok, 2, 1), np.ones((1, 2, 3)))
 
 
 def test_tape_bits_have_one_meaning():
