@@ -71,14 +71,19 @@ def test_forward_shapes_and_same_parameters_as_the_flat_model():
         assert (padded[b.last[r, :n] + 1] != torch.arange(n)).all()
 
 
-def test_each_position_sees_only_earlier_positions_and_earlier_words():
+CONTEXTS = [dict(encoder_context="row", decoder_context="row"), dict(encoder_context="word", decoder_context="word"),
+            dict(encoder_context="word", decoder_context="row")]
+
+
+@pytest.mark.parametrize("contexts", CONTEXTS, ids=lambda c: f"{c['encoder_context']}-{c['decoder_context']}")
+def test_each_position_sees_only_earlier_positions_and_earlier_words(contexts):
     """Position p of the stream predicts the byte at p (or the word end); its logits may depend on
     the inputs at positions <= p only. A gradient test: d logits[p] / d input embedding[q] must be
     exactly zero for q > p (later bytes of the same word, and every later word), and nonzero for
-    some q in an earlier word (the backbone carries the context). Leaking the current word's vector
-    into its own decoder, or the next word's, fails it."""
+    some q in an earlier word (the backbone, and with "row" contexts the byte attention, carries the
+    context). Leaking the current word's vector into its own decoder, or the next word's, fails it."""
     torch.manual_seed(0)
-    model = H.HierarchicalLM(H.HierarchicalLMConfig(**TINY)).eval()
+    model = H.HierarchicalLM(H.HierarchicalLMConfig(**TINY, **contexts)).eval()
     b = _batch(model.config, rows=1)
     saved = {}
 
@@ -100,9 +105,10 @@ def test_each_position_sees_only_earlier_positions_and_earlier_words():
             assert g[:p + 1][earlier].max() > 0, f"position {p} sees nothing of the earlier words"
 
 
-def test_perturbing_later_words_leaves_earlier_logits_unchanged():
+@pytest.mark.parametrize("contexts", CONTEXTS, ids=lambda c: f"{c['encoder_context']}-{c['decoder_context']}")
+def test_perturbing_later_words_leaves_earlier_logits_unchanged(contexts):
     torch.manual_seed(1)
-    model = H.HierarchicalLM(H.HierarchicalLMConfig(**TINY)).eval()
+    model = H.HierarchicalLM(H.HierarchicalLMConfig(**TINY, **contexts)).eval()
     b = _batch(model.config, rows=2)
     cut = int(torch.nonzero(b.doc[0] == 4)[0])  # first position of word 4
     changed = H.StreamBatch(b.inputs.clone(), b.targets, b.doc, b.last, b.n_bytes)
@@ -154,6 +160,24 @@ def test_training_lowers_validation_bits_and_resumes(tmp_path, kind, one_thread)
     assert T.lm_bits_per_byte(model, TEXT.encode()) == pytest.approx(ck2["evals"][-1]["val_bits_per_byte"], rel=1e-4)
 
 
+def test_checkpoints_from_before_the_context_options_load_attending_inside_words(tmp_path, one_thread):
+    """A checkpoint whose config predates ``encoder_context``/``decoder_context`` was trained with
+    attention inside each word; loading it with the new defaults ("row") would change its output."""
+    cfg = H.HierarchicalLMConfig(**TINY, encoder_context="word", decoder_context="word")
+    s = T.LMSettings(max_steps=3, batch_units=2, progress=False, bf16=False, eval_every_s=1e9)
+    T.train_lm(TEXT * 2, TEXT, tmp_path, "hier", cfg, s)
+    path = tmp_path / T.LM_FILES["hier"]
+    ck = torch.load(path, weights_only=True)
+    for k in ("encoder_context", "decoder_context"):
+        del ck["config"][k]
+    torch.save(ck, path)
+    model, _ = T.load_lm(tmp_path, "hier")
+    assert (model.config.encoder_context, model.config.decoder_context) == ("word", "word")
+    assert T.lm_bits_per_byte(model, TEXT.encode()) == pytest.approx(ck["evals"][-1]["val_bits_per_byte"], rel=1e-4)
+    with pytest.raises(ValueError, match="decoder_context"):
+        H.HierarchicalLM(H.HierarchicalLMConfig(**TINY, decoder_context="sentence"))
+
+
 @pytest.fixture
 def eager_swiglu(monkeypatch):
     """The default-size models' SwiGLU would compile on first use (tens of seconds); eager here."""
@@ -183,6 +207,8 @@ def test_cli_train_and_eval_lm(tmp_path, capsys, one_thread, eager_swiglu):
         assert r["steps"] == 2 and 0 < r["val_bits_per_byte"] < 12 and r["train_bytes_per_second"] > 0
     assert abs(res["lm_hier"]["parameters"] / res["lm_flat"]["parameters"] - 1) < 0.01
     assert main(["agents", "eval", str(tmp_path / "nope")]) == 1
+    assert main(["agents", "train", "--level", "0", "--compile", "--corpus", str(corpus), "--out", str(out)]) == 1
+    assert "--compile" in capsys.readouterr().err
 
 
 def test_plot_draws_both_models(tmp_path):

@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-every", type=float, default=60.0,
                    help="lm: validation bits/byte every this many training seconds (default 60)")
+    t.add_argument("--compile", action="store_true",
+                   help="lm: torch.compile the model's forward (compilation counts as training time)")
     t.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint of this level")
     t.add_argument("--out", required=True, help="run folder (agent0.pt, agent1.pt, lm.pt, lm_flat.pt)")
     t.add_argument("--no-progress", action="store_true")
@@ -63,8 +65,10 @@ def _train(args) -> int:
     common = dict(max_minutes=args.max_minutes, max_steps=args.max_steps, seed=args.seed,
                   progress=not args.no_progress, clock=args.clock)
     if args.level == "lm":
-        s = T.LMSettings(**common, eval_every_s=args.eval_every)
+        s = T.LMSettings(**common, eval_every_s=args.eval_every, compile=args.compile)
     else:
+        if args.compile:
+            raise ValueError(f"--compile: only the language models (--level lm) compile, not level {args.level}; drop it")
         if args.mutate_fraction is not None:
             common["mutate_fraction"] = args.mutate_fraction
         s = T.TrainSettings(**common)

@@ -153,6 +153,8 @@ class HierarchicalLMConfig:
     backbone_layers: int = 3
     max_word_len: int = 16      # bytes of a word piece
     max_seq_len: int = 320      # stream positions of a training/eval row
+    encoder_context: str = "row"   # byte encoder's attention: "row" causal over the row, "word" inside the word
+    decoder_context: str = "row"   # the same for the byte decoder
     init_std: float = 0.02
 
     def to_dict(self) -> dict:
@@ -169,6 +171,9 @@ class HierarchicalLM(nn.Module):
     def __init__(self, config: HierarchicalLMConfig | None = None):
         super().__init__()
         c = self.config = config or HierarchicalLMConfig()
+        for name in ("encoder_context", "decoder_context"):
+            if getattr(c, name) not in ("word", "row"):
+                raise ValueError(f"{name}: expected 'word' or 'row', got {getattr(c, name)!r}")
         if c.max_seq_len < c.max_word_len + 1:
             raise ValueError(f"max_seq_len={c.max_seq_len}: must hold one word piece (max_word_len + 1 = "
                              f"{c.max_word_len + 1})")
@@ -214,8 +219,9 @@ class HierarchicalLM(nn.Module):
             raise ValueError(f"batch: {L} positions per row, more than max_seq_len={self.config.max_seq_len}")
         bc, bs = self.byte_cos[:L], self.byte_sin[:L]
         x = self.embed(batch.inputs)
+        doc = batch.doc if self.config.encoder_context == "word" else None
         for blk in self.encoder:
-            x = blk(x, bc, bs, batch.doc)
+            x = blk(x, bc, bs, doc)
         N = batch.last.shape[1]
         v = self.to_word(x.gather(1, batch.last[..., None].expand(B, N, x.shape[-1])))
         h = torch.cat([self.start.to(v.dtype).expand(B, 1, -1), v[:, :-1]], dim=1)  # word t sees words < t
@@ -224,8 +230,9 @@ class HierarchicalLM(nn.Module):
             h = blk(h, wc, ws)
         ctx = self.from_word(h)
         y = x + ctx.gather(1, batch.doc.clamp_min(0)[..., None].expand(B, L, ctx.shape[-1]))
+        doc = batch.doc if self.config.decoder_context == "word" else None
         for blk in self.decoder:
-            y = blk(y, bc, bs, batch.doc)
+            y = blk(y, bc, bs, doc)
         logits = F.linear(self.norm(y), self.embed.weight)
         loss = F.cross_entropy(logits.reshape(B * L, -1).float(), batch.targets.reshape(-1), ignore_index=IGNORE)
         return logits, loss

@@ -254,6 +254,7 @@ class LMSettings(TrainSettings):
     lr: float = 2e-3
     batch_units: int = 8
     eval_every_s: float = 60.0
+    compile: bool = False         # torch.compile the forward; its compilation counts as training time
 
 
 def _lm_model(kind: str, config: dict | None):
@@ -276,7 +277,10 @@ def load_lm(run: str | Path, kind: str):
         raise FileNotFoundError(f"{path}: no {kind} language model; train it with "
                                 f"`craft agents train --level lm --lm-model {kind} --out {run}`")
     ck = torch.load(path, map_location="cpu", weights_only=True)
-    model = _lm_model(kind, ck["config"])
+    config = ck["config"]
+    if kind == "hier":  # checkpoints from before the context options attended inside the word
+        config = {"encoder_context": "word", "decoder_context": "word", **config}
+    model = _lm_model(kind, config)
     model.load_state_dict(ck["model"])
     return model.eval(), ck
 
@@ -305,6 +309,7 @@ def train_lm(train_text: str, val_text: str, out: Path, kind: str = "hier", conf
                             lr=s.lr, betas=(0.9, 0.99))
     path = out / LM_FILES[kind]
     step, secs, log = _resume(path, model, opt, resume)
+    fwd = torch.compile(model) if s.compile else model
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())  # tied weights once
     extra = {"kind": kind, "bf16": bf16, "clock": s.clock, "parameters": n_params, "train_bytes": 0, "evals": []}
     if resume and path.is_file():
@@ -324,7 +329,7 @@ def train_lm(train_text: str, val_text: str, out: Path, kind: str = "hier", conf
             b = LM.make_batch(stream, list(zip(w0.tolist(), np.minimum(w1, n_words).tolist())), L)
             extra["train_bytes"] += b.n_bytes
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                _, loss = model(b)
+                _, loss = fwd(b)
             return loss, {}
     else:
         all_bytes = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).astype(np.int64))
@@ -337,7 +342,7 @@ def train_lm(train_text: str, val_text: str, out: Path, kind: str = "hier", conf
             w = all_bytes[idx]
             extra["train_bytes"] += w.shape[0] * L
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                _, loss = model(w[:, :-1], targets=w[:, 1:])
+                _, loss = fwd(w[:, :-1], targets=w[:, 1:])
             return loss, {}
 
     # both clocks, training time only (evaluation excluded): the machine may be shared, so the
