@@ -15,17 +15,21 @@ the same definition as the flat model's (which predicts bytes only).
 The model (``HierarchicalLM``), three stacks of ``craft.models`` blocks (RMSNorm, rotary
 attention, SwiGLU):
 
-- encoder (byte level, ``byte_dim``): attention causal *inside each word*
-  (``doc_attention`` with the word index as document id); the state at a word's last position
-  has seen the whole word and becomes its word vector (projected to ``word_dim``);
+- encoder (byte level, ``byte_dim``): attention causal over the row (``encoder_context="row"``,
+  the default) or causal *inside each word* (``"word"``: ``doc_attention`` with the word index as
+  document id); the state at a word's last position has seen the whole word (and, with "row",
+  the words before it) and becomes its word vector (projected to ``word_dim``);
 - backbone (word level, ``word_dim``): causal over ``[start, v0, ..., v(N-2)]``, so its output at
   word ``t`` has seen words ``< t`` only: the prediction for word ``t``;
 - decoder (byte level): the encoder's states of word ``t`` (position ``j`` has seen ``b0..b(j-1)``)
-  plus the backbone's prediction for word ``t``, attention causal inside the word, then the
-  byte head (tied to the byte embedding). Position ``j`` predicts ``b(j)``, the last one the end.
+  plus the backbone's prediction for word ``t``, attention causal over the row or inside the word
+  (``decoder_context``), then the byte head (tied to the byte embedding). Position ``j`` predicts
+  ``b(j)``, the last one the end.
 
 The backbone runs once per word instead of once per byte: that is where the throughput comes
-from. The encoder and decoder run on every stream position but attend within a word only.
+from. The encoder and decoder run on every stream position with small blocks. Attending over the
+row lets them see the bytes just before the word directly (a word's first bytes are the hardest to
+predict from one backbone vector alone), at a few percent of the step's time.
 """
 from __future__ import annotations
 
