@@ -59,6 +59,26 @@ def test_summary_states_goals_isa_and_missed_figures(tmp_path):
     assert out.read_text().count("## Goals") == 1
 
 
+def test_summary_keeps_the_newest_result_of_each_benchmark_with_its_run(tmp_path):
+    """A partial run (one benchmark file) updates its rows; the other rows stay, each naming the run
+    that measured it. Rendering only the latest run would drop ``test_other``."""
+    h = tmp_path / "hist"
+    p = tmp_path / "full.json"
+    p.write_text(json.dumps(_run("2026-01-01T10:00:00", 1000.0, 0.93)))
+    history.record(p, h, commit="full1", draw=False)
+    partial = _run("2026-01-05T10:00:00", 2000.0, 1.2)
+    partial["benchmarks"] = partial["benchmarks"][:1]
+    p.write_text(json.dumps(partial))
+    history.record(p, h, commit="part2", draw=False)
+    out = tmp_path / "RESULTS.md"
+    assert summarize.main(["--history", str(h), "--out", str(out)]) == 0
+    rows = {line.split(" | ")[0]: line for line in out.read_text().splitlines() if line.startswith("| test_")}
+    assert "1.20x" in rows["| test_swiglu_fwd_bwd_vs_compiled_one_liner[a]"]
+    assert rows["| test_swiglu_fwd_bwd_vs_compiled_one_liner[a]"].endswith("| 2026-01-05 part2 |")
+    assert rows["| test_other"].endswith("| 2026-01-01 full1 |")
+    assert "2026-01-01 full1: copy 10.0 GB/s" in out.read_text()
+
+
 def test_summary_without_runs_says_so(tmp_path):
     (tmp_path / "h").mkdir()
     with pytest.raises(FileNotFoundError, match="craft bench"):
