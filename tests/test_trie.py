@@ -353,3 +353,40 @@ def test_single_lookup_rejects_what_the_general_path_rejects():
             with pytest.raises((TypeError, ValueError)):
                 t.items_with_prefix(bad)
         assert t.items_with_prefix([True]).tolist() == t.items_with_prefix([1]).tolist() == [0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(16, 40), st.integers(0, 2**32), st.lists(st.lists(st.integers(-2, 45), max_size=4), max_size=40))
+def test_wide_nodes_match_the_reference(width, seed, probes):
+    """Nodes with >= 16 children over most of [0, max token] (semantic-ID codebooks) take the C++
+    core's per-token child table; nodes with gaps or few children take the binary search. Every
+    lookup form, on both kinds of node, with tokens inside gaps, past the table and negative, agrees
+    with the Python twin (the table is built from the arrays, so an off-by-one there changes results)."""
+    rng = np.random.default_rng(seed)
+    full = [[a, b] for a in range(width) for b in range(width) if rng.random() < 0.7]  # dense-ish levels
+    sparse = [[width + 5, int(t)] for t in rng.choice(1000, size=20, replace=False)]  # wide but sparse
+    seqs = full + sparse + [[1], [2, 3, 4]]
+    a, b = _build("cpp", seqs), _build("python", seqs)
+    probes = probes + [[width + 5, int(sparse[0][1])], [width - 1, width - 1], [width, 0]]
+    with ck.use_native("cpp"):
+        got_batch = a.items_with_prefixes(probes)
+        got_walk = a.walk(probes)
+        got = [(a.lookup(p).tolist(), a.items_with_prefix(p).tolist(), a.longest_prefix(p)) for p in probes]
+        s = a.root_states(len(probes))
+        steps_a = []
+        for d in range(4):
+            s = a.advance(s, [p[d] if d < len(p) else 0 for p in probes])
+            steps_a.append(s.tolist())
+    with ck.use_native("python"):
+        want_batch = b.items_with_prefixes(probes)
+        want_walk = b.walk(probes)
+        want = [(b.lookup(p).tolist(), b.items_with_prefix(p).tolist(), b.longest_prefix(p)) for p in probes]
+        s = b.root_states(len(probes))
+        steps_b = []
+        for d in range(4):
+            s = b.advance(s, [p[d] if d < len(p) else 0 for p in probes])
+            steps_b.append(s.tolist())
+    assert got == want
+    assert steps_a == steps_b
+    for x, y in zip(got_batch + got_walk, want_batch + want_walk):
+        assert x.tolist() == y.tolist()
