@@ -375,11 +375,18 @@ class TrieCore {
     // other input (the wrapper then converts and checks it the general way). Every token is read
     // once, with the GIL held (into a local copy), and any int64 value is a valid query (unknown tokens match nothing).
     py::object prefix_items(py::handle seq, bool exact) const {
+        PyObject* r = prefix_items_raw(seq.ptr(), exact);
+        if (!r) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(r);
+    }
+
+    // prefix_items without pybind11 (new reference; nullptr with a Python error set; Py_None when the
+    // input takes the general path). What the builtin functions of fast_lookup call.
+    PyObject* prefix_items_raw(PyObject* o, bool exact) const {
         i64 small[32];
         std::vector<i64> big;
         const i64* p = nullptr;
         i64 len = 0;
-        PyObject* o = seq.ptr();
         if (PyTuple_CheckExact(o) || PyList_CheckExact(o)) {
             len = PySequence_Fast_GET_SIZE(o);
             i64* dst = small;
@@ -389,33 +396,69 @@ class TrieCore {
             }
             PyObject** xs = PySequence_Fast_ITEMS(o);
             for (i64 k = 0; k < len; ++k) {
-                if (!PyLong_CheckExact(xs[k])) return py::none();  // bool, NumPy scalar, float: the general way
+                if (!PyLong_CheckExact(xs[k])) return Py_NewRef(Py_None);  // bool, NumPy scalar, float: the general way
                 int overflow = 0;
                 const long long v = PyLong_AsLongLongAndOverflow(xs[k], &overflow);
-                if (overflow) return py::none();  // the wrapper raises the int64 error
+                if (overflow) return Py_NewRef(Py_None);  // the wrapper raises the int64 error
                 dst[k] = static_cast<i64>(v);
             }
             p = dst;
-        } else if (py::array_t<i64, py::array::c_style>::check_(seq)) {  // int64, C-contiguous: no copy
-            const auto arr = py::reinterpret_borrow<py::array>(seq);
-            if (arr.ndim() != 1) return py::none();
-            len = arr.shape(0);
+        } else if (is_int64_row(o)) {  // int64, 1-d, C-contiguous: copied under the GIL
+            auto* arr = reinterpret_cast<PyArrayObjectView*>(o);
+            len = arr->dims[0];
             i64* dst = small;
             if (len > 32) {
                 big.resize(static_cast<size_t>(len));
                 dst = big.data();
             }
-            std::memcpy(dst, arr.data(), static_cast<size_t>(len) * 8);
+            if (len) std::memcpy(dst, arr->data, static_cast<size_t>(len) * 8);
             p = dst;
         } else {
-            return py::none();
+            return Py_NewRef(Py_None);
         }
         i64 a, z;
         range_under(p, len, -1, exact, a, z);
-        I64 out(z - a);
-        std::copy(it_ + a, it_ + z, out.mutable_data());
-        return std::move(out);
+        return new_items(a, z);
     }
+
+   private:
+    // The leading fields of NumPy's PyArrayObject (stable ABI since NumPy 1.x): read without the C API.
+    struct PyArrayObjectView {
+        PyObject_HEAD
+        char* data;
+        int nd;
+        Py_intptr_t* dims;
+        Py_intptr_t* strides;
+    };
+    static bool is_int64_row(PyObject* o) {
+        auto& api = py::detail::npy_api::get();
+        if (Py_TYPE(o) != api.PyArray_Type_) return false;  // exact ndarray: no subclass hooks
+        auto* a = reinterpret_cast<PyArrayObjectView*>(o);
+        if (a->nd != 1 || (a->dims[0] > 1 && a->strides[0] != 8)) return false;
+        auto* d = reinterpret_cast<py::detail::PyArrayDescr_Proxy*>(py::detail::array_proxy(o)->descr);
+        // int64 in native byte order ('>i8' and other swapped dtypes take the general path)
+        return ((d->type_num == py::detail::npy_api::NPY_LONG_ && sizeof(long) == 8) ||
+                d->type_num == py::detail::npy_api::NPY_LONGLONG_) &&
+               d->byteorder != '>';
+    }
+    // A new int64 (z - a,) array holding items_[a:z] (new reference, or nullptr with the error set).
+    PyObject* new_items(i64 a, i64 z) const {
+        auto& api = py::detail::npy_api::get();
+        PyObject* descr = api.PyArray_DescrFromType_(py::detail::npy_api::NPY_INT64_);
+        if (!descr) return nullptr;
+        const Py_intptr_t dim = static_cast<Py_intptr_t>(z - a);
+        PyObject* out = api.PyArray_NewFromDescr_(api.PyArray_Type_, descr, 1, &dim, nullptr, nullptr, 0, nullptr);
+        if (!out) return nullptr;
+        if (dim) std::memcpy(py::detail::array_proxy(out)->data, it_ + a, static_cast<size_t>(dim) * 8);
+        return out;
+    }
+
+   public:
+    // lookup / items_with_prefix as builtin functions bound to this core (no pybind11 dispatch, no
+    // Python frame): ``fn(seq)`` / ``fn(prefix, limit=None)``. Inputs other than a tuple or list of
+    // ints or an int64 row, and any limit, go to ``fallback(core, seq, limit, exact)`` (the checked
+    // general path). The function holds the core alive.
+    static py::object fast_lookup(py::object core, bool exact, py::object fallback);
 
    private:
     static void fill(char* row, i64 from, i64 to, i64 isz, uint64_t bits) {
@@ -667,6 +710,88 @@ class TrieCore {
     const i32 *ct_ = nullptr, *cn_ = nullptr, *se_ = nullptr;
 };
 
+struct FastLookup {
+    PyObject* core_obj;
+    const TrieCore* core;
+    PyObject* fallback;
+    bool exact;
+};
+constexpr const char* kFastName = "craft.trie.fast_lookup";
+
+void fast_lookup_free(PyObject* cap) {
+    auto* c = static_cast<FastLookup*>(PyCapsule_GetPointer(cap, kFastName));
+    if (!c) return;
+    Py_XDECREF(c->core_obj);
+    Py_XDECREF(c->fallback);
+    delete c;
+}
+
+PyObject* fast_lookup_call(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    auto* c = static_cast<FastLookup*>(PyCapsule_GetPointer(self, kFastName));
+    if (!c) return nullptr;
+    const Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject* seq = nullptr;
+    PyObject* limit = Py_None;
+    const char* name = c->exact ? "seq" : "prefix";
+    for (Py_ssize_t k = 0; k < nkw; ++k) {
+        PyObject* key = PyTuple_GET_ITEM(kwnames, k);
+        PyObject* val = args[nargs + k];
+        if (PyUnicode_CompareWithASCIIString(key, name) == 0 && !seq && nargs == 0) {
+            seq = val;
+        } else if (!c->exact && PyUnicode_CompareWithASCIIString(key, "limit") == 0 && nargs < 2) {
+            limit = val;
+        } else {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R",
+                         c->exact ? "lookup" : "items_with_prefix", key);
+            return nullptr;
+        }
+    }
+    if (nargs >= 1) seq = args[0];
+    if (nargs == 2 && !c->exact) limit = args[1];
+    if (!seq || nargs > (c->exact ? 1 : 2)) {
+        PyErr_Format(PyExc_TypeError, c->exact ? "lookup(seq): expected one sequence of tokens"
+                                                : "items_with_prefix(prefix, limit=None): expected a prefix and an optional limit");
+        return nullptr;
+    }
+    if (limit == Py_None) {
+        PyObject* r;
+        try {
+            r = c->core->prefix_items_raw(seq, c->exact);
+        } catch (const std::exception& e) {
+            PyErr_SetString(PyExc_RuntimeError, e.what());
+            return nullptr;
+        }
+        if (r != Py_None) return r;
+        Py_DECREF(r);
+    }
+    PyObject* fargs[4] = {c->core_obj, seq, limit, c->exact ? Py_True : Py_False};
+    return PyObject_Vectorcall(c->fallback, fargs, 4, nullptr);
+}
+
+PyMethodDef kLookupDef = {"lookup", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_lookup_call)),
+                          METH_FASTCALL | METH_KEYWORDS, "lookup(seq) -> int64 ids of the items whose sequence is seq"};
+PyMethodDef kPrefixDef = {"items_with_prefix",
+                          reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_lookup_call)),
+                          METH_FASTCALL | METH_KEYWORDS,
+                          "items_with_prefix(prefix, limit=None) -> int64 ids of the items under prefix"};
+
+py::object TrieCore::fast_lookup(py::object core, bool exact, py::object fallback) {
+    auto* c = new FastLookup{core.ptr(), core.cast<const TrieCore*>(), fallback.ptr(), exact};
+    Py_INCREF(c->core_obj);
+    Py_INCREF(c->fallback);
+    PyObject* cap = PyCapsule_New(c, kFastName, &fast_lookup_free);
+    if (!cap) {
+        Py_DECREF(c->core_obj);
+        Py_DECREF(c->fallback);
+        delete c;
+        throw py::error_already_set();
+    }
+    PyObject* fn = PyCFunction_NewEx(exact ? &kLookupDef : &kPrefixDef, cap, nullptr);
+    Py_DECREF(cap);
+    if (!fn) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(fn);
+}
+
 }  // namespace
 
 void bind_trie(py::module_& m) {
@@ -683,7 +808,8 @@ void bind_trie(py::module_& m) {
         .def("walk", &TrieCore::walk)
         .def("items_under", &TrieCore::items_under)
         .def("items_one", &TrieCore::items_one)
-        .def("prefix_items", &TrieCore::prefix_items);
+        .def("prefix_items", &TrieCore::prefix_items)
+        .def_static("fast_lookup", &TrieCore::fast_lookup);
 }
 
 }  // namespace craft

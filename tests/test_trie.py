@@ -390,3 +390,25 @@ def test_wide_nodes_match_the_reference(width, seed, probes):
     assert steps_a == steps_b
     for x, y in zip(got_batch + got_walk, want_batch + want_walk):
         assert x.tolist() == y.tolist()
+
+
+def test_single_lookup_arguments_like_the_methods(native_impl):
+    """The C++ single lookups are builtin functions bound to the core: they take the methods'
+    arguments (positional or by name), send a limit or an odd input (swapped byte order, a list of
+    NumPy ints) to the checked path, and raise like the methods on anything else."""
+    t = Trie([[1, 2], [1, 3], [1, 2, 4], [5]])
+    assert t.items_with_prefix(prefix=[1]).tolist() == [0, 2, 1]
+    assert t.items_with_prefix([1], 2).tolist() == t.items_with_prefix([1], limit=2).tolist() == [0, 2]
+    assert t.items_with_prefix(np.array([1, 2], dtype=">i8")).tolist() == [0, 2]
+    assert t.lookup(seq=(1, 2)).tolist() == t.lookup(np.array([1, 2], dtype=">i8")).tolist() == [0]
+    assert t.lookup([np.int64(1), np.int32(2)]).tolist() == [0]
+    with pytest.raises(ValueError, match="limit"):
+        t.items_with_prefix([1], limit=-1)
+    with pytest.raises(TypeError):
+        t.items_with_prefix([1], lim=2)
+    with pytest.raises(TypeError):
+        t.lookup([1], 2)
+    with pytest.raises(TypeError):
+        t.items_with_prefix()
+    with pytest.raises(TypeError, match="prefix"):
+        t.items_with_prefix(["a"])
