@@ -386,3 +386,39 @@ def test_arrays_match_links(native_impl):
     det.reset()
     parts = [det.push_many_arrays(c) for c in np.array_split(np.array(ids), 4)]
     assert np.concatenate([p.positions for p in parts]).tolist() == arr.positions.tolist()
+
+
+def test_push_many_results_read_like_a_list():
+    """C++ push_many returns a LinkList: the links as records, each DetectedLink built when read.
+    It must read like the Python twin's list: len, indexing (negative too), slices, iteration,
+    == and + with lists in both orders, += onto a list, arrays() like push_many_arrays; it cannot
+    be hashed or made from Python, and outlives its detector."""
+    text = list(b"[a](b) x ![c](d) [e](f)")
+    with ck.use_native("python"):
+        want = LinkDetector([bytes([i]) for i in range(256)]).push_many(text)
+    det = LinkDetector([bytes([i]) for i in range(256)])
+    got = det.push_many(text)
+    assert type(got).__name__ == "LinkList" and not isinstance(got, list)
+    assert len(got) == 3 and got == want and want == got and not (got != want)
+    assert got[-1] == want[-1] and got[1:] == want[1:] and list(got) == want
+    assert all(type(l) is DetectedLink for l in got) and got[0].target == "b"
+    assert got + want == want + got == want * 2 and got + got == want * 2
+    acc = []
+    acc += got
+    assert acc == want
+    with pytest.raises(IndexError):
+        got[3]
+    with pytest.raises(TypeError):
+        hash(got)
+    with pytest.raises(TypeError):
+        type(got)()
+    with pytest.raises(TypeError):
+        got + (1,)
+    pos, off, img, tb, to, gb, go = got.arrays()
+    ref = det.scan_arrays(text)
+    assert np.array_equal(pos, ref.positions) and np.array_equal(off, ref.offsets) and tb == ref.text_bytes
+    assert img.tolist() == [False, True, False] and gb == ref.target_bytes
+    empty = det.push_many([ord("x")])
+    assert len(empty) == 0 and empty == [] and not empty and repr(empty) == "[]" and empty.arrays()[0].shape == (0, 4)
+    del det
+    assert [l.target for l in got] == ["b", "d", "f"] and repr(got) == repr(want)
