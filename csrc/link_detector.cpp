@@ -64,30 +64,6 @@ class CallGuard {
     std::atomic<std::thread::id>& owner_;
 };
 
-// The leading fields of NumPy's PyArrayObject (the same in NumPy 1 and 2): a 1-d native int64
-// C-contiguous ndarray (exactly that type) is read without any NumPy call.
-struct ArrayHead {
-    PyObject_HEAD
-    char* data;
-    int nd;
-    Py_intptr_t* dims;
-    Py_intptr_t* strides;
-};
-inline bool fast_view(PyObject* o, const i64*& p, i64& n) {
-    auto& api = py::detail::npy_api::get();
-    if (Py_TYPE(o) != api.PyArray_Type_) return false;
-    auto* a = reinterpret_cast<ArrayHead*>(o);
-    if (a->nd != 1 || (a->dims[0] > 1 && a->strides[0] != 8)) return false;
-    auto* d = reinterpret_cast<py::detail::PyArrayDescr_Proxy*>(py::detail::array_proxy(o)->descr);
-    if (!((d->type_num == py::detail::npy_api::NPY_LONG_ && sizeof(long) == 8) ||
-          d->type_num == py::detail::npy_api::NPY_LONGLONG_) || d->byteorder == '>')
-        return false;
-    if (reinterpret_cast<uintptr_t>(a->data) % alignof(i64)) return false;  // unaligned: the general path
-    p = reinterpret_cast<const i64*>(a->data);
-    n = a->dims[0];
-    return true;
-}
-
 // What every core shares: the token tables, the limits, the Python side (DetectedLink, the id
 // converters), the lock, the id buffer and the cached int objects of token ids.
 class CoreBase {
@@ -221,7 +197,7 @@ class CoreBase {
 
    private:
     static bool view(py::handle obj, const i64*& p, i64& n) {
-        if (fast_view(obj.ptr(), p, n)) return true;
+        if (int64_row(obj.ptr(), p, n)) return true;
         if (!py::array_t<i64>::check_(obj)) return false;
         auto a = py::reinterpret_borrow<py::array>(obj);
         if (a.ndim() != 1 || !(a.flags() & py::array::c_style)) return false;

@@ -403,15 +403,13 @@ class TrieCore {
                 dst[k] = static_cast<i64>(v);
             }
             p = dst;
-        } else if (is_int64_row(o)) {  // int64, 1-d, C-contiguous: copied under the GIL
-            auto* arr = reinterpret_cast<PyArrayObjectView*>(o);
-            len = arr->dims[0];
+        } else if (const i64* row = nullptr; int64_row(o, row, len)) {  // copied under the GIL
             i64* dst = small;
             if (len > 32) {
                 big.resize(static_cast<size_t>(len));
                 dst = big.data();
             }
-            if (len) std::memcpy(dst, arr->data, static_cast<size_t>(len) * 8);
+            if (len) std::memcpy(dst, row, static_cast<size_t>(len) * 8);
             p = dst;
         } else {
             return Py_NewRef(Py_None);
@@ -422,25 +420,6 @@ class TrieCore {
     }
 
    private:
-    // The leading fields of NumPy's PyArrayObject (stable ABI since NumPy 1.x): read without the C API.
-    struct PyArrayObjectView {
-        PyObject_HEAD
-        char* data;
-        int nd;
-        Py_intptr_t* dims;
-        Py_intptr_t* strides;
-    };
-    static bool is_int64_row(PyObject* o) {
-        auto& api = py::detail::npy_api::get();
-        if (Py_TYPE(o) != api.PyArray_Type_) return false;  // exact ndarray: no subclass hooks
-        auto* a = reinterpret_cast<PyArrayObjectView*>(o);
-        if (a->nd != 1 || (a->dims[0] > 1 && a->strides[0] != 8)) return false;
-        auto* d = reinterpret_cast<py::detail::PyArrayDescr_Proxy*>(py::detail::array_proxy(o)->descr);
-        // int64 in native byte order ('>i8' and other swapped dtypes take the general path)
-        return ((d->type_num == py::detail::npy_api::NPY_LONG_ && sizeof(long) == 8) ||
-                d->type_num == py::detail::npy_api::NPY_LONGLONG_) &&
-               d->byteorder != '>';
-    }
     // A new int64 (z - a,) array holding items_[a:z] (new reference, or nullptr with the error set).
     PyObject* new_items(i64 a, i64 z) const {
         auto& api = py::detail::npy_api::get();
