@@ -422,3 +422,17 @@ def test_push_many_results_read_like_a_list():
     assert len(empty) == 0 and empty == [] and not empty and repr(empty) == "[]" and empty.arrays()[0].shape == (0, 4)
     del det
     assert [l.target for l in got] == ["b", "d", "f"] and repr(got) == repr(want)
+
+
+@pytest.mark.parametrize("blank", [b"  ", b"\t", b" \r", b""])
+def test_code_span_content_skipped_whole_keeps_the_line_flags(blank):
+    """Inside a code span with no link open, C++ skips whole tokens without a backtick or a newline,
+    applying each one's flag change at once: a line of such tokens holding only whitespace is still a
+    blank line (it ends the span and the link after it is found); one holding anything else is not."""
+    vocab = [b"`", b"code", b"\n", blank, b"x ", b"[", b"a", b"]", b"(", b"b", b")", b"!"]
+    for middle, found in (([3], True), ([3, 3], True), ([4], False), ([3, 4, 3], False), ([11], False)):
+        ids = [0, 1, 2, *middle, 2, 5, 6, 7, 8, 9, 10]
+        with ck.use_native("python"):
+            want = _fields(LinkDetector(vocab).scan(ids))
+        got = _fields(LinkDetector(vocab).scan(ids))
+        assert got == want and (len(got) == 1) == found, (middle, got)
