@@ -3,8 +3,8 @@
 The pytest benchmarks (test_trie.py, test_link_detector.py, test_dataprep.py) time wall clock,
 which on a shared machine mostly measures how often the process was descheduled. This script times
 the same work with ``time.thread_time`` (CPU time of this thread), both sides interleaved round by
-round in one process, and prints medians with their min-max range, the ratio, the 1-minute load and
-the ISA. Rows:
+round in one process, and prints medians with their min-max range, the ratio of the medians, the
+range and median of the per-round ratios, the 1-minute load and the ISA. Rows:
 
 - trie: 2,000 single prefix lookups (``items_with_prefix``) and one batched call
   (``items_with_prefixes``) over a 200k-item trie vs marisa-trie ``keys`` per prefix, each round
@@ -53,7 +53,9 @@ def report(title: str, times: dict, base: str, unit_count: int, unit: str) -> No
     b = statistics.median(times[base])
     for k, v in times.items():
         m = statistics.median(v)
-        ratio = "" if k == base else f"  {b / m:6.2f}x {base}"
+        per_round = sorted(x / y for x, y in zip(times[base], v))
+        ratio = "" if k == base else (f"  {b / m:6.2f}x {base} (per round {per_round[0]:.2f}-{per_round[-1]:.2f}, "
+                                      f"median {statistics.median(per_round):.2f}x)")
         print(f"  {k:28s} {m * 1e3:9.3f} ms ({min(v) * 1e3:.3f}-{max(v) * 1e3:.3f})  "
               f"{unit_count / m / 1e6:8.2f}M {unit}/s{ratio}")
 
