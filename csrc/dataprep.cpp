@@ -350,6 +350,46 @@ py::object flatten_offsets(std::vector<Arr> levels, i64 n_tokens, i64 upto) {
     return std::move(out);
 }
 
+// CSR offsets check alone (no longest unit): a[0] == 0, non-decreasing, a[n-1] == total.
+CRAFT_CLONES bool offsets_ok(const i64* a, i64 n, i64 total) {
+    if (n < 1 || a[0] != 0 || a[n - 1] != total) return false;
+    i64 bad = 0;
+    for (i64 i = 0; i + 1 < n; ++i) bad |= static_cast<i64>(a[i + 1] < a[i]);
+    return !bad;
+}
+
+// flatten_level's one-call path: `tokens` a 1-d int64 array, `levels` a list or tuple of them, `upto`
+// a level index. Every level is checked (as flatten_offsets) and the offsets of levels[upto] composed
+// down to the tokens, on the caller's arrays with the GIL held, the arrays read without NumPy calls.
+// None for any other input or an invalid level: the wrapper's checks then raise the message naming
+// the argument.
+py::object flatten_fast(py::handle tokens, py::handle levels, i64 upto) {
+    const i64* tp = nullptr;
+    i64 total = 0;
+    if (!int64_row(tokens.ptr(), tp, total)) return py::none();
+    PyObject* seq = levels.ptr();
+    if (!PyList_CheckExact(seq) && !PyTuple_CheckExact(seq)) return py::none();
+    const i64 k = PySequence_Fast_GET_SIZE(seq);
+    if (k < 1 || upto < 0 || upto >= k) return py::none();
+    PyObject** items = PySequence_Fast_ITEMS(seq);
+    std::vector<const i64*> p(static_cast<size_t>(k));
+    std::vector<i64> n(static_cast<size_t>(k));
+    for (i64 l = 0; l < k; ++l) {
+        if (!int64_row(items[l], p[static_cast<size_t>(l)], n[static_cast<size_t>(l)]) ||
+            !offsets_ok(p[static_cast<size_t>(l)], n[static_cast<size_t>(l)], total))
+            return py::none();
+        total = n[static_cast<size_t>(l)] - 1;
+    }
+    if (upto == 0) return py::reinterpret_borrow<py::object>(items[0]);
+    const i64 m = n[static_cast<size_t>(upto)];
+    Arr out = new_array({m});
+    i64* o = out.mutable_data();
+    std::copy(p[static_cast<size_t>(upto)], p[static_cast<size_t>(upto)] + m, o);
+    for (i64 l = upto - 1; l >= 0; --l)  // bounds-checked: see flatten_offsets
+        if (!gather_checked(p[static_cast<size_t>(l)], n[static_cast<size_t>(l)], o, m)) return py::none();
+    return std::move(out);
+}
+
 // Compose offsets of levels already validated (private copies): the GIL is released.
 Arr compose_offsets(std::vector<Arr> levels) {
     Arr cur = levels[0];
@@ -510,6 +550,7 @@ void bind_dataprep(py::module_& m) {
     m.def("pad_units", &pad_units, py::arg("tokens"), py::arg("offsets"), py::arg("width"), py::arg("pad_id"),
           py::arg("truncate"), py::arg("avx512") = true);  // avx512=false: the portable kernel (tests)
     m.def("flatten_offsets", &flatten_offsets, py::arg("levels"), py::arg("n_tokens"), py::arg("upto"));
+    m.def("flatten_fast", &flatten_fast, py::arg("tokens"), py::arg("levels"), py::arg("upto"));
     m.def("greedy_join", &greedy_join, py::arg("lengths"), py::arg("budget"), py::arg("join_cost"));
     m.def("split_units", &split_units, py::arg("offsets"), py::arg("budget"));
     m.def("join_pad", &join_pad, py::arg("tokens"), py::arg("offsets"), py::arg("unit_ids"), py::arg("unit_pos0"),

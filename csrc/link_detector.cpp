@@ -19,6 +19,7 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -126,23 +127,34 @@ class CoreBase {
     }
 
     PyObject* new_link(const LinkRec& r, const LinkArena& a) {
+        PyObject* link = new_link_raw(r, a.bytes.data(), a.ids.data());
+        if (!link) throw py::error_already_set();
+        return link;
+    }
+
+   public:
+    // A DetectedLink from a record whose bytes and ids live at `bytes` / `ids` (new reference, or
+    // nullptr with the Python error set). Under the GIL; LinkList calls it when a link is read.
+    PyObject* new_link_raw(const LinkRec& r, const char* bytes, const int32_t* ids) {
         PyObject* items[13] = {};
         bool ok = true;
         for (int k = 0; k < 8; ++k) ok = ok && (items[k] = PyLong_FromLongLong(r.pos[k]));
-        ok = ok && (items[8] = PyBytes_FromStringAndSize(a.bytes.data() + r.text_off, r.text_len));
-        ok = ok && (items[9] = PyBytes_FromStringAndSize(a.bytes.data() + r.target_off, r.target_len));
+        ok = ok && (items[8] = PyBytes_FromStringAndSize(bytes + r.text_off, static_cast<py::ssize_t>(r.text_len)));
+        ok = ok && (items[9] = PyBytes_FromStringAndSize(bytes + r.target_off, static_cast<py::ssize_t>(r.target_len)));
         if (ok) items[10] = Py_NewRef(r.image ? Py_True : Py_False);
-        ok = ok && (items[11] = id_list(a.ids.data() + r.ids_off, r.n_text_ids));
-        ok = ok && (items[12] = id_list(a.ids.data() + r.ids_off + r.n_text_ids, r.n_target_ids));
+        ok = ok && (items[11] = id_list(ids + r.ids_off, r.n_text_ids));
+        ok = ok && (items[12] = id_list(ids + r.ids_off + r.n_text_ids, r.n_target_ids));
         auto* type = reinterpret_cast<PyTypeObject*>(link_type_.ptr());
         PyObject* link = ok ? type->tp_alloc(type, 13) : nullptr;
         if (!link) {
             for (PyObject* o : items) Py_XDECREF(o);
-            throw py::error_already_set();
+            return nullptr;
         }
         for (int k = 0; k < 13; ++k) PyTuple_SET_ITEM(link, k, items[k]);
         return link;
     }
+
+   protected:
 
     py::list links(const LinkArena& a) {
         PyObject* list = PyList_New(static_cast<py::ssize_t>(a.recs.size()));
@@ -154,8 +166,11 @@ class CoreBase {
 
     // (positions (n, 4), offsets (n, 4), is_image (n,), text bytes, text offsets (n + 1,), target bytes,
     // target offsets (n + 1,)): the fields of LinkArrays, seven objects whatever n is.
-    static py::tuple arrays(const LinkArena& a) {
-        const auto n = static_cast<py::ssize_t>(a.recs.size());
+    static py::tuple arrays(const LinkArena& a) { return arrays_raw(a.recs.data(), a.recs.size(), a.bytes.data()); }
+
+   public:
+    static py::tuple arrays_raw(const LinkRec* recs, size_t n_recs, const char* bytes) {
+        const auto n = static_cast<py::ssize_t>(n_recs);
         py::array_t<i64> pos({n, py::ssize_t{4}}), off({n, py::ssize_t{4}}), text_off(n + 1), target_off(n + 1);
         py::array_t<bool> image(n);
         i64 *pp = pos.mutable_data(), *po = off.mutable_data(), *pt = text_off.mutable_data(),
@@ -164,23 +179,25 @@ class CoreBase {
         std::string text, target;
         pt[0] = pg[0] = 0;
         for (py::ssize_t k = 0; k < n; ++k) {
-            const LinkRec& r = a.recs[static_cast<size_t>(k)];
+            const LinkRec& r = recs[static_cast<size_t>(k)];
             std::copy(r.pos, r.pos + 4, pp + 4 * k);
             std::copy(r.pos + 4, r.pos + 8, po + 4 * k);
             pi[k] = r.image;
-            text.append(a.bytes, r.text_off, r.text_len);
-            target.append(a.bytes, r.target_off, r.target_len);
+            text.append(bytes + r.text_off, r.text_len);
+            target.append(bytes + r.target_off, r.target_len);
             pt[k + 1] = static_cast<i64>(text.size());
             pg[k + 1] = static_cast<i64>(target.size());
         }
         return py::make_tuple(pos, off, image, py::bytes(text), text_off, py::bytes(target), target_off);
     }
 
+   protected:
     TokenTables tt_;
     Limits lim_;
 
    private:
     static bool view(py::handle obj, const i64*& p, i64& n) {
+        if (int64_row(obj.ptr(), p, n)) return true;
         if (!py::array_t<i64>::check_(obj)) return false;
         auto a = py::reinterpret_borrow<py::array>(obj);
         if (a.ndim() != 1 || !(a.flags() & py::array::c_style)) return false;
@@ -255,6 +272,9 @@ class LinkDetectorCore : public CoreBase {
         return arrays(arena_);
     }
 
+    // push_many's result as a LinkList (new reference): no Python object per link until one is read.
+    PyObject* push_many_list(PyObject* ids, PyObject* owner);
+
     py::object push(py::handle token) {
         auto g = guard();
         const i64 t = token_id(token);
@@ -281,6 +301,220 @@ class LinkDetectorCore : public CoreBase {
     Stream s_;
     LinkArena arena_;
 };
+
+// ---- LinkList: the links of one push_many call, kept as records (one allocation, whatever the
+// number of links); each DetectedLink is built when it is read (indexing, iteration, comparison,
+// concatenation), so streaming wakes the garbage collector once per call at most, not once per
+// link. An immutable sequence: len, [k] / slices, iteration, == and + with lists, arrays().
+struct LinkListObject {
+    PyObject_VAR_HEAD
+    PyObject* owner;  // the core's Python object (keeps `base` alive); nullptr when empty
+    CoreBase* base;
+    Py_ssize_t n;
+    LinkRec* recs;
+    int32_t* ids;
+    char* bytes;
+};
+PyTypeObject* g_link_list = nullptr;
+PyObject* g_empty_links = nullptr;
+
+PyObject* link_list_new(const LinkArena& a, PyObject* owner, CoreBase* base) {
+    const size_t nr = a.recs.size();
+    if (nr == 0) return Py_NewRef(g_empty_links);
+    const size_t head = (sizeof(LinkListObject) + 7) / 8 * 8;
+    const size_t rec_bytes = nr * sizeof(LinkRec), id_bytes = a.ids.size() * sizeof(int32_t);
+    const size_t extra = head - sizeof(LinkListObject) + rec_bytes + id_bytes + a.bytes.size();
+    auto* o = PyObject_NewVar(LinkListObject, g_link_list, static_cast<Py_ssize_t>(extra));
+    if (!o) return nullptr;
+    char* store = reinterpret_cast<char*>(o) + head;
+    o->owner = Py_NewRef(owner);
+    o->base = base;
+    o->n = static_cast<Py_ssize_t>(nr);
+    o->recs = reinterpret_cast<LinkRec*>(store);
+    o->ids = reinterpret_cast<int32_t*>(store + rec_bytes);
+    o->bytes = store + rec_bytes + id_bytes;
+    std::memcpy(o->recs, a.recs.data(), rec_bytes);
+    if (id_bytes) std::memcpy(o->ids, a.ids.data(), id_bytes);
+    if (!a.bytes.empty()) std::memcpy(o->bytes, a.bytes.data(), a.bytes.size());
+    return reinterpret_cast<PyObject*>(o);
+}
+
+void link_list_dealloc(PyObject* self) {
+    auto* o = reinterpret_cast<LinkListObject*>(self);
+    PyTypeObject* type = Py_TYPE(self);
+    Py_XDECREF(o->owner);
+    type->tp_free(self);
+    Py_DECREF(type);
+}
+
+Py_ssize_t link_list_len(PyObject* self) { return reinterpret_cast<LinkListObject*>(self)->n; }
+
+PyObject* link_list_item(PyObject* self, Py_ssize_t k) {
+    auto* o = reinterpret_cast<LinkListObject*>(self);
+    if (k < 0 || k >= o->n) {
+        PyErr_SetString(PyExc_IndexError, "LinkList index out of range");
+        return nullptr;
+    }
+    return o->base->new_link_raw(o->recs[k], o->bytes, o->ids);
+}
+
+PyObject* link_list_materialize(PyObject* self) {  // list[DetectedLink]
+    auto* o = reinterpret_cast<LinkListObject*>(self);
+    PyObject* list = PyList_New(o->n);
+    if (!list) return nullptr;
+    for (Py_ssize_t k = 0; k < o->n; ++k) {
+        PyObject* l = o->base->new_link_raw(o->recs[k], o->bytes, o->ids);
+        if (!l) {
+            Py_DECREF(list);
+            return nullptr;
+        }
+        PyList_SET_ITEM(list, k, l);
+    }
+    return list;
+}
+
+PyObject* link_list_subscript(PyObject* self, PyObject* key) {
+    if (PyIndex_Check(key)) {
+        Py_ssize_t k = PyNumber_AsSsize_t(key, PyExc_IndexError);
+        if (k == -1 && PyErr_Occurred()) return nullptr;
+        if (k < 0) k += reinterpret_cast<LinkListObject*>(self)->n;
+        return link_list_item(self, k);
+    }
+    PyObject* list = link_list_materialize(self);
+    if (!list) return nullptr;
+    PyObject* r = PyObject_GetItem(list, key);
+    Py_DECREF(list);
+    return r;
+}
+
+// A list of the links for a LinkList, a new reference to any other object.
+PyObject* as_list(PyObject* x) {
+    return Py_TYPE(x) == g_link_list ? link_list_materialize(x) : Py_NewRef(x);
+}
+
+PyObject* link_list_richcompare(PyObject* a, PyObject* b, int op) {
+    PyObject *la = as_list(a), *lb = la ? as_list(b) : nullptr;
+    PyObject* r = lb ? PyObject_RichCompare(la, lb, op) : nullptr;
+    Py_XDECREF(la);
+    Py_XDECREF(lb);
+    return r;
+}
+
+PyObject* link_list_add(PyObject* a, PyObject* b) {  // with a list or another LinkList: a list
+    const bool ok_a = Py_TYPE(a) == g_link_list || PyList_Check(a), ok_b = Py_TYPE(b) == g_link_list || PyList_Check(b);
+    if (!ok_a || !ok_b) Py_RETURN_NOTIMPLEMENTED;
+    PyObject *la = as_list(a), *lb = la ? as_list(b) : nullptr;
+    PyObject* r = lb ? PySequence_Concat(la, lb) : nullptr;
+    Py_XDECREF(la);
+    Py_XDECREF(lb);
+    return r;
+}
+
+PyObject* link_list_repr(PyObject* self) {
+    PyObject* list = link_list_materialize(self);
+    if (!list) return nullptr;
+    PyObject* r = PyObject_Repr(list);
+    Py_DECREF(list);
+    return r;
+}
+
+PyObject* link_list_arrays(PyObject* self, PyObject*) {
+    auto* o = reinterpret_cast<LinkListObject*>(self);
+    try {
+        return CoreBase::arrays_raw(o->recs, static_cast<size_t>(o->n), o->bytes).release().ptr();
+    } catch (py::error_already_set& e) {
+        e.restore();
+    } catch (const std::exception& e) {
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+    return nullptr;
+}
+
+PyMethodDef kLinkListMethods[] = {
+    {"arrays", reinterpret_cast<PyCFunction>(&link_list_arrays), METH_NOARGS,
+     "The fields of LinkArrays (positions, offsets, is_image, text bytes, text offsets, target bytes, target offsets)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyType_Slot kLinkListSlots[] = {
+    {Py_tp_dealloc, reinterpret_cast<void*>(&link_list_dealloc)},
+    {Py_sq_length, reinterpret_cast<void*>(&link_list_len)},
+    {Py_sq_item, reinterpret_cast<void*>(&link_list_item)},
+    {Py_mp_length, reinterpret_cast<void*>(&link_list_len)},
+    {Py_mp_subscript, reinterpret_cast<void*>(&link_list_subscript)},
+    {Py_tp_richcompare, reinterpret_cast<void*>(&link_list_richcompare)},
+    {Py_nb_add, reinterpret_cast<void*>(&link_list_add)},
+    {Py_tp_repr, reinterpret_cast<void*>(&link_list_repr)},
+    {Py_tp_hash, reinterpret_cast<void*>(&PyObject_HashNotImplemented)},
+    {Py_tp_methods, kLinkListMethods},
+    {Py_tp_doc, const_cast<char*>("The links of one push_many call: a sequence of DetectedLink, each built when read.")},
+    {0, nullptr}};
+
+PyType_Spec kLinkListSpec = {"craft_kernels._C.LinkList", static_cast<int>(sizeof(LinkListObject)), 1,
+                             Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, kLinkListSlots};
+
+PyObject* LinkDetectorCore::push_many_list(PyObject* ids, PyObject* owner) {
+    auto g = guard();
+    run(py::handle(ids));
+    return link_list_new(arena_, owner, this);
+}
+
+// push_many as a builtin function bound to one core (no pybind11 dispatch): fn(ids) -> LinkList.
+struct FastPush {
+    PyObject* owner;
+    LinkDetectorCore* core;
+};
+constexpr const char* kFastPushName = "craft.link_detector.fast_push";
+
+void fast_push_free(PyObject* cap) {
+    auto* c = static_cast<FastPush*>(PyCapsule_GetPointer(cap, kFastPushName));
+    if (!c) return;
+    Py_XDECREF(c->owner);
+    delete c;
+}
+
+PyObject* fast_push_call(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    auto* c = static_cast<FastPush*>(PyCapsule_GetPointer(self, kFastPushName));
+    if (!c) return nullptr;
+    PyObject* ids = nullptr;
+    if (nargs == 1 && !kwnames) {
+        ids = args[0];
+    } else if (nargs == 0 && kwnames && PyTuple_GET_SIZE(kwnames) == 1 &&
+               PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "ids") == 0) {
+        ids = args[0];
+    } else {
+        PyErr_SetString(PyExc_TypeError, "push_many(ids): expected one argument, the (n,) token ids");
+        return nullptr;
+    }
+    try {
+        return c->core->push_many_list(ids, c->owner);
+    } catch (py::error_already_set& e) {
+        e.restore();
+    } catch (const py::builtin_exception& e) {
+        e.set_error();
+    } catch (const std::exception& e) {
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+    return nullptr;
+}
+
+PyMethodDef kFastPushDef = {"push_many", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_push_call)),
+                            METH_FASTCALL | METH_KEYWORDS,
+                            "push_many(ids) -> LinkList: the links the ids complete (DetectedLinks built when read)"};
+
+py::object fast_push_many(py::object core) {
+    auto* c = new FastPush{core.ptr(), core.cast<LinkDetectorCore*>()};
+    Py_INCREF(c->owner);
+    PyObject* cap = PyCapsule_New(c, kFastPushName, &fast_push_free);
+    if (!cap) {
+        Py_DECREF(c->owner);
+        delete c;
+        throw py::error_already_set();
+    }
+    PyObject* fn = PyCFunction_NewEx(&kFastPushDef, cap, nullptr);
+    Py_DECREF(cap);
+    if (!fn) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(fn);
+}
 
 class BatchLinkDetectorCore : public CoreBase {
    public:
@@ -373,6 +607,21 @@ void bind_link_detector(py::module_& m) {
     using link_detector::i64;
     using link_detector::LinkDetectorCore;
     using Bytes = const std::vector<py::bytes>&;
+    if (!link_detector::g_link_list) {
+        PyObject* t = PyType_FromSpec(&link_detector::kLinkListSpec);
+        if (!t) throw py::error_already_set();
+        link_detector::g_link_list = reinterpret_cast<PyTypeObject*>(t);
+        auto* e = PyObject_NewVar(link_detector::LinkListObject, link_detector::g_link_list, 0);
+        if (!e) throw py::error_already_set();
+        e->owner = nullptr;
+        e->base = nullptr;
+        e->n = 0;
+        e->recs = nullptr;
+        e->ids = nullptr;
+        e->bytes = nullptr;
+        link_detector::g_empty_links = reinterpret_cast<PyObject*>(e);
+        m.add_object("LinkList", py::reinterpret_borrow<py::object>(t));
+    }
     py::class_<LinkDetectorCore>(m, "LinkDetectorCore")
         .def(py::init<Bytes, i64, i64, i64, i64, bool, py::object, py::object, py::object>(), py::arg("token_bytes"),
              py::arg("max_text_bytes"), py::arg("max_target_bytes"), py::arg("max_openers"), py::arg("max_depth"),
@@ -380,6 +629,7 @@ void bind_link_detector(py::module_& m) {
         .def("reset", &LinkDetectorCore::reset)
         .def("push_many", &LinkDetectorCore::push_many, "push_many(ids) -> list[DetectedLink]")
         .def("push_many_arrays", &LinkDetectorCore::push_many_arrays, "push_many_arrays(ids) -> LinkArrays fields")
+        .def_static("fast_push_many", &link_detector::fast_push_many, "a push_many builtin bound to the core")
         .def("push", &LinkDetectorCore::push, "push(token_id) -> DetectedLink | None")
         .def_property_readonly("inside_target", &LinkDetectorCore::inside_target)
         .def_property_readonly("current_target_bytes", &LinkDetectorCore::current_target);

@@ -86,6 +86,14 @@ class Stream {
                 flags_ = tt.flags_after(ids + start, i - start, flags_);
                 pos_ += i - start;
                 if (i == n) return;
+            } else if (state_ == CODE && run_ == 0 && openers_.empty()) {  // inside a code span, no link open:
+                // only a backtick or a newline can change more than the line flags (hist_n_ is 0 here)
+                const i64 start = i;
+                uint8_t f = flags_;
+                for (; i < n && !tt.stops_code(ids[i]); ++i) f = tt.code[static_cast<size_t>(ids[i])].apply(f);
+                flags_ = f;
+                pos_ += i - start;
+                if (i == n) return;
             } else if (state_ == FENCE && fline_ == BODY) {  // inside a fenced line: only its newline matters
                 // (nothing is open in a fence, and the newline sets every flag the fence reads)
                 const i64 start = i;

@@ -99,6 +99,28 @@ inline FlagStep flag_step(const char* p, i64 n, bool esc_in) {
     return FlagStep{static_cast<uint16_t>(set | keep << 3 | (ls_keep ? 1 : 0) << 6 | ls_add << 7)};
 }
 
+// How a token read inside a code span changes the flags (the twin's _code_text over its bytes,
+// which never sets ESC): for tokens without a backtick or a newline, the only bytes a span's
+// content waits for. Same encoding as flag_step.
+inline FlagStep code_step(const char* p, i64 n) {
+    if (n == 0) return FlagStep{static_cast<uint16_t>(7 << 3 | 1 << 6)};
+    bool bang = false, nl_keep = true, ls_keep = true;
+    int ls_add = 0;
+    for (i64 i = 0; i < n; ++i) {
+        const unsigned char c = static_cast<unsigned char>(p[i]);
+        bang = c == '!';
+        if (c == ' ') {
+            ls_add = std::min(ls_add + 1, int{kNoLineStart});
+        } else if (c == '\t' || c == '\r') {
+            ls_keep = false, ls_add = kNoLineStart;
+        } else {
+            nl_keep = false, ls_keep = false, ls_add = kNoLineStart;
+        }
+    }
+    const int keep = ESC | (nl_keep ? NL : 0);
+    return FlagStep{static_cast<uint16_t>((bang ? BANG : 0) | keep << 3 | (ls_keep ? 1 : 0) << 6 | ls_add << 7)};
+}
+
 struct TokenInfo {  // where a token's bytes are and what they hold: one 8-byte load per token
     uint32_t off;       // into TokenTables::bytes
     uint32_t len_kind;  // len << 2 | kind
@@ -112,9 +134,12 @@ struct TokenTables {
     std::vector<FlagStep> idle;   // idle[2 * t + esc_before]
     std::vector<uint64_t> opens;     // bit t: token t may leave the idle state ('[', or '`' / '~' with code)
     std::vector<uint64_t> newlines;  // bit t: token t holds a newline (all a fenced line's content waits for)
+    std::vector<uint64_t> code_stops;  // bit t: token t holds a backtick or a newline (what a code span waits for)
+    std::vector<FlagStep> code;        // code[t]: the flags after token t inside a code span (code_step)
 
     bool may_open(i64 t) const { return (opens[static_cast<size_t>(t) >> 6] >> (t & 63)) & 1; }
     bool has_newline(i64 t) const { return (newlines[static_cast<size_t>(t) >> 6] >> (t & 63)) & 1; }
+    bool stops_code(i64 t) const { return (code_stops[static_cast<size_t>(t) >> 6] >> (t & 63)) & 1; }
     const FlagStep& step(i64 t, uint8_t flags) const { return idle[2 * static_cast<size_t>(t) + (flags & ESC)]; }
 
     // The flags after ids[0, n), none of which may open, from `flags` before them. Only the tokens
@@ -133,6 +158,8 @@ struct TokenTables {
         idle.reserve(2 * tb.size());
         opens.assign((tb.size() + 63) / 64, 0);
         newlines.assign((tb.size() + 63) / 64, 0);
+        code_stops.assign((tb.size() + 63) / 64, 0);
+        code.reserve(tb.size());
         for (const auto& b : tb) {
             char* p = nullptr;
             py::ssize_t n = 0;
@@ -140,10 +167,11 @@ struct TokenTables {
             if (bytes.size() + static_cast<size_t>(n) > UINT32_MAX / 4)
                 throw py::value_error("token_bytes: more than 1 GiB of token bytes");
             uint8_t k = n == 0 ? EMPTY : PLAIN;
-            bool opener = false, newline = false;
+            bool opener = false, newline = false, tick = false;
             for (py::ssize_t i = 0; i < n; ++i) {
                 const char c = p[i];
                 newline = newline || c == '\n';
+                tick = tick || c == '`';
                 if (is_special(static_cast<unsigned char>(c))) k = SPECIAL;
                 if (c == '[' || (skip_code && (c == '`' || c == '~'))) opener = true;
             }
@@ -151,6 +179,8 @@ struct TokenTables {
             idle.push_back(flag_step(p, n, true));
             if (opener) opens[info.size() >> 6] |= uint64_t{1} << (info.size() & 63);
             if (newline) newlines[info.size() >> 6] |= uint64_t{1} << (info.size() & 63);
+            if (newline || tick) code_stops[info.size() >> 6] |= uint64_t{1} << (info.size() & 63);
+            code.push_back(code_step(p, n));
             info.push_back({static_cast<uint32_t>(bytes.size()), static_cast<uint32_t>(n) << 2 | k});
             bytes.append(p, static_cast<size_t>(n));
         }

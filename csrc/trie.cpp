@@ -208,6 +208,7 @@ class TrieCore {
                    se_a_.shape(0) != n_ || io_[n_] != it_a_.shape(0)) {
             throw py::value_error("trie arrays: lengths disagree");
         }
+        build_lookup_tables();
     }
 
     i64 n_nodes() const { return n_; }
@@ -330,7 +331,7 @@ class TrieCore {
         i64 *nd = nodes.mutable_data(), *us = used.mutable_data();
         {
             py::gil_scoped_release nogil;
-            for (i64 s = 0; s < q; ++s) walk_one(f.data() + o[s], o[s + 1] - o[s], nd[s], us[s]);
+            walk_many(f.data(), o.data(), q, nd, us);
         }
         return py::make_tuple(nodes, used);
     }
@@ -346,17 +347,16 @@ class TrieCore {
         i64* oo = out_off.mutable_data();
         {
             py::gil_scoped_release nogil;
+            ranges_many(f.data(), o.data(), q, limit, exact, lo.data(), hi.data());
             oo[0] = 0;
-            for (i64 s = 0; s < q; ++s) {
-                range_under(f.data() + o[s], o[s + 1] - o[s], limit, exact, lo[static_cast<size_t>(s)],
-                            hi[static_cast<size_t>(s)]);
-                oo[s + 1] = oo[s] + (hi[static_cast<size_t>(s)] - lo[static_cast<size_t>(s)]);
-            }
+            for (i64 s = 0; s < q; ++s) oo[s + 1] = oo[s] + (hi[static_cast<size_t>(s)] - lo[static_cast<size_t>(s)]);
         }
         I64 items(oo[q]);
         i64* it = items.mutable_data();
-        for (i64 s = 0; s < q; ++s)
+        for (i64 s = 0; s < q; ++s) {
+            if (s + 8 < q) __builtin_prefetch(it_ + lo[static_cast<size_t>(s) + 8]);
             std::copy(it_ + lo[static_cast<size_t>(s)], it_ + hi[static_cast<size_t>(s)], it + oo[s]);
+        }
         return py::make_tuple(out_off, items);
     }
 
@@ -375,11 +375,18 @@ class TrieCore {
     // other input (the wrapper then converts and checks it the general way). Every token is read
     // once, with the GIL held (into a local copy), and any int64 value is a valid query (unknown tokens match nothing).
     py::object prefix_items(py::handle seq, bool exact) const {
+        PyObject* r = prefix_items_raw(seq.ptr(), exact);
+        if (!r) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(r);
+    }
+
+    // prefix_items without pybind11 (new reference; nullptr with a Python error set; Py_None when the
+    // input takes the general path). What the builtin functions of fast_lookup call.
+    PyObject* prefix_items_raw(PyObject* o, bool exact) const {
         i64 small[32];
         std::vector<i64> big;
         const i64* p = nullptr;
         i64 len = 0;
-        PyObject* o = seq.ptr();
         if (PyTuple_CheckExact(o) || PyList_CheckExact(o)) {
             len = PySequence_Fast_GET_SIZE(o);
             i64* dst = small;
@@ -389,33 +396,48 @@ class TrieCore {
             }
             PyObject** xs = PySequence_Fast_ITEMS(o);
             for (i64 k = 0; k < len; ++k) {
-                if (!PyLong_CheckExact(xs[k])) return py::none();  // bool, NumPy scalar, float: the general way
+                if (!PyLong_CheckExact(xs[k])) return Py_NewRef(Py_None);  // bool, NumPy scalar, float: the general way
                 int overflow = 0;
                 const long long v = PyLong_AsLongLongAndOverflow(xs[k], &overflow);
-                if (overflow) return py::none();  // the wrapper raises the int64 error
+                if (overflow) return Py_NewRef(Py_None);  // the wrapper raises the int64 error
                 dst[k] = static_cast<i64>(v);
             }
             p = dst;
-        } else if (py::array_t<i64, py::array::c_style>::check_(seq)) {  // int64, C-contiguous: no copy
-            const auto arr = py::reinterpret_borrow<py::array>(seq);
-            if (arr.ndim() != 1) return py::none();
-            len = arr.shape(0);
+        } else if (const i64* row = nullptr; int64_row(o, row, len)) {  // copied under the GIL
             i64* dst = small;
             if (len > 32) {
                 big.resize(static_cast<size_t>(len));
                 dst = big.data();
             }
-            std::memcpy(dst, arr.data(), static_cast<size_t>(len) * 8);
+            if (len) std::memcpy(dst, row, static_cast<size_t>(len) * 8);
             p = dst;
         } else {
-            return py::none();
+            return Py_NewRef(Py_None);
         }
         i64 a, z;
         range_under(p, len, -1, exact, a, z);
-        I64 out(z - a);
-        std::copy(it_ + a, it_ + z, out.mutable_data());
-        return std::move(out);
+        return new_items(a, z);
     }
+
+   private:
+    // A new int64 (z - a,) array holding items_[a:z] (new reference, or nullptr with the error set).
+    PyObject* new_items(i64 a, i64 z) const {
+        auto& api = py::detail::npy_api::get();
+        PyObject* descr = api.PyArray_DescrFromType_(py::detail::npy_api::NPY_INT64_);
+        if (!descr) return nullptr;
+        const Py_intptr_t dim = static_cast<Py_intptr_t>(z - a);
+        PyObject* out = api.PyArray_NewFromDescr_(api.PyArray_Type_, descr, 1, &dim, nullptr, nullptr, 0, nullptr);
+        if (!out) return nullptr;
+        if (dim) std::memcpy(py::detail::array_proxy(out)->data, it_ + a, static_cast<size_t>(dim) * 8);
+        return out;
+    }
+
+   public:
+    // lookup / items_with_prefix as builtin functions bound to this core (no pybind11 dispatch, no
+    // Python frame): ``fn(seq)`` / ``fn(prefix, limit=None)``. Inputs other than a tuple or list of
+    // ints or an int64 row, and any limit, go to ``fallback(core, seq, limit, exact)`` (the checked
+    // general path). The function holds the core alive.
+    static py::object fast_lookup(py::object core, bool exact, py::object fallback);
 
    private:
     static void fill(char* row, i64 from, i64 to, i64 isz, uint64_t bits) {
@@ -441,12 +463,20 @@ class TrieCore {
     void range_under(const i64* seq, i64 len, i64 limit, bool exact, i64& a, i64& z) const {
         i64 v, k;
         walk_one(seq, len, v, k);
+        finish_range(k == len ? v : -1, limit, exact, a, z);
+    }
+
+    void finish_range(i64 v, i64 limit, bool exact, i64& a, i64& z) const {
         a = z = 0;
-        if (k == len) {
+        if (v < 0) return;
+        if (fast_) {
+            a = nodes_[v].item_begin;
+            z = exact ? nodes_[v + 1].item_begin : nodes_[v].item_subtree_end;
+        } else {
             a = io_[v];
             z = exact ? io_[v + 1] : io_[se_[v]];
-            if (limit >= 0 && z - a > limit) z = a + limit;  // never a + limit: it may overflow
         }
+        if (limit >= 0 && z - a > limit) z = a + limit;  // never a + limit: it may overflow
     }
 
     i64 lower(i64 v, i64 tok) const {  // first edge of v with token >= tok
@@ -457,8 +487,106 @@ class TrieCore {
 
     i64 child(i64 v, i64 tok) const {
         if (v < 0) return -1;
+        if (fast_ && nodes_[v].dense_off >= 0)
+            return static_cast<uint64_t>(tok) < static_cast<uint64_t>(nodes_[v].dense_span)
+                       ? dense_[static_cast<size_t>(nodes_[v].dense_off + tok)]
+                       : -1;
         const i64 e = lower(v, tok);
         return e < co_[v + 1] && ct_[e] == tok ? cn_[e] : -1;
+    }
+
+    // walk_one for q sequences (flat f, offsets o), kGroup of them at a time in lock step: each lane
+    // prefetches the line it reads next before the group moves on, so the cache misses of a group
+    // overlap instead of queueing one after another. A trie evicted from the caches (by the garbage
+    // collector, or any other work between lookups) is what this is for.
+    static constexpr int kGroup = 32;
+    void walk_many(const i64* f, const i64* o, i64 q, i64* node, i64* used) const {
+        for (i64 g0 = 0; g0 < q; g0 += kGroup) {
+            const int g = static_cast<int>(std::min<i64>(kGroup, q - g0));
+            i64 v[kGroup], k[kGroup], lo[kGroup], n[kGroup], tok[kGroup];
+            int live[kGroup], sparse[kGroup];
+            int nl = 0;
+            for (int i = 0; i < g; ++i) {
+                v[i] = n_ > 0 ? 0 : -1;
+                k[i] = 0;
+                if (v[i] >= 0 && o[g0 + i + 1] > o[g0 + i]) live[nl++] = i;
+            }
+            while (nl > 0) {
+                int ns = 0;
+                for (int j = 0; j < nl; ++j) {  // the node's record (prefetched), then the line of its child
+                    const int i = live[j];
+                    tok[i] = f[o[g0 + i] + k[i]];
+                    if (fast_ && nodes_[v[i]].dense_off >= 0) {
+                        const Node& r = nodes_[v[i]];
+                        lo[i] = static_cast<uint64_t>(tok[i]) < static_cast<uint64_t>(r.dense_span) ? r.dense_off + tok[i] : -1;
+                        if (lo[i] >= 0) __builtin_prefetch(dense_.data() + lo[i]);
+                    } else {
+                        lo[i] = co_[v[i]];
+                        n[i] = co_[v[i] + 1] - lo[i];
+                        __builtin_prefetch(ct_ + lo[i] + n[i] / 2);
+                        sparse[ns++] = i;
+                    }
+                }
+                for (bool any = ns > 0; any;) {  // lower_bound over the sparse lanes, in lock step
+                    any = false;
+                    for (int j = 0; j < ns; ++j) {
+                        const int i = sparse[j];
+                        if (n[i] <= 0) continue;
+                        const i64 half = n[i] / 2;
+                        if (static_cast<i64>(ct_[lo[i] + half]) < tok[i]) {
+                            lo[i] += half + 1;
+                            n[i] -= half + 1;
+                        } else {
+                            n[i] = half;
+                        }
+                        if (n[i] > 0) {
+                            __builtin_prefetch(ct_ + lo[i] + n[i] / 2);
+                            any = true;
+                        }
+                    }
+                }
+                for (int j = 0; j < ns; ++j) {
+                    const int i = sparse[j];
+                    if (lo[i] < co_[v[i] + 1] && static_cast<i64>(ct_[lo[i]]) == tok[i]) {
+                        __builtin_prefetch(cn_ + lo[i]);
+                        n[i] = 1;  // marks "the child is cn_[lo]"
+                    } else {
+                        lo[i] = -1;
+                    }
+                }
+                int m = 0;
+                for (int j = 0; j < nl; ++j) {
+                    const int i = live[j];
+                    if (lo[i] < 0) continue;  // the token leaves the trie: the walk stops at v
+                    const bool dense = fast_ && nodes_[v[i]].dense_off >= 0;
+                    const i64 c = dense ? dense_[static_cast<size_t>(lo[i])] : cn_[lo[i]];
+                    if (c < 0) continue;
+                    v[i] = c;
+                    ++k[i];
+                    if (fast_) __builtin_prefetch(nodes_.data() + c);
+                    else __builtin_prefetch(co_ + c);
+                    if (o[g0 + i] + k[i] < o[g0 + i + 1]) live[m++] = i;
+                }
+                nl = m;
+            }
+            for (int i = 0; i < g; ++i) {
+                node[g0 + i] = v[i];
+                used[g0 + i] = k[i];
+            }
+        }
+    }
+
+    // range_under for q sequences: walk_many (which leaves each lane's last node record prefetched).
+    void ranges_many(const i64* f, const i64* o, i64 q, i64 limit, bool exact, i64* a, i64* z) const {
+        for (i64 g0 = 0; g0 < q; g0 += kGroup) {
+            const i64 g = std::min<i64>(kGroup, q - g0);
+            i64 node[kGroup], used[kGroup];
+            walk_many(f, o + g0, g, node, used);
+            for (i64 i = 0; i < g; ++i) {
+                const i64 s = g0 + i;
+                finish_range(used[i] == o[s + 1] - o[s] ? node[i] : -1, limit, exact, a[s], z[s]);
+            }
+        }
     }
 
     void walk_one(const i64* seq, i64 len, i64& node, i64& used) const {
@@ -509,6 +637,49 @@ class TrieCore {
         }
     }
 
+    // Lookup tables derived from the arrays (so a lookup touches fewer cache lines): one 16-byte
+    // record per node, and for a node whose children cover most of [0, max token] (the levels of
+    // semantic IDs: every code of a codebook) its child ids indexed by token (-1: none), so a step
+    // reads the record and one entry instead of binary-searching the child tokens.
+    struct Node {
+        i32 dense_off;  // into dense_, or -1 (binary search over child_tokens)
+        i32 dense_span;  // tokens [0, dense_span) have an entry
+        i32 item_begin;  // item_offsets[v]
+        i32 item_subtree_end;  // item_offsets[subtree_end[v]]
+    };
+    void build_lookup_tables() {
+        fast_ = false;
+        if (n_ + 1 > kMaxToken || io_[n_] > kMaxToken) return;  // 32-bit records: the plain arrays only
+        nodes_.resize(static_cast<size_t>(n_) + 1);
+        i64 pool = 0;
+        for (i64 v = 0; v < n_; ++v) {
+            const i64 c = co_[v + 1] - co_[v];
+            const i64 span = c > 0 ? static_cast<i64>(ct_[co_[v + 1] - 1]) + 1 : 0;
+            Node& r = nodes_[static_cast<size_t>(v)];
+            r.dense_off = -1;
+            r.dense_span = 0;
+            if (c >= kDenseMin && span <= 2 * c && pool + span <= kMaxToken) {
+                r.dense_off = static_cast<i32>(pool);
+                r.dense_span = static_cast<i32>(span);
+                pool += span;
+            }
+            r.item_begin = static_cast<i32>(io_[v]);
+            r.item_subtree_end = static_cast<i32>(io_[se_[v]]);
+        }
+        nodes_[static_cast<size_t>(n_)] = Node{-1, 0, static_cast<i32>(io_[n_]), static_cast<i32>(io_[n_])};
+        dense_.assign(static_cast<size_t>(pool), -1);
+        for (i64 v = 0; v < n_; ++v) {
+            const Node& r = nodes_[static_cast<size_t>(v)];
+            if (r.dense_off < 0) continue;
+            for (i64 e = co_[v]; e < co_[v + 1]; ++e) dense_[static_cast<size_t>(r.dense_off + ct_[e])] = cn_[e];
+        }
+        fast_ = true;
+    }
+    static constexpr i64 kDenseMin = 16;
+    bool fast_ = false;
+    std::vector<Node> nodes_;
+    std::vector<i32> dense_;
+
     I64 co_a_;
     I32 ct_a_, cn_a_;
     I64 io_a_, it_a_;
@@ -517,6 +688,88 @@ class TrieCore {
     const i64 *co_ = nullptr, *io_ = nullptr, *it_ = nullptr;
     const i32 *ct_ = nullptr, *cn_ = nullptr, *se_ = nullptr;
 };
+
+struct FastLookup {
+    PyObject* core_obj;
+    const TrieCore* core;
+    PyObject* fallback;
+    bool exact;
+};
+constexpr const char* kFastName = "craft.trie.fast_lookup";
+
+void fast_lookup_free(PyObject* cap) {
+    auto* c = static_cast<FastLookup*>(PyCapsule_GetPointer(cap, kFastName));
+    if (!c) return;
+    Py_XDECREF(c->core_obj);
+    Py_XDECREF(c->fallback);
+    delete c;
+}
+
+PyObject* fast_lookup_call(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    auto* c = static_cast<FastLookup*>(PyCapsule_GetPointer(self, kFastName));
+    if (!c) return nullptr;
+    const Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject* seq = nullptr;
+    PyObject* limit = Py_None;
+    const char* name = c->exact ? "seq" : "prefix";
+    for (Py_ssize_t k = 0; k < nkw; ++k) {
+        PyObject* key = PyTuple_GET_ITEM(kwnames, k);
+        PyObject* val = args[nargs + k];
+        if (PyUnicode_CompareWithASCIIString(key, name) == 0 && !seq && nargs == 0) {
+            seq = val;
+        } else if (!c->exact && PyUnicode_CompareWithASCIIString(key, "limit") == 0 && nargs < 2) {
+            limit = val;
+        } else {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R",
+                         c->exact ? "lookup" : "items_with_prefix", key);
+            return nullptr;
+        }
+    }
+    if (nargs >= 1) seq = args[0];
+    if (nargs == 2 && !c->exact) limit = args[1];
+    if (!seq || nargs > (c->exact ? 1 : 2)) {
+        PyErr_Format(PyExc_TypeError, c->exact ? "lookup(seq): expected one sequence of tokens"
+                                                : "items_with_prefix(prefix, limit=None): expected a prefix and an optional limit");
+        return nullptr;
+    }
+    if (limit == Py_None) {
+        PyObject* r;
+        try {
+            r = c->core->prefix_items_raw(seq, c->exact);
+        } catch (const std::exception& e) {
+            PyErr_SetString(PyExc_RuntimeError, e.what());
+            return nullptr;
+        }
+        if (r != Py_None) return r;
+        Py_DECREF(r);
+    }
+    PyObject* fargs[4] = {c->core_obj, seq, limit, c->exact ? Py_True : Py_False};
+    return PyObject_Vectorcall(c->fallback, fargs, 4, nullptr);
+}
+
+PyMethodDef kLookupDef = {"lookup", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_lookup_call)),
+                          METH_FASTCALL | METH_KEYWORDS, "lookup(seq) -> int64 ids of the items whose sequence is seq"};
+PyMethodDef kPrefixDef = {"items_with_prefix",
+                          reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_lookup_call)),
+                          METH_FASTCALL | METH_KEYWORDS,
+                          "items_with_prefix(prefix, limit=None) -> int64 ids of the items under prefix"};
+
+py::object TrieCore::fast_lookup(py::object core, bool exact, py::object fallback) {
+    auto* c = new FastLookup{core.ptr(), core.cast<const TrieCore*>(), fallback.ptr(), exact};
+    Py_INCREF(c->core_obj);
+    Py_INCREF(c->fallback);
+    PyObject* cap = PyCapsule_New(c, kFastName, &fast_lookup_free);
+    if (!cap) {
+        Py_DECREF(c->core_obj);
+        Py_DECREF(c->fallback);
+        delete c;
+        throw py::error_already_set();
+    }
+    PyObject* fn = PyCFunction_NewEx(exact ? &kLookupDef : &kPrefixDef, cap, nullptr);
+    Py_DECREF(cap);
+    if (!fn) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(fn);
+}
 
 }  // namespace
 
@@ -534,7 +787,8 @@ void bind_trie(py::module_& m) {
         .def("walk", &TrieCore::walk)
         .def("items_under", &TrieCore::items_under)
         .def("items_one", &TrieCore::items_one)
-        .def("prefix_items", &TrieCore::prefix_items);
+        .def("prefix_items", &TrieCore::prefix_items)
+        .def_static("fast_lookup", &TrieCore::fast_lookup);
 }
 
 }  // namespace craft

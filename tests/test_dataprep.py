@@ -265,3 +265,27 @@ def test_greedy_join_result_is_the_sequence_of_groups(native_impl):
     assert list(ck.greedy_join([], 5)) == []
     with pytest.raises(IndexError):
         g[4]
+
+
+def test_flatten_level_one_call_path_checks_every_level(native_impl):
+    """int64 arrays in a list or tuple take C++'s one-call path (checks and composition in one call,
+    no NumPy calls): it must still check every entry of every level, including the ones the
+    composition never reads, and raise the messages naming the argument."""
+    tokens = np.arange(12, dtype=np.int64)
+    words = np.array([0, 2, 4, 6, 8, 10, 12], dtype=np.int64)
+    sents, paras = np.array([0, 2, 4, 6], dtype=np.int64), np.array([0, 1, 3], dtype=np.int64)
+    f = ck.flatten_level(tokens, (words, sents, paras), np.int64(2))
+    assert f.unit_token_offsets.tolist() == [0, 4, 12] and f.level_offsets[0].tolist() == words.tolist()
+    if native_impl == "cpp":  # the caller's arrays, no copies
+        assert f.level_offsets[0] is words
+        assert ck.flatten_level(tokens, [words, sents, paras], 0).unit_token_offsets is words
+    bad_words = words.copy()
+    bad_words[3] = 1  # words[3] is never read when composing paragraphs
+    with pytest.raises(ValueError, match=r"level_offsets\[0\]: offsets must be non-decreasing"):
+        ck.flatten_level(tokens, [bad_words, sents, paras], 2)
+    with pytest.raises(ValueError, match=r"level_offsets\[0\]: offsets must end at 11"):
+        ck.flatten_level(tokens[:11], [words, sents, paras], 2)
+    with pytest.raises(ValueError, match=r"level_offsets\[2\]: offsets must end at 3"):
+        ck.flatten_level(tokens, [words, sents, np.array([0, 1, 4], dtype=np.int64)], 1)
+    with pytest.raises(ValueError, match=r"level: must be an int in \[0, 2\]"):
+        ck.flatten_level(tokens, [words, sents, paras], 3)

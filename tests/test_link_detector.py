@@ -386,3 +386,53 @@ def test_arrays_match_links(native_impl):
     det.reset()
     parts = [det.push_many_arrays(c) for c in np.array_split(np.array(ids), 4)]
     assert np.concatenate([p.positions for p in parts]).tolist() == arr.positions.tolist()
+
+
+def test_push_many_results_read_like_a_list():
+    """C++ push_many returns a LinkList: the links as records, each DetectedLink built when read.
+    It must read like the Python twin's list: len, indexing (negative too), slices, iteration,
+    == and + with lists in both orders, += onto a list, arrays() like push_many_arrays; it cannot
+    be hashed or made from Python, and outlives its detector."""
+    text = list(b"[a](b) x ![c](d) [e](f)")
+    with ck.use_native("python"):
+        want = LinkDetector([bytes([i]) for i in range(256)]).push_many(text)
+    det = LinkDetector([bytes([i]) for i in range(256)])
+    got = det.push_many(text)
+    assert type(got).__name__ == "LinkList" and not isinstance(got, list)
+    assert len(got) == 3 and got == want and want == got and not (got != want)
+    assert got[-1] == want[-1] and got[1:] == want[1:] and list(got) == want
+    assert all(type(l) is DetectedLink for l in got) and got[0].target == "b"
+    assert got + want == want + got == want * 2 and got + got == want * 2
+    acc = []
+    acc += got
+    assert acc == want
+    with pytest.raises(IndexError):
+        got[3]
+    with pytest.raises(TypeError):
+        hash(got)
+    with pytest.raises(TypeError):
+        type(got)()
+    with pytest.raises(TypeError):
+        got + (1,)
+    pos, off, img, tb, to, gb, go = got.arrays()
+    ref = det.scan_arrays(text)
+    assert np.array_equal(pos, ref.positions) and np.array_equal(off, ref.offsets) and tb == ref.text_bytes
+    assert img.tolist() == [False, True, False] and gb == ref.target_bytes
+    empty = det.push_many([ord("x")])
+    assert len(empty) == 0 and empty == [] and not empty and repr(empty) == "[]" and empty.arrays()[0].shape == (0, 4)
+    del det
+    assert [l.target for l in got] == ["b", "d", "f"] and repr(got) == repr(want)
+
+
+@pytest.mark.parametrize("blank", [b"  ", b"\t", b" \r", b""])
+def test_code_span_content_skipped_whole_keeps_the_line_flags(blank):
+    """Inside a code span with no link open, C++ skips whole tokens without a backtick or a newline,
+    applying each one's flag change at once: a line of such tokens holding only whitespace is still a
+    blank line (it ends the span and the link after it is found); one holding anything else is not."""
+    vocab = [b"`", b"code", b"\n", blank, b"x ", b"[", b"a", b"]", b"(", b"b", b")", b"!"]
+    for middle, found in (([3], True), ([3, 3], True), ([4], False), ([3, 4, 3], False), ([11], False)):
+        ids = [0, 1, 2, *middle, 2, 5, 6, 7, 8, 9, 10]
+        with ck.use_native("python"):
+            want = _fields(LinkDetector(vocab).scan(ids))
+        got = _fields(LinkDetector(vocab).scan(ids))
+        assert got == want and (len(got) == 1) == found, (middle, got)

@@ -353,3 +353,62 @@ def test_single_lookup_rejects_what_the_general_path_rejects():
             with pytest.raises((TypeError, ValueError)):
                 t.items_with_prefix(bad)
         assert t.items_with_prefix([True]).tolist() == t.items_with_prefix([1]).tolist() == [0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(16, 40), st.integers(0, 2**32), st.lists(st.lists(st.integers(-2, 45), max_size=4), max_size=40))
+def test_wide_nodes_match_the_reference(width, seed, probes):
+    """Nodes with >= 16 children over most of [0, max token] (semantic-ID codebooks) take the C++
+    core's per-token child table; nodes with gaps or few children take the binary search. Every
+    lookup form, on both kinds of node, with tokens inside gaps, past the table and negative, agrees
+    with the Python twin (the table is built from the arrays, so an off-by-one there changes results)."""
+    rng = np.random.default_rng(seed)
+    full = [[a, b] for a in range(width) for b in range(width) if rng.random() < 0.7]  # dense-ish levels
+    sparse = [[width + 5, int(t)] for t in rng.choice(1000, size=20, replace=False)]  # wide but sparse
+    seqs = full + sparse + [[1], [2, 3, 4]]
+    a, b = _build("cpp", seqs), _build("python", seqs)
+    probes = probes + [[width + 5, int(sparse[0][1])], [width - 1, width - 1], [width, 0]]
+    with ck.use_native("cpp"):
+        got_batch = a.items_with_prefixes(probes)
+        got_walk = a.walk(probes)
+        got = [(a.lookup(p).tolist(), a.items_with_prefix(p).tolist(), a.longest_prefix(p)) for p in probes]
+        s = a.root_states(len(probes))
+        steps_a = []
+        for d in range(4):
+            s = a.advance(s, [p[d] if d < len(p) else 0 for p in probes])
+            steps_a.append(s.tolist())
+    with ck.use_native("python"):
+        want_batch = b.items_with_prefixes(probes)
+        want_walk = b.walk(probes)
+        want = [(b.lookup(p).tolist(), b.items_with_prefix(p).tolist(), b.longest_prefix(p)) for p in probes]
+        s = b.root_states(len(probes))
+        steps_b = []
+        for d in range(4):
+            s = b.advance(s, [p[d] if d < len(p) else 0 for p in probes])
+            steps_b.append(s.tolist())
+    assert got == want
+    assert steps_a == steps_b
+    for x, y in zip(got_batch + got_walk, want_batch + want_walk):
+        assert x.tolist() == y.tolist()
+
+
+def test_single_lookup_arguments_like_the_methods(native_impl):
+    """The C++ single lookups are builtin functions bound to the core: they take the methods'
+    arguments (positional or by name), send a limit or an odd input (swapped byte order, a list of
+    NumPy ints) to the checked path, and raise like the methods on anything else."""
+    t = Trie([[1, 2], [1, 3], [1, 2, 4], [5]])
+    assert t.items_with_prefix(prefix=[1]).tolist() == [0, 2, 1]
+    assert t.items_with_prefix([1], 2).tolist() == t.items_with_prefix([1], limit=2).tolist() == [0, 2]
+    assert t.items_with_prefix(np.array([1, 2], dtype=">i8")).tolist() == [0, 2]
+    assert t.lookup(seq=(1, 2)).tolist() == t.lookup(np.array([1, 2], dtype=">i8")).tolist() == [0]
+    assert t.lookup([np.int64(1), np.int32(2)]).tolist() == [0]
+    with pytest.raises(ValueError, match="limit"):
+        t.items_with_prefix([1], limit=-1)
+    with pytest.raises(TypeError):
+        t.items_with_prefix([1], lim=2)
+    with pytest.raises(TypeError):
+        t.lookup([1], 2)
+    with pytest.raises(TypeError):
+        t.items_with_prefix()
+    with pytest.raises(TypeError, match="prefix"):
+        t.items_with_prefix(["a"])

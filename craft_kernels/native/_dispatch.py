@@ -1,7 +1,9 @@
 """Choose between the C++ extension and the pure-Python reference for native ops.
 
-The default comes from CRAFT_NATIVE (``cpp`` unless set to ``python``). Tests switch it with
-``use(impl)`` so every native-op test runs against both implementations.
+The default comes from CRAFT_NATIVE (``cpp`` unless set to ``python``), read once per process, at
+the first native call (reading ``os.environ`` costs about a microsecond, more than some ops: set
+the variable before starting Python). Tests switch it with ``use(impl)`` so every native-op test
+runs against both implementations.
 """
 from __future__ import annotations
 
@@ -10,11 +12,17 @@ import contextlib
 from craft_kernels._backend import extension, native_mode
 
 _forced: str | None = None
+_env: str | None = None  # CRAFT_NATIVE, read at the first call
 
 
 def impl() -> str:
     """'cpp' or 'python': the implementation native ops use right now."""
-    return _forced or native_mode()
+    global _env
+    if _forced is not None:
+        return _forced
+    if _env is None:
+        _env = native_mode()  # raises ValueError on a bad value (and is read again next time)
+    return _env
 
 
 def ext():
@@ -23,7 +31,7 @@ def ext():
 
 
 def use_cpp() -> bool:
-    return impl() == "cpp"
+    return (_forced or _env or impl()) == "cpp"
 
 
 @contextlib.contextmanager

@@ -254,6 +254,12 @@ def flatten_level(tokens, level_offsets, level: int) -> Flattened:
     sentences each give six units at level 1. Every level is checked (CSR offsets, each ending at
     the unit count of the level below); the returned ``level_offsets`` are the caller's arrays when
     they are already contiguous int64 (no copy), else converted copies."""
+    if _dispatch.use_cpp() and type(level) is int:
+        # int64 arrays in a list or tuple: checked and composed in one C++ call that reads them
+        # without NumPy calls; None: another form or an invalid level (the paths below say which)
+        tok_off = _dispatch.ext().flatten_fast(tokens, level_offsets, level)
+        if tok_off is not None:
+            return Flattened(tokens, list(level_offsets[: level + 1]), tok_off)
     tokens = int_array(tokens, "tokens")
     if _dispatch.use_cpp() and isinstance(level_offsets, (list, tuple)) and level_offsets:
         # checks every level and composes in one C++ call on the caller's arrays (no copies); None:

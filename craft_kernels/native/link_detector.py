@@ -546,7 +546,10 @@ class LinkDetector:
     ``token_bytes``: the bytes of every token id (``tokenizer.token_bytes``). ``skip_code``: links
     inside code spans and fenced code are not links (False: code is read as text, as before).
     ``push(id) -> DetectedLink | None`` (if one token completes two links, the last is returned;
-    ``push_many`` returns all), ``push_many(ids (n,) int) -> list[DetectedLink]``,
+    ``push_many`` returns all), ``push_many(ids (n,) int) -> Sequence[DetectedLink]`` (C++: a
+    ``LinkList``, which holds the links as records and builds each DetectedLink when it is read:
+    ``len`` costs nothing, iteration, indexing, ``==`` and ``+`` with lists work as on a list;
+    the Python twin returns a list),
     ``push_many_arrays(ids) -> LinkArrays`` (the same links as arrays: no Python object per link),
     ``reset()``, ``scan(ids)`` / ``scan_arrays(ids)`` (reset, then every link in ``ids``),
     ``inside_target`` (True after ``](`` and before the closing ``)``) and ``current_target_bytes``
@@ -565,7 +568,9 @@ class LinkDetector:
         if _dispatch.use_cpp():
             self._core = _cpp_core("LinkDetectorCore", tb, mt, mg, skip_code=skip_code)
             # The core checks its arguments and returns DetectedLinks: call it without a Python frame.
-            self.push, self.push_many = self._core.push, self._core.push_many
+            # push_many is a builtin bound to the core (no pybind11 dispatch either) returning a
+            # LinkList: the links as records, each DetectedLink built when it is read.
+            self.push, self.push_many = self._core.push, type(self._core).fast_push_many(self._core)
         else:
             self._core = LinkDetectorReference(tb, mt, mg, skip_code=skip_code)
 
@@ -577,7 +582,7 @@ class LinkDetector:
         t = self._core.push(_token_id(token_id, self.vocab_size))
         return None if t is None else DetectedLink._from_tuple(t)
 
-    def push_many(self, ids) -> list[DetectedLink]:
+    def push_many(self, ids) -> Sequence[DetectedLink]:
         a = _ids_arg(ids)
         ids_in_range(a, "ids", self.vocab_size)
         return [_new_tuple(DetectedLink, t) for t in self._core.push_many(a)]
@@ -590,7 +595,7 @@ class LinkDetector:
     def reset(self) -> None:
         self._core.reset()
 
-    def scan(self, ids) -> list[DetectedLink]:
+    def scan(self, ids) -> Sequence[DetectedLink]:
         self.reset()
         return self.push_many(ids)
 

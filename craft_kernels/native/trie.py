@@ -112,7 +112,13 @@ class Trie:
         self._core = None
         self._last_mask = None  # (weakref to the last allowed_mask array, the states it was filled for)
         if _dispatch.use_cpp():
-            self._core = _dispatch.ext().TrieCore(*(arrays[n] for n in _ARRAYS), check)
+            core_type = _dispatch.ext().TrieCore
+            self._core = core_type(*(arrays[n] for n in _ARRAYS), check)
+            # Single lookups are builtin functions bound to the core: no Python frame, no pybind11
+            # dispatch on the hot path (a tuple or list of ints, or an int64 row, and no limit);
+            # every other input goes to _lookup_general, the checked path of the methods below.
+            self.lookup = core_type.fast_lookup(self._core, True, _lookup_general)
+            self.items_with_prefix = core_type.fast_lookup(self._core, False, _lookup_general)
 
     # ------------------------------------------------------------------ storage
     @property
@@ -393,6 +399,15 @@ class Trie:
             forced[torch.from_numpy(keep).to(logits.device)] = False
             logits.masked_fill_(forced, 0.0)
         return torch.from_numpy(empty).to(logits.device)
+
+
+def _lookup_general(core, seq, limit, exact: bool) -> np.ndarray:
+    """The C++ single lookups' path for every input but the hot forms: checks and converts ``seq``
+    and ``limit`` the way :meth:`Trie.lookup` / :meth:`Trie.items_with_prefix` do."""
+    lim = -1 if limit is None else positive_int(limit, "limit", 0)
+    name = "seq" if exact else "prefix"
+    a = seq if type(seq) is np.ndarray and seq.dtype == np.int64 and seq.ndim == 1 else int_array(seq, name)
+    return core.items_one(a, lim, exact)
 
 
 _SAVED_FILES = {"meta.json", *(f"{n}.npy" for n in _ARRAYS)}
