@@ -276,7 +276,7 @@ class DirectiveDecoder(nn.Module):
     def _generate_compiled(self, command, context, context_mask, max_instructions, schedule, cache,
                            compact_every, engine, engine_context, engine_mask) -> TransformDirective:
         """``forward(..., compile=True)``: the eager loop's arithmetic with shapes that never change, so
-        that one compiled step serves every position. Rows stay in the batch after halting
+        that one compiled step serves every position (the prefill is compiled too, on both paths). Rows stay in the batch after halting
         (:func:`directive_step` already gives them ``p = 0``, no close, slot -1, and the engine keeps
         their state), so nothing is compacted; every ``compact_every`` steps one host read of the
         halted flags ends the loop when all rows have halted, where the eager loop ends it."""
@@ -293,15 +293,14 @@ class DirectiveDecoder(nn.Module):
             for layer, c in zip(self.layers, caches):
                 layer.attention.kv_cache = c
         try:
-            pos = slots[: N + 1]
-            hidden = self._blocks(x0, pos, _mask(pos, slots if static else pos, key_ok, N), cached=static)[:, -1]
+            hidden = self._compiled("prefill", self._prefill, False)(x0, key_ok, cos_all, sin_all, N, static)
             state = DirectiveState.start(B, hidden.dtype, dev)
             mem = est = None
             if engine is not None:
                 mem, est = engine.start(context if engine_context is None else engine_context,
                                         context_mask if engine_context is None and engine_mask is None else engine_mask)
-            hidden = hidden.contiguous()  # the layout every step returns: no recompile for a strided first input
-            step = self._compiled_step(static)
+            step = (self._compiled("cached_step", self._cached_step, False) if static
+                    else self._compiled("recompute_step", self._recompute_step, None))
             seq, record, rows = x0, [], torch.arange(B, device=dev)
             for t in range(I):
                 sched = None if schedule is None else (schedule[0][:, t], schedule[1][:, t])
@@ -365,14 +364,24 @@ class DirectiveDecoder(nn.Module):
         hidden = self._blocks(seq, q, _mask(q, q, key_ok, N), (cos_all[:T], sin_all[:T]), cached=False)[:, -1]
         return inst, out, state, est, res, hidden.contiguous(), seq
 
-    def _compiled_step(self, static: bool):
-        """:meth:`_cached_step` (static shapes) or :meth:`_recompute_step` (the sequence length marked
-        dynamic) through ``torch.compile``, built once per decoder."""
-        steps = self.__dict__.setdefault("_compiled_steps", {})
-        if static not in steps:
-            steps[static] = (torch.compile(self._cached_step, dynamic=False) if static
-                             else torch.compile(self._recompute_step, dynamic=None))
-        return steps[static]
+    def _prefill(self, x0, key_ok, cos_all, sin_all, N, cached):
+        """Context and command x0 (B, N + 1, D) through the blocks (context bidirectional, padding
+        hidden), writing the keys/values into the static caches when ``cached`` (the mask then spans
+        their L = ``key_ok.shape[1]`` slots); the command's hidden state (B, D), contiguous (the layout
+        every step returns, so the step compiles once)."""
+        T = x0.shape[1]
+        pos = torch.arange(T, device=x0.device)
+        keys = torch.arange(key_ok.shape[1], device=x0.device) if cached else pos
+        hidden = self._blocks(x0, pos, _mask(pos, keys, key_ok, N), (cos_all[:T], sin_all[:T]), cached=cached)
+        return hidden[:, -1].contiguous()
+
+    def _compiled(self, name: str, fn, dynamic):
+        """``torch.compile(fn, dynamic=dynamic)``, built once per decoder and name (not a module
+        attribute: no state_dict entry)."""
+        fns = self.__dict__.setdefault("_compiled_fns", {})
+        if name not in fns:
+            fns[name] = torch.compile(fn, dynamic=dynamic)
+        return fns[name]
 
     def _static_caches(self, B: int, L: int, dtype, dev) -> list[KVCache]:
         """One static KVCache (B, H_kv, L, hd) per layer, kept between calls of the same shape (a new
