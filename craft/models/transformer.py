@@ -88,6 +88,9 @@ class Attention(nn.Module):
         k = apply_rope(k.view(B, T, Hkv, hd), cos, sin).transpose(1, 2)
         v = v.view(B, T, Hkv, hd).transpose(1, 2)
         if input_pos is not None:  # write this step's keys/values at their cache slots, attend over the cache
+            if mask is None:
+                raise ValueError("mask: cached attention (input_pos given) needs a bool mask over the cache "
+                                 "slots, broadcastable to (B, 1, T, S); LanguageModel.forward_step builds one")
             k, v = self.kv_cache.update(input_pos, k, v)
         if mask is not None:  # masked attention: a decode step, or a prefix recomputed without a cache
             y = cached_attention(q, k.to(q.dtype), v.to(q.dtype), mask)
