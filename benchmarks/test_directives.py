@@ -119,7 +119,7 @@ def test_training_step_vs_fixed_n(compare):
         return orig(*a, **{**k, "schedule": (schedule_r, schedule_h)})
 
     act.decoder.forward = forward_same_count
-    ratio = compare(_step_fn(act, batch), _step_fn(fixed, batch), rounds=7, batch=64,
+    ratio = compare(_step_fn(act, batch), _step_fn(fixed, batch), rounds=15, batch=64,
                     instructions=I, goal_ratio_at_most=1.2)
     print(f"\ntraining step, halting model / fixed-N at equal instructions: {1 / ratio:.2f}x")
 

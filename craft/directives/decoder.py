@@ -229,23 +229,16 @@ class DirectiveDecoder(nn.Module):
             seq = x0
             rows = torch.arange(B, device=dev)
             state = DirectiveState.start(B, hidden.dtype, dev)
+            mem = est = None
             if engine is not None:
                 mem, est = engine.start(context if engine_context is None else engine_context,
                                         context_mask if engine_context is None and engine_mask is None else engine_mask)
             record = []
             for t in range(max_instructions):
                 last = t == max_instructions - 1
-                execute = None
-                if engine is not None:
-                    run = ~state.halted & (state.fill > 0) if last else ~state.halted  # directive_step's active
-                    step_out = []
-                    execute = _Execute(engine, mem, est, run, step_out)
-                inst, r, h, nxt, res = self.heads(hidden, execute)
-                if engine is not None:
-                    est = step_out[0]
-                if schedule is not None:
-                    r, h = schedule[0].index_select(0, rows)[:, t], schedule[1].index_select(0, rows)[:, t]
-                out, state = directive_step(state, r, h, self.eps, self.mode, last=last)
+                sched = None if schedule is None else (schedule[0].index_select(0, rows)[:, t],
+                                                        schedule[1].index_select(0, rows)[:, t])
+                inst, out, state, est, res, nxt = self._decode_step(hidden, state, est, mem, engine, sched, last)
                 record.append((rows, inst, out, res))
                 if t == max_instructions - 1:
                     break
@@ -281,14 +274,13 @@ class DirectiveDecoder(nn.Module):
                 layer.attention.kv_cache = None
         return _assemble(record, B, D, hidden.dtype, dev)
 
-
     # ------------------------------------------------------------------ compiled generation
     def _generate_compiled(self, command, context, context_mask, max_instructions, schedule, cache,
                            compact_every, engine, engine_context, engine_mask) -> TransformDirective:
         """``forward(..., compile=True)``: the eager loop's arithmetic with shapes that never change, so
-        that one compiled step serves every position (the prefill is compiled too, on both paths). Rows stay in the batch after halting
-        (:func:`directive_step` already gives them ``p = 0``, no close, slot -1, and the engine keeps
-        their state), so nothing is compacted; every ``compact_every`` steps one host read of the
+        that one compiled step serves every position (the prefill is compiled too, on both paths).
+        Rows stay in the batch after halting (:func:`directive_step` already gives them ``p = 0``, no
+        close, slot -1, and the engine keeps their state), so nothing is compacted; every ``compact_every`` steps one host read of the
         halted flags ends the loop when all rows have halted, where the eager loop ends it."""
         B, N, D = context.shape
         dev, I = command.device, max_instructions
@@ -372,8 +364,8 @@ class DirectiveDecoder(nn.Module):
 
     def _recompute_step(self, hidden, state, est, mem, engine, sched, seq, key_ok, cos_all, sin_all, N):
         """:meth:`_decode_step`, then the next input appended to ``seq`` (B, T - 1, D) and the whole
-        prefix recomputed without a cache (the baseline); ``key_ok`` (B, T). Returns the step's outputs with the new hidden
-        (B, D) and the new sequence."""
+        prefix recomputed without a cache (the baseline); ``key_ok`` (B, T). Returns the step's
+        outputs with the new hidden (B, D) and the new sequence."""
         inst, out, state, est, res, nxt = self._decode_step(hidden, state, est, mem, engine, sched)
         seq = torch.cat([seq, nxt[:, None]], 1)
         T = seq.shape[1]
@@ -402,14 +394,16 @@ class DirectiveDecoder(nn.Module):
 
     def _static_caches(self, B: int, L: int, dtype, dev) -> list[KVCache]:
         """One static KVCache (B, H_kv, L, hd) per layer, kept between calls of the same shape (a new
-        buffer would be a new input to the compiled step). Not module children: no state_dict entry.
-        Slots past a step's position may hold an earlier call's keys; the step's mask hides them."""
+        buffer would be a new input to the compiled step), zeroed (masked slots then hold no earlier
+        call's values, which could be non-finite). Not module children: no state_dict entry."""
         c = self.config
         key = (B, L, dtype, torch.device(dev))
-        held = self.__dict__.get("_static_cache_key")
-        if held != key:
+        if self.__dict__.get("_static_cache_key") != key:
             self.__dict__["_static_cache_key"] = key
             self.__dict__["_static_cache"] = [KVCache(B, c.n_kv_heads, L, c.head_dim, dtype, dev) for _ in self.layers]
+        else:
+            for cache in self.__dict__["_static_cache"]:
+                cache.k_cache.zero_(), cache.v_cache.zero_()
         return self.__dict__["_static_cache"]
 
 
