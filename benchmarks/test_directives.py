@@ -4,8 +4,11 @@ decoder's training step vs the fixed-N decoder's.
 - Generation: ``DirectiveDecoder`` at batch 64 x 32 instructions, context of 8 items, no row halting
   early (halting bias -30: every row runs all 32 steps, the worst case for both), no autograd. Ours:
   the static KV cache (one block pass per instruction); baseline: ``cache="none"``, every step
-  re-runs the blocks over context + command + all instructions so far. Same weights; the
-  instructions are checked equal.
+  re-runs the blocks over context + command + all instructions so far. Headline: both compiled
+  (``compile=True``: ours one static-shape step, the baseline its recomputing step with the
+  sequence length dynamic); beside it both eager. The four are timed interleaved in one process
+  (compilation and warm-up outside the timing). Same weights; the instructions are checked equal,
+  and the compiled path is checked against the eager one again with rows halting at different steps.
 - Training step (forward + backward + AdamW) on the ``counts`` task at batch 64: the halting model
   (ACT ponder cost, count loss, return/halting heads, step arithmetic) vs the fixed-N baseline
   (``variant="fixed"``: each output read out at its N-th instruction, no halting) over the *same number of
@@ -16,12 +19,18 @@ decoder's training step vs the fixed-N decoder's.
 1 torch thread (the machine is shared; small matmuls gain nothing from 2 spinning threads).
 """
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from craft.directives.decoder import DirectiveDecoder
 from craft.directives.tasks import CountsTask
 from craft.directives.train import DirectiveModel, RunConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import interleaved_many, run_info  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -33,26 +42,44 @@ def _one_thread():
 
 
 @pytest.mark.parametrize("dim,n_layers", [(64, 2), (128, 4)])
-def test_generation_kv_cache_vs_recompute(compare, dim, n_layers):
+def test_generation_kv_cache_vs_recompute(benchmark, dim, n_layers):
     torch.manual_seed(0)
     B, N, steps = 64, 8, 32
     dec = DirectiveDecoder(dim, n_layers, n_heads=4, max_seq_len=N + steps, halt_bias=-30.0).eval()
     cmd, ctx = torch.randn(B, dim), torch.randn(B, N, dim)
 
-    def cached():
-        with torch.no_grad():
-            return dec(cmd, ctx, max_instructions=steps, cache="static")
+    def gen(cache, compile):
+        def run():
+            with torch.no_grad():
+                return dec(cmd, ctx, max_instructions=steps, cache=cache, compile=compile)
+        return run
 
-    def recompute():
-        with torch.no_grad():
-            return dec(cmd, ctx, max_instructions=steps, cache="none")
-
-    a, b = cached(), recompute()
-    assert a.instructions.shape == (B, steps, dim)
-    torch.testing.assert_close(a.instructions, b.instructions, atol=1e-4, rtol=1e-4)
-    ratio = compare(cached, recompute, units=B * steps, unit_name="instructions", rounds=3, baseline_reps=2,
-                    batch=B, steps=steps, dim=dim, n_layers=n_layers, goal_speedup=10)
-    print(f"\ngeneration d{dim} L{n_layers}: KV cache {ratio:.1f}x recomputing the prefix")
+    fns = {"cache_compiled": gen("static", True), "recompute_compiled": gen("none", True),
+           "cache_eager": gen("static", False), "recompute_eager": gen("none", False)}
+    ref = fns["cache_eager"]()
+    assert ref.instructions.shape == (B, steps, dim)
+    for k, f in fns.items():  # compile and warm up outside the timing
+        f()
+        torch.testing.assert_close(f().instructions, ref.instructions, atol=1e-4, rtol=1e-4, msg=k)
+    t = interleaved_many(fns, rounds=5)
+    benchmark.pedantic(fns["cache_compiled"], rounds=1, iterations=1)
+    with torch.no_grad():  # Inductor's step against the eager loop, rows halting at different steps
+        dec.halt_head.bias.fill_(0.0)
+        eager = dec(cmd, ctx, max_instructions=steps, compact_every=2)
+        compiled = dec(cmd, ctx, max_instructions=steps, compact_every=2, compile=True)
+    assert len(set(eager.n_instructions.tolist())) > 2
+    assert torch.equal(compiled.mask, eager.mask) and torch.equal(compiled.closes, eager.closes)
+    torch.testing.assert_close(compiled.instructions, eager.instructions, atol=1e-4, rtol=1e-4)
+    info = benchmark.extra_info
+    info.update(run_info(), batch=B, steps=steps, context=N, dim=dim, n_layers=n_layers, rounds=5, goal_speedup=10)
+    for k, (med, lo, hi) in t.items():
+        info[f"{k}_ms"] = [round(1e3 * med, 1), round(1e3 * lo, 1), round(1e3 * hi, 1)]  # median, min, max
+    info["speedup_compiled"] = round(t["recompute_compiled"][0] / t["cache_compiled"][0], 2)
+    info["speedup_eager"] = round(t["recompute_eager"][0] / t["cache_eager"][0], 2)
+    print(f"\ngeneration d{dim} L{n_layers} (load {info['load_avg_1min']:.1f}): KV cache "
+          f"{info['speedup_compiled']:.1f}x recomputing the prefix, both compiled "
+          f"({info['cache_compiled_ms']} vs {info['recompute_compiled_ms']} ms, median [min, max]); "
+          f"eager {info['speedup_eager']:.1f}x ({info['cache_eager_ms']} vs {info['recompute_eager_ms']} ms)")
 
 
 def _batch_and_models():
@@ -92,13 +119,13 @@ def test_training_step_vs_fixed_n(compare):
         return orig(*a, **{**k, "schedule": (schedule_r, schedule_h)})
 
     act.decoder.forward = forward_same_count
-    ratio = compare(_step_fn(act, batch), _step_fn(fixed, batch), rounds=3, baseline_reps=3, batch=64,
+    ratio = compare(_step_fn(act, batch), _step_fn(fixed, batch), rounds=15, batch=64,
                     instructions=I, goal_ratio_at_most=1.2)
     print(f"\ntraining step, halting model / fixed-N at equal instructions: {1 / ratio:.2f}x")
 
 
 def test_training_step_fresh_halting_model_vs_fixed_n(compare):
     batch, models = _batch_and_models()
-    ratio = compare(_step_fn(models["act"], batch), _step_fn(models["fixed"], batch), rounds=2, baseline_reps=2,
+    ratio = compare(_step_fn(models["act"], batch), _step_fn(models["fixed"], batch), rounds=5,
                     batch=64, max_instructions=models["act"].max_instructions)
     print(f"\ntraining step, fresh halting model (rows run to max_instructions) / fixed-N: {1 / ratio:.2f}x")

@@ -248,3 +248,24 @@ def test_generate_uses_tokenizer_eos():
 
     out = m.generate(tok.encode("hi"), max_new_tokens=10, logits_processors=[force_eos])
     assert out.tolist() == [tok.encode("hi") + [tok.eos_id]]
+
+
+def test_attention_with_a_mask_and_no_cache_attends_over_its_own_keys_and_cached_needs_a_mask():
+    """A bool mask without ``input_pos``: masked attention over the call's own keys (the directive
+    decoder recomputing a prefix), here bidirectional, against SDPA on the same projections."""
+    from craft.models.transformer import apply_rope, rope_angles
+    m = make()
+    B, T, H, hd = 2, 6, 4, 8
+    x = torch.randn(B, T, m.config.dim)
+    attn = m.layers[0].attention
+    cos, sin = rope_angles(torch.arange(T), m.inv_freq)
+    with torch.no_grad():
+        q, k, v = attn.wqkv(x).split([H * hd] * 3, dim=-1)
+        q, k = (apply_rope(t.view(B, T, H, hd), cos, sin).transpose(1, 2) for t in (q, k))
+        ref = attn.wo(F.scaled_dot_product_attention(q, k, v.view(B, T, H, hd).transpose(1, 2))
+                      .transpose(1, 2).reshape(B, T, H * hd))
+        out = attn(x, cos, sin, mask=torch.ones(1, 1, T, T, dtype=torch.bool))
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+        m.setup_cache(B, 8)
+        with pytest.raises(ValueError, match="mask"):
+            attn(x, cos, sin, input_pos=torch.arange(T))

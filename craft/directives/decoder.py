@@ -34,8 +34,18 @@ the slots written so far, :class:`PrefixKVCache`); with autograd
 (training, backpropagation through the loop) a growing cache that concatenates keys/values, since
 in-place writes would overwrite tensors saved for backward; ``cache="none"`` recomputes the whole
 prefix every step (the benchmark's baseline).
+
+Compiled generation (``compile=True``, no autograd): the per-step work of a 64-row decode step is
+dozens of tiny kernels, so eagerly the dispatcher, not arithmetic, sets its speed. With
+``compile=True`` the prefill and every step but the last are ``torch.compile``'d functions of fixed
+shapes (gpt-fast style): the static cache spans all ``N + max_instructions`` slots and is kept
+between calls, the step's position is a tensor, and halted rows stay in the batch, masked by the
+step arithmetic, instead of being compacted (compaction would change the shapes). The result equals
+the eager generation's.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -116,10 +126,13 @@ class DirectiveDecoder(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     # ------------------------------------------------------------------ pieces
-    def _blocks(self, x, pos, mask, rope=None):
+    def _blocks(self, x, pos, mask, rope=None, cached=True):
+        """x (B, T, D) at positions pos (T,) through the blocks with a bool mask (B, 1, T, S); ``cached``:
+        write keys/values into each layer's cache at slots ``pos`` and attend over the cache, else
+        attend over x's own keys (S = T)."""
         cos, sin = rope_angles(pos, self.inv_freq) if rope is None else rope
         for layer in self.layers:
-            x = layer(x, cos, sin, None, pos, mask)
+            x = layer(x, cos, sin, None, pos if cached else None, mask)
         return x
 
     def heads(self, hidden: torch.Tensor, feedback=None):
@@ -159,14 +172,21 @@ class DirectiveDecoder(nn.Module):
     def forward(self, command: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None,
                 max_instructions: int = 32, schedule: tuple[torch.Tensor, torch.Tensor] | None = None,
                 cache: str = "auto", compact_every: int = 8, engine=None,
-                engine_context: torch.Tensor | None = None, engine_mask: torch.Tensor | None = None) -> TransformDirective:
+                engine_context: torch.Tensor | None = None, engine_mask: torch.Tensor | None = None,
+                compile: bool = False) -> TransformDirective:
         """Generates up to ``max_instructions`` per row. ``schedule = (r, h)`` (B, max_instructions)
         replaces the heads' probabilities (the fixed-N baseline). ``cache``: 'auto' (static without
         autograd, growing with), 'static', 'growing' or 'none' (recompute the prefix every step).
         ``engine``: a TransformEngine run step by step for feedback (required when the decoder was
         built with ``feedback_dim``), on ``engine_context`` / ``engine_mask`` (default ``context`` /
         ``context_mask``); the directive's
-        ``results`` are then its per-instruction results."""
+        ``results`` are then its per-instruction results.
+
+        ``compile=True`` (no autograd; ``cache`` 'static' or 'none'): every step but the last is one
+        ``torch.compile``'d function of fixed shapes (see :meth:`_generate_compiled`): halted rows are
+        masked instead of compacted, and the static cache is the whole (B, H, N + max_instructions, hd)
+        buffer, kept between calls of the same shape; 'none' compiles the recomputing step instead
+        (the baseline with the same advantage). The directive equals the eager one's."""
         self._check(command, context, context_mask, max_instructions)
         if (engine is None) != (self.feedback is None):
             raise ValueError("engine: pass a TransformEngine exactly when the decoder has feedback_dim > 0")
@@ -182,6 +202,15 @@ class DirectiveDecoder(nn.Module):
             raise ValueError(f"cache: expected 'auto', 'static', 'growing' or 'none', got {cache!r}")
         if not isinstance(compact_every, int) or compact_every < 1:
             raise ValueError(f"compact_every: expected a positive int, got {compact_every!r}")
+        if compile:
+            if torch.is_grad_enabled():
+                raise ValueError("compile: the compiled decode step is for generation without autograd; "
+                                 "wrap the call in torch.no_grad() or pass compile=False")
+            if cache == "growing":
+                raise ValueError("compile: expected cache 'static' or 'none' (the growing cache changes shape "
+                                 "every step); pass compile=False for cache='growing'")
+            return self._generate_compiled(command, context, context_mask, max_instructions, schedule, cache,
+                                           compact_every, engine, engine_context, engine_mask)
         L = N + max_instructions
         key_ok = torch.cat([context_mask, torch.ones(B, L - N, dtype=torch.bool, device=dev)], 1)  # (B, L)
         slots = torch.arange(L, device=dev)
@@ -189,34 +218,27 @@ class DirectiveDecoder(nn.Module):
         c = self.config
         for layer in self.layers:
             layer.attention.kv_cache = (PrefixKVCache(B, c.n_kv_heads, L, c.head_dim, x0.dtype, dev)
-                                        if cache == "static" else GrowingKVCache())
+                                        if cache == "static" else GrowingKVCache() if cache == "growing" else None)
         self._set_length(N + 1)
         try:
             pos = slots[: N + 1]
             cos_all, sin_all = rope_angles(slots, self.inv_freq)  # once; each step slices its row
             if cache == "static":  # the step mask is a slice of one (B, 1, L, L) mask, rebuilt after compaction
                 step_mask = _mask(slots, slots, key_ok, N)
-            hidden = self._blocks(x0, pos, _mask(pos, pos, key_ok, N))[:, -1]
+            hidden = self._blocks(x0, pos, _mask(pos, pos, key_ok, N), cached=cache != "none")[:, -1]
             seq = x0
             rows = torch.arange(B, device=dev)
             state = DirectiveState.start(B, hidden.dtype, dev)
+            mem = est = None
             if engine is not None:
                 mem, est = engine.start(context if engine_context is None else engine_context,
                                         context_mask if engine_context is None and engine_mask is None else engine_mask)
             record = []
             for t in range(max_instructions):
                 last = t == max_instructions - 1
-                execute = None
-                if engine is not None:
-                    run = ~state.halted & (state.fill > 0) if last else ~state.halted  # directive_step's active
-                    step_out = []
-                    execute = _Execute(engine, mem, est, run, step_out)
-                inst, r, h, nxt, res = self.heads(hidden, execute)
-                if engine is not None:
-                    est = step_out[0]
-                if schedule is not None:
-                    r, h = schedule[0].index_select(0, rows)[:, t], schedule[1].index_select(0, rows)[:, t]
-                out, state = directive_step(state, r, h, self.eps, self.mode, last=last)
+                sched = None if schedule is None else (schedule[0].index_select(0, rows)[:, t],
+                                                        schedule[1].index_select(0, rows)[:, t])
+                inst, out, state, est, res, nxt = self._decode_step(hidden, state, est, mem, engine, sched, last)
                 record.append((rows, inst, out, res))
                 if t == max_instructions - 1:
                     break
@@ -240,10 +262,8 @@ class DirectiveDecoder(nn.Module):
                 p = N + 1 + t
                 if cache == "none":
                     seq = torch.cat([seq, nxt[:, None]], 1)
-                    for layer in self.layers:
-                        layer.attention.kv_cache = GrowingKVCache()
                     q = slots[: p + 1]
-                    hidden = self._blocks(seq, q, _mask(q, q, key_ok, N))[:, -1]
+                    hidden = self._blocks(seq, q, _mask(q, q, key_ok, N), cached=False)[:, -1]
                 else:
                     q = slots[p: p + 1]
                     m = _mask(q, slots[: p + 1], key_ok, N) if cache == "growing" else step_mask[:, :, p: p + 1, : p + 1]
@@ -253,6 +273,138 @@ class DirectiveDecoder(nn.Module):
             for layer in self.layers:
                 layer.attention.kv_cache = None
         return _assemble(record, B, D, hidden.dtype, dev)
+
+    # ------------------------------------------------------------------ compiled generation
+    def _generate_compiled(self, command, context, context_mask, max_instructions, schedule, cache,
+                           compact_every, engine, engine_context, engine_mask) -> TransformDirective:
+        """``forward(..., compile=True)``: the eager loop's arithmetic with shapes that never change, so
+        that one compiled step serves every position (the prefill is compiled too, on both paths).
+        Rows stay in the batch after halting (:func:`directive_step` already gives them ``p = 0``, no
+        close, slot -1, and the engine keeps their state), so nothing is compacted; every ``compact_every`` steps one host read of the
+        halted flags ends the loop when all rows have halted, where the eager loop ends it."""
+        B, N, D = context.shape
+        dev, I = command.device, max_instructions
+        L = N + I
+        key_ok = torch.cat([context_mask, torch.ones(B, I, dtype=torch.bool, device=dev)], 1)  # (B, L)
+        slots = torch.arange(L, device=dev)
+        cos_all, sin_all = rope_angles(slots, self.inv_freq)
+        x0 = torch.cat([context, command[:, None]], 1)
+        static = cache == "static"
+        if static:
+            caches = self._static_caches(B, L, x0.dtype, dev)
+            for layer, c in zip(self.layers, caches):
+                layer.attention.kv_cache = c
+        guards = contextlib.ExitStack()
+        try:
+            hidden = self._compiled("prefill", self._prefill, False)(x0, key_ok, cos_all, sin_all, N, static)
+            state = DirectiveState.start(B, hidden.dtype, dev)
+            mem = est = None
+            if engine is not None:
+                mem, est = engine.start(context if engine_context is None else engine_context,
+                                        context_mask if engine_context is None and engine_mask is None else engine_mask)
+            step = (self._compiled("cached_step", self._cached_step, False) if static
+                    else self._compiled("recompute_step", self._recompute_step, None))
+            seq, record, rows = x0, [], torch.arange(B, device=dev)
+            for t in range(I):
+                if t == 1:  # step 0 picked the compiled step with every guard checked; later steps pass the same
+                    # kinds of inputs (same shapes; recomputing, a longer dynamic length), so only the guards
+                    # that tell compiled entries apart are checked (Dynamo's per-call guard cost is a good share
+                    # of a small step)
+                    guards.enter_context(torch.compiler.set_stance("default", skip_guard_eval_unsafe=True))
+                sched = None if schedule is None else (schedule[0][:, t].contiguous(), schedule[1][:, t].contiguous())
+                if t == I - 1:  # the last step: heads and rule 4, no block pass after it
+                    inst, out, state, est, res, _ = self._decode_step(hidden, state, est, mem, engine, sched, last=True)
+                    record.append((rows, inst, out, res))
+                    break
+                p = slots[N + 1 + t: N + 2 + t].clone()  # (1,) the new instruction's slot, a tensor: no recompiles
+                if static:
+                    inst, out, state, est, res, hidden = step(hidden, state, est, mem, engine, sched, p,
+                                                              key_ok, cos_all, sin_all)
+                else:
+                    ok = key_ok[:, : seq.shape[1] + 1].contiguous()  # sliced here: a slice reaching L inside would specialise T
+                    torch._dynamo.mark_dynamic(seq, 1)
+                    torch._dynamo.mark_dynamic(ok, 1)
+                    inst, out, state, est, res, hidden, seq = step(hidden, state, est, mem, engine, sched, seq,
+                                                                   ok, cos_all, sin_all, N)
+                record.append((rows, inst, out, res))
+                if (t + 1) % compact_every == 0 and bool(state.halted.all()):  # one host read per compact_every steps
+                    break
+        finally:
+            guards.close()
+            for layer in self.layers:
+                layer.attention.kv_cache = None
+        return _assemble(record, B, D, hidden.dtype, dev)
+
+    def _decode_step(self, hidden, state, est, mem, engine, sched, last=False):
+        """Heads on ``hidden`` (B, D) (the engine executes the instruction first in feedback mode) and
+        the directive arithmetic for the whole batch. Returns (instruction, StepOut, state, engine
+        state, result, next input (B, D))."""
+        execute = step_out = None
+        if engine is not None:
+            run = ~state.halted & (state.fill > 0) if last else ~state.halted  # directive_step's active
+            step_out = []
+            execute = _Execute(engine, mem, est, run, step_out)
+        inst, r, h, nxt, res = self.heads(hidden, execute)
+        if engine is not None:
+            est = step_out[0]
+        if sched is not None:
+            r, h = sched
+        out, state = directive_step(state, r, h, self.eps, self.mode, last=last)
+        return inst, out, state, est, res, nxt
+
+    def _cached_step(self, hidden, state, est, mem, engine, sched, p, key_ok, cos_all, sin_all):
+        """:meth:`_decode_step`, then the next input through the blocks at cache slot ``p`` (1,) long,
+        attending over the whole static cache with the valid keys up to ``p`` unmasked. Returns the
+        step's outputs with the new hidden (B, D) in place of the next input."""
+        inst, out, state, est, res, nxt = self._decode_step(hidden, state, est, mem, engine, sched)
+        mask = (key_ok & (torch.arange(key_ok.shape[1], device=p.device) <= p))[:, None, None]  # (B, 1, 1, L)
+        rope = cos_all.index_select(0, p), sin_all.index_select(0, p)
+        hidden = self._blocks(nxt[:, None], p, mask, rope)[:, 0]
+        return inst, out, state, est, res, hidden
+
+    def _recompute_step(self, hidden, state, est, mem, engine, sched, seq, key_ok, cos_all, sin_all, N):
+        """:meth:`_decode_step`, then the next input appended to ``seq`` (B, T - 1, D) and the whole
+        prefix recomputed without a cache (the baseline); ``key_ok`` (B, T). Returns the step's
+        outputs with the new hidden (B, D) and the new sequence."""
+        inst, out, state, est, res, nxt = self._decode_step(hidden, state, est, mem, engine, sched)
+        seq = torch.cat([seq, nxt[:, None]], 1)
+        T = seq.shape[1]
+        q = torch.arange(T, device=seq.device)
+        hidden = self._blocks(seq, q, _mask(q, q, key_ok, N), (cos_all[:T], sin_all[:T]), cached=False)[:, -1]
+        return inst, out, state, est, res, hidden.contiguous(), seq
+
+    def _prefill(self, x0, key_ok, cos_all, sin_all, N, cached):
+        """Context and command x0 (B, N + 1, D) through the blocks (context bidirectional, padding
+        hidden), writing the keys/values into the static caches when ``cached`` (the mask then spans
+        their L = ``key_ok.shape[1]`` slots); the command's hidden state (B, D), contiguous (the layout
+        every step returns, so the step compiles once)."""
+        T = x0.shape[1]
+        pos = torch.arange(T, device=x0.device)
+        keys = torch.arange(key_ok.shape[1], device=x0.device) if cached else pos
+        hidden = self._blocks(x0, pos, _mask(pos, keys, key_ok, N), (cos_all[:T], sin_all[:T]), cached=cached)
+        return hidden[:, -1].contiguous()
+
+    def _compiled(self, name: str, fn, dynamic):
+        """``torch.compile(fn, dynamic=dynamic)``, built once per decoder and name (not a module
+        attribute: no state_dict entry)."""
+        fns = self.__dict__.setdefault("_compiled_fns", {})
+        if name not in fns:
+            fns[name] = torch.compile(fn, dynamic=dynamic)
+        return fns[name]
+
+    def _static_caches(self, B: int, L: int, dtype, dev) -> list[KVCache]:
+        """One static KVCache (B, H_kv, L, hd) per layer, kept between calls of the same shape (a new
+        buffer would be a new input to the compiled step), zeroed (masked slots then hold no earlier
+        call's values, which could be non-finite). Not module children: no state_dict entry."""
+        c = self.config
+        key = (B, L, dtype, torch.device(dev))
+        if self.__dict__.get("_static_cache_key") != key:
+            self.__dict__["_static_cache_key"] = key
+            self.__dict__["_static_cache"] = [KVCache(B, c.n_kv_heads, L, c.head_dim, dtype, dev) for _ in self.layers]
+        else:
+            for cache in self.__dict__["_static_cache"]:
+                cache.k_cache.zero_(), cache.v_cache.zero_()
+        return self.__dict__["_static_cache"]
 
 
 class _Execute:
@@ -287,8 +439,8 @@ def _assemble(record, B, D, dtype, dev) -> TransformDirective:
 
     cols = {k: [] for k in ("inst", "p", "active", "closes", "dh", "slot", "res")}
     for rows, inst, o, res in record:
-        if res is not None:
-            cols["res"].append(full(res, rows))
+        if res is not None:  # 0 where inactive, like the instructions (the engine keeps a halted row's state)
+            cols["res"].append(full(res * o.active[:, None].to(res.dtype), rows))
         cols["inst"].append(full(inst * o.active[:, None].to(inst.dtype), rows))  # 0 where inactive
         cols["p"].append(full(o.p, rows))
         cols["active"].append(full(o.active, rows, False))

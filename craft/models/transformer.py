@@ -66,7 +66,12 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 
 class Attention(nn.Module):
-    """Multi-head (or grouped-query) self-attention with a fused QKV projection."""
+    """Multi-head (or grouped-query) self-attention with a fused QKV projection.
+
+    ``forward(x (B, T, D), cos, sin, doc_ids, input_pos, mask, links)``: with ``input_pos`` (T,) the
+    new keys/values are written into ``kv_cache`` at those slots (``mask`` is then required); with a
+    bool ``mask`` (broadcastable to (B, 1, T, S)) attention is :func:`cached_attention` over the cache
+    or, without ``input_pos``, over this call's own keys; with neither, ``doc_attention``."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -82,8 +87,12 @@ class Attention(nn.Module):
         q = apply_rope(q.view(B, T, H, hd), cos, sin).transpose(1, 2)
         k = apply_rope(k.view(B, T, Hkv, hd), cos, sin).transpose(1, 2)
         v = v.view(B, T, Hkv, hd).transpose(1, 2)
-        if input_pos is not None:
+        if input_pos is not None:  # write this step's keys/values at their cache slots, attend over the cache
+            if mask is None:
+                raise ValueError("mask: cached attention (input_pos given) needs a bool mask over the cache "
+                                 "slots, broadcastable to (B, 1, T, S); LanguageModel.forward_step builds one")
             k, v = self.kv_cache.update(input_pos, k, v)
+        if mask is not None:  # masked attention: a decode step, or a prefix recomputed without a cache
             y = cached_attention(q, k.to(q.dtype), v.to(q.dtype), mask)
         else:
             y = doc_attention(q, k, v, doc_ids, kind="doc_causal" if links is None else "cross_doc_link",
