@@ -296,9 +296,9 @@ def test_train_resume_and_evaluate(tmp_path):
     assert res["exact"]["users"] == 12 and res["exact"]["beam"] == pytest.approx(res["exact"]["exact"])
     assert res["exact"]["top10_identical"] == 1.0 and res["exact"]["top10_overlap"] == 1.0
     assert "uniform_beam" not in res["exact"]
-    # the default search (20 returned, 40 between) also reports a uniform beam of 20 beside it
+    # the default search (20 returned, 40 before) also reports a uniform beam of 20 beside it
     res = evaluate(model, codes, data, "valid", batch_users=4, hybrid=False, exact_users=12)
-    assert res["beam_widths"] == [20, 40, 20] and set(res["exact"]["uniform_beam"]) == set(res["exact"]["exact"])
+    assert res["beam_widths"] == [40, 20, 20] and set(res["exact"]["uniform_beam"]) == set(res["exact"]["exact"])
 
 
 def _craft(*args):
@@ -324,7 +324,7 @@ def test_cli_train_eval_json_and_errors(tmp_path, capsys):
     for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"):
         assert 0 <= res["model"][k] <= 1 and k in res["baselines"]["transition"]
     assert res["invalid_id_rate"] == 0.0 and res["users"] == 50 and res["seconds"] > 0
-    assert res["beams"] == 10 and res["beam_widths"] == [10, 20, 10]  # the default: widened between
+    assert res["beams"] == 10 and res["beam_widths"] == [20, 10, 10]  # the default: widened but the last two
     rc = main(["retrieval", "eval", str(out), "--json", "--beam-widths", "uniform", "--beam", "12", "--split", "valid",
                "--batch-users", "8", "--no-hybrid", "--max-users", "10"])
     assert rc == 0 and json.loads(capsys.readouterr().out)["beam_widths"] == [12, 12, 12]

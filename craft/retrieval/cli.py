@@ -49,8 +49,8 @@ def register(subparsers) -> None:
     e.add_argument("--beam", type=int, default=20,
                    help="beams kept at the last level = items returned per user (default 20)")
     e.add_argument("--beam-widths", default="widened",
-                   help="beams kept after each code level: 'widened' (default: --beam at the first and last "
-                        "level, 2x --beam between, e.g. 20/40/40/20), 'uniform' (--beam at every level, "
+                   help="beams kept after each code level: 'widened' (default: 2x --beam at every level but "
+                        "the last two, --beam there, e.g. 40/40/20/20), 'uniform' (--beam at every level, "
                         "plain beam search) or one width per level, comma-separated (the last one replaces --beam)")
     e.add_argument("--batch-users", type=int, default=256)
     e.add_argument("--max-users", type=int, help="evaluate a seeded random sample of N users (quick checks)")

@@ -54,17 +54,18 @@ def level_widths(beams, levels: int) -> tuple[int, ...]:
 
 
 def widened_widths(k: int, levels: int, factor: int = 2) -> tuple[int, ...]:
-    """The evaluation's default schedule: ``k`` beams after the first and the last level, ``factor * k``
-    after every level between, e.g. 20/40/40/20 for 3 codes + the collision code.
+    """The evaluation's default schedule: ``factor * k`` beams after each level but the last two,
+    ``k`` after those, e.g. 40/40/20/20 for 3 codes + the collision code (uniform when levels <= 2).
 
-    Why there: a trained model's first-level distribution is peaked (more first codes recover few of
-    the items a uniform beam loses), the middle prefixes' summed log-probabilities lie close together
-    (a cut there drops items of the exact top k), and the last (collision) code mostly has one allowed
-    value, so cutting back to ``k`` at it drops little. Compared with a uniform beam and exact scoring
-    in benchmarks/RESULTS.md."""
+    Why there: a beam cut at an early level drops every item below the cut prefix for good, and the
+    early prefixes' summed log-probabilities are the least decisive (which level loses the exact top
+    items depends on the model: the first on one, the second on another), while the last semantic
+    code and the collision code (mostly one allowed value) decide little, so ``k`` suffices there.
+    A level's width sets the rows decoded at the next level. Compared with uniform beams and exact
+    scoring in benchmarks/RESULTS.md."""
     if levels < 1 or k < 1 or factor < 1:
         raise ValueError(f"widened_widths: k, levels and factor must be positive, got {k}, {levels}, {factor}")
-    return tuple(k if lvl in (0, levels - 1) else factor * k for lvl in range(levels))
+    return tuple(factor * k if lvl < levels - 2 else k for lvl in range(levels))
 
 
 @torch.no_grad()

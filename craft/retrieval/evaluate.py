@@ -110,7 +110,7 @@ def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", be
     ``alpha`` is chosen on a seeded random sample of ``alpha_users`` validation users (None: all),
     never on the evaluated split's targets unless that split is ``valid``. ``beams``: an int (a
     uniform beam) or one width per code level (:func:`level_widths`); None: 20 returned items with
-    wider levels between (:func:`widened_widths`, the CLI's default). The result's ``beams`` is the
+    wider early levels (:func:`widened_widths`, the CLI's default). The result's ``beams`` is the
     last width (items returned), ``beam_widths`` all of them."""
     if split not in ("valid", "test"):
         raise ValueError(f"split: expected 'valid' or 'test', got {split!r}")
