@@ -183,6 +183,38 @@ def test_beam_bound_and_certified_top_equal_full_scoring():
         np.testing.assert_allclose(tlp, ref.values.numpy(), rtol=1e-6, atol=1e-5)
 
 
+def test_wider_early_levels_find_the_exact_top_items_a_uniform_beam_misses():
+    # the first codes decide the most: a uniform beam of 3 loses items whose first code is not among
+    # the 3 best first codes; keeping every prefix at the early levels and 3 at the last returns the
+    # exact top 3 of full-catalog scoring for every user
+    codes = _random_codes(120, 3, 5, seed=11)
+    model = Tiger(_small(codes)).eval()
+    with torch.no_grad():
+        for head in model.heads:
+            head.weight.mul_(20)
+    ct, trie = torch.from_numpy(codes), build_trie(codes)
+    rng = np.random.default_rng(12)
+    hist = np.zeros((16, 6), dtype=np.int64)
+    for u in range(16):
+        n = int(rng.integers(1, 7))
+        hist[u, 6 - n:] = rng.choice(np.arange(1, 121), n, replace=False)
+    ref = torch.from_numpy(exact_scores(model, ct, hist, 120, chunk_rows=64)).topk(3, dim=1)
+    uniform, _ = beam_search(model, trie, ct, hist, beams=3)
+    assert (uniform != ref.indices.numpy()).any(1).sum() >= 2
+    n_prefixes = [len(np.unique(codes[1:, :l + 1], axis=0)) for l in range(3)]  # trie nodes at depths 1..3
+    items, lp, bound = beam_search(model, trie, ct, hist, beams=(*n_prefixes, 3), return_bound=True)
+    assert items.tolist() == ref.indices.tolist()
+    np.testing.assert_allclose(lp, ref.values.numpy(), rtol=1e-6, atol=1e-5)
+    assert (bound <= lp[:, 2] + 1e-5).all()
+    # a width per level keeps the guarantees: real, distinct items outside the history, exact scores
+    ex = exact_scores(model, ct, hist, 120, chunk_rows=64)
+    items, lp = beam_search(model, trie, ct, hist, beams=(8, 4, 4, 4))
+    assert items.shape == (16, 4) and invalid_rate(items, 120, hist) == 0.0
+    np.testing.assert_allclose(lp, np.take_along_axis(ex, items, 1), atol=1e-4)
+    with pytest.raises(ValueError, match="one width per code level"):
+        beam_search(model, trie, ct, hist, beams=(8, 4))
+
+
 def test_decode_step_matches_teacher_forcing():
     codes = _random_codes(25, 3, 4)
     model = Tiger(_small(codes)).eval()
@@ -263,6 +295,10 @@ def test_train_resume_and_evaluate(tmp_path):
     res = evaluate(model, codes, data, "valid", beams=30, batch_users=4, hybrid=False, exact_users=12)
     assert res["exact"]["users"] == 12 and res["exact"]["beam"] == pytest.approx(res["exact"]["exact"])
     assert res["exact"]["top10_identical"] == 1.0 and res["exact"]["top10_overlap"] == 1.0
+    assert "uniform_beam" not in res["exact"]
+    # the default search (20 returned, 40 before) also reports a uniform beam of 20 beside it
+    res = evaluate(model, codes, data, "valid", batch_users=4, hybrid=False, exact_users=12)
+    assert res["beam_widths"] == [40, 20, 20] and set(res["exact"]["uniform_beam"]) == set(res["exact"]["exact"])
 
 
 def _craft(*args):
@@ -288,13 +324,20 @@ def test_cli_train_eval_json_and_errors(tmp_path, capsys):
     for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"):
         assert 0 <= res["model"][k] <= 1 and k in res["baselines"]["transition"]
     assert res["invalid_id_rate"] == 0.0 and res["users"] == 50 and res["seconds"] > 0
+    assert res["beams"] == 10 and res["beam_widths"] == [20, 10, 10]  # the default: widened but the last two
+    rc = main(["retrieval", "eval", str(out), "--json", "--beam-widths", "uniform", "--beam", "12", "--split", "valid",
+               "--batch-users", "8", "--no-hybrid", "--max-users", "10"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["beam_widths"] == [12, 12, 12]
     bad = tmp_path / "bad.txt"
     bad.write_text("1 2 3\n2 4 five\n")
     for args, msg in [(("train", "--data", str(data), "--out", str(out), "--sids", "wat"), "--sids 'wat'"),
                       (("train", "--data", str(data), "--out", str(out), "--sids", "letter:" + str(tmp_path / "no.json")),
                        "no.json: no such file"),
                       (("eval", str(tmp_path)), "not a retrieval run folder"),
-                      (("eval", str(out), "--beam", "5"), "--beam: at least 10")]:
+                      (("eval", str(out), "--beam", "5"), "--beam: at least 10"),
+                      (("eval", str(out), "--beam-widths", "30,20"), "--beam-widths '30,20': expected"),
+                      (("eval", str(out), "--beam-widths", "30,x,20"), "3 positive comma-separated"),
+                      (("eval", str(out), "--beam-widths", "30,20,5"), "--beam: at least 10 at the last level")]:
         assert main(["retrieval", *args]) == 1
         err = capsys.readouterr().err
         assert err.startswith("craft: error:") and msg in err and len(err.strip().splitlines()) == 1, (args, err)

@@ -2,7 +2,7 @@
 
     craft retrieval train --data Beauty.txt [--sids cf|text:FILE|letter:FILE|attributes:FILE]
                           [--quantizer rkm|rqvae] [--max-minutes M] --out DIR [--resume]
-    craft retrieval eval DIR [--split valid|test] [--beam N] [--json]
+    craft retrieval eval DIR [--split valid|test] [--beam N] [--beam-widths widened|uniform|W,W,…] [--json]
 
 ``--sids cf`` (default) quantises collaborative embeddings of the training interactions;
 ``text:FILE`` item text JSON through wordllama's bundled model; ``attributes:FILE`` an
@@ -46,7 +46,12 @@ def register(subparsers) -> None:
     e = rs.add_parser("eval", help="beam-search a split and print metrics beside popularity and the heuristic")
     e.add_argument("dir", help="run folder written by `craft retrieval train`")
     e.add_argument("--split", default="test", choices=["valid", "test"])
-    e.add_argument("--beam", type=int, default=20)
+    e.add_argument("--beam", type=int, default=20,
+                   help="beams kept at the last level = items returned per user (default 20)")
+    e.add_argument("--beam-widths", default="widened",
+                   help="beams kept after each code level: 'widened' (default: 2x --beam at every level but "
+                        "the last two, --beam there, e.g. 40/40/20/20), 'uniform' (--beam at every level, "
+                        "plain beam search) or one width per level, comma-separated (the last one replaces --beam)")
     e.add_argument("--batch-users", type=int, default=256)
     e.add_argument("--max-users", type=int, help="evaluate a seeded random sample of N users (quick checks)")
     e.add_argument("--no-hybrid", action="store_true", help="skip the hybrid ranker (saves a validation decode)")
@@ -164,21 +169,41 @@ def cmd_eval(args) -> int:
     from craft.retrieval.train import load_run
 
     _positive(args, ["beam", "batch_users", "max_users", "threads", "alpha_users"])
-    if args.beam < 10:
-        raise _error(f"--beam: at least 10 (the metrics rank 10 items), got {args.beam}")
     if args.threads:
         torch.set_num_threads(args.threads)
     model, codes, run = load_run(args.dir)
+    widths = _beam_widths(args, model.config.levels)
     data = load_recsys(args.data or run["data"], run["max_history"])
     if data.n_items + 1 != len(codes):
         raise _error(f"{args.data or run['data']}: {data.n_items} items, the run's IDs cover {len(codes) - 1}")
-    res = evaluate(model, codes, data, args.split, args.beam, hybrid=not args.no_hybrid,
+    res = evaluate(model, codes, data, args.split, widths, hybrid=not args.no_hybrid,
                    batch_users=args.batch_users, progress=not args.no_progress and not args.json,
                    max_users=args.max_users, exact_users=args.exact_users, alpha_users=args.alpha_users)
     res["run"] = str(args.dir)
     res["step"] = run["step"]
     print(json.dumps(res, indent=1) if args.json else format_results(res))
     return 0
+
+
+def _beam_widths(args, levels: int) -> tuple[int, ...]:
+    """--beam and --beam-widths -> one width per code level (the last: items returned, at least 10)."""
+    from craft.retrieval.decode import widened_widths
+    spec = args.beam_widths.strip()
+    if spec == "widened":
+        widths = widened_widths(args.beam, levels)
+    elif spec == "uniform":
+        widths = (args.beam,) * levels
+    else:
+        try:
+            widths = tuple(int(w) for w in spec.split(","))
+        except ValueError:
+            widths = ()
+        if len(widths) != levels or min(widths) < 1:
+            raise _error(f"--beam-widths {spec!r}: expected widened, uniform or {levels} positive comma-separated "
+                         f"ints (this run's IDs have {levels} levels), e.g. {','.join(map(str, widened_widths(20, levels)))}")
+    if widths[-1] < 10:
+        raise _error(f"--beam: at least 10 at the last level (the metrics rank 10 items), got {widths[-1]}")
+    return widths
 
 
 def run(args) -> int:

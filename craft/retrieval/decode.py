@@ -43,12 +43,43 @@ class BeamTimer:
         self.model = self.constraint = self.other = 0.0
 
 
+def level_widths(beams, levels: int) -> tuple[int, ...]:
+    """Beams kept after each of the ``levels`` code levels: ``beams`` an int (the same width at every
+    level) or a sequence of ``levels`` positive ints (the last one is how many items come back)."""
+    ws = (beams,) * levels if isinstance(beams, (int, np.integer)) else tuple(beams)
+    if len(ws) != levels or not all(isinstance(w, (int, np.integer)) and w >= 1 for w in ws):
+        raise ValueError(f"beams: expected a positive int or {levels} positive ints (one width per code level), "
+                         f"got {beams!r}")
+    return tuple(int(w) for w in ws)
+
+
+def widened_widths(k: int, levels: int, factor: int = 2) -> tuple[int, ...]:
+    """The evaluation's default schedule: ``factor * k`` beams after each level but the last two,
+    ``k`` after those, e.g. 40/40/20/20 for 3 codes + the collision code (uniform when levels <= 2).
+
+    Why there: a beam cut at an early level drops every item below the cut prefix for good, and the
+    early prefixes' summed log-probabilities are the least decisive (which level loses the exact top
+    items depends on the model: the first on one, the second on another), while the last semantic
+    code and the collision code (mostly one allowed value) decide little, so ``k`` suffices there.
+    A level's width sets the rows decoded at the next level. Compared with uniform beams and exact
+    scoring in benchmarks/RESULTS.md."""
+    if levels < 1 or k < 1 or factor < 1:
+        raise ValueError(f"widened_widths: k, levels and factor must be positive, got {k}, {levels}, {factor}")
+    return tuple(factor * k if lvl < levels - 2 else k for lvl in range(levels))
+
+
 @torch.no_grad()
-def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, beams: int = 20,
+def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, beams=20,
                 timer: BeamTimer | None = None, constrain=None, exclude_history: bool = True,
                 return_bound: bool = False):
     """Top ``beams`` items per user: (items (B, beams) int64 best first, -1 where fewer exist;
     log-probabilities (B, beams) float32, -inf for those).
+
+    ``beams``: an int, the same width at every level, or one width per code level
+    (:func:`level_widths`; the last is the number of items returned). A prefix cut at any level is
+    lost for good, so wider levels before the last keep items a uniform beam drops, at the same
+    number of returned items; a level's width sets the rows decoded at the next level only
+    (:func:`widened_widths`, the evaluation's default).
 
     ``return_bound``: also return bound (B,) float32, the highest log-probability any item outside
     the returned beams can have: the best candidate a top-k cut dropped, over every level (a
@@ -63,6 +94,7 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
     replaces the trie step (benchmarks compare other constraint implementations); it must set the
     disallowed entries to -inf in place."""
     L = model.config.levels
+    widths = level_widths(beams, L)
     t0 = time.perf_counter()
     memory, bias = model.encode(history_codes(codes_t, history))
     B = len(history)
@@ -91,7 +123,7 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
         t2 = time.perf_counter()
         K = logp.shape[1]
         cand = (scores.view(B * w, 1) + logp).view(B, w * K)
-        new_w = min(beams, w * K)
+        new_w = min(widths[level], w * K)
         if return_bound and new_w < w * K:
             top, idx = cand.topk(new_w + 1, dim=1)
             bound = torch.maximum(bound, top[:, new_w])
@@ -118,9 +150,9 @@ def beam_search(model, trie: Trie, codes_t: torch.Tensor, history: np.ndarray, b
     items = items.reshape(B, w)
     sc = scores.numpy().astype(np.float32)
     items[~np.isfinite(sc)] = -1
-    if w < beams:
-        items = np.pad(items, ((0, 0), (0, beams - w)), constant_values=-1)
-        sc = np.pad(sc, ((0, 0), (0, beams - w)), constant_values=-np.inf)
+    if w < widths[-1]:
+        items = np.pad(items, ((0, 0), (0, widths[-1] - w)), constant_values=-1)
+        sc = np.pad(sc, ((0, 0), (0, widths[-1] - w)), constant_values=-np.inf)
     if timer is not None:
         timer.model += t_model
         timer.constraint += t_con

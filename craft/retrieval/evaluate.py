@@ -17,7 +17,8 @@ import torch
 
 from craft.data.recsys import Examples, RecsysData
 from craft.retrieval.baselines import Popularity, TransitionHeuristic, evaluate_ranker
-from craft.retrieval.decode import BeamTimer, beam_search, build_trie, certified_top, hybrid_rank, score_items
+from craft.retrieval.decode import (BeamTimer, beam_search, build_trie, certified_top, hybrid_rank, level_widths,
+                                   score_items, widened_widths)
 from craft.retrieval.metrics import metrics_from_ranks, ranks_from_lists
 
 EXACT_WIDTHS = (100, 300, 1000)  # beam widths certified_top tries before scoring every item
@@ -31,13 +32,15 @@ def by_history_length(history: np.ndarray) -> np.ndarray:
     return np.argsort((np.asarray(history) > 0).sum(1), kind="stable")
 
 
-def decode_split(model, trie, codes_t, ex: Examples, beams: int, batch_users: int = 256, progress: bool = False):
-    """(items (N, beams), logp (N, beams), BeamTimer, seconds) of beam search over every user of ``ex``,
-    in ``ex``'s order (batches are formed by history length, :func:`by_history_length`)."""
+def decode_split(model, trie, codes_t, ex: Examples, beams, batch_users: int = 256, progress: bool = False):
+    """(items (N, K), logp (N, K), BeamTimer, seconds) of beam search over every user of ``ex``, in
+    ``ex``'s order (batches are formed by history length, :func:`by_history_length`); ``beams`` an
+    int or one width per code level (:func:`level_widths`), K the last level's width."""
     timer = BeamTimer()
     order = by_history_length(ex.history)
-    items = np.empty((len(ex), beams), dtype=np.int64)
-    logp = np.empty((len(ex), beams), dtype=np.float32)
+    k = level_widths(beams, model.config.levels)[-1]
+    items = np.empty((len(ex), k), dtype=np.int64)
+    logp = np.empty((len(ex), k), dtype=np.float32)
     rng = range(0, len(ex), batch_users)
     if progress:
         from tqdm.auto import tqdm
@@ -97,7 +100,7 @@ def _hybrid_metrics(items, logp, extra, extra_lp, h_cand, alpha, targets):
     return metrics_from_ranks(ranks_from_lists(ranked, targets)), ranked
 
 
-def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", beams: int = 20,
+def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", beams=None,
              hybrid: bool = True, batch_users: int = 256, progress: bool = False, max_users: int | None = None,
              exact_users: int = 0, alpha_users: int | None = 4000) -> dict:
     """Metrics of the model (beam search), the baselines and the hybrid on ``split``; with
@@ -105,11 +108,15 @@ def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", be
     pessimistic ties) on the first ``exact_users`` users of the evaluated ones. ``max_users``: evaluate a seeded
     random sample of that many users (the same users for every model and baseline). The hybrid's
     ``alpha`` is chosen on a seeded random sample of ``alpha_users`` validation users (None: all),
-    never on the evaluated split's targets unless that split is ``valid``."""
+    never on the evaluated split's targets unless that split is ``valid``. ``beams``: an int (a
+    uniform beam) or one width per code level (:func:`level_widths`); None: 20 returned items with
+    wider early levels (:func:`widened_widths`, the CLI's default). The result's ``beams`` is the
+    last width (items returned), ``beam_widths`` all of them."""
     if split not in ("valid", "test"):
         raise ValueError(f"split: expected 'valid' or 'test', got {split!r}")
-    if beams < 10:
-        raise ValueError(f"beams: need at least 10 to rank 10 items, got {beams}")
+    widths = level_widths(widened_widths(20, model.config.levels) if beams is None else beams, model.config.levels)
+    if widths[-1] < 10:
+        raise ValueError(f"beams: need at least 10 at the last level to rank 10 items, got {beams}")
     t_start = time.perf_counter()
     codes_t = torch.from_numpy(codes)
     trie = build_trie(codes)
@@ -124,13 +131,16 @@ def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", be
 
     ex = sub(getattr(data, split))
     heur, pop = TransitionHeuristic(data), Popularity(data)
-    res = {"split": split, "users": len(ex), "beams": beams, "n_items": data.n_items,
+    res = {"split": split, "users": len(ex), "beams": widths[-1], "beam_widths": list(widths), "n_items": data.n_items,
            "baselines": {r.name: evaluate_ranker(r, ex)[0] for r in (pop, heur)}}
-    items, logp, timer, secs = decode_split(model, trie, codes_t, ex, beams, batch_users, progress)
+    c0 = time.process_time()
+    items, logp, timer, secs = decode_split(model, trie, codes_t, ex, widths, batch_users, progress)
+    cpu = time.process_time() - c0  # on a shared machine the wall time is set by the load
     top = items[:, :10]
     res["model"] = metrics_from_ranks(ranks_from_lists(items, ex.target))
     res["invalid_id_rate"] = invalid_rate(top, data.n_items, ex.history)
     res["decode_seconds"] = secs
+    res["decode_cpu_seconds"] = cpu
     res["users_per_sec"] = len(ex) / max(secs, 1e-9)
     res["constraint_share"] = timer.constraint / max(timer.constraint + timer.model, 1e-9)
     if hybrid:
@@ -139,12 +149,12 @@ def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", be
         if split == "valid" and len(vex) == len(ex):
             v_items, v_logp = items, logp
         else:
-            v_items, v_logp, _, _ = decode_split(model, trie, codes_t, vex, beams, batch_users, progress)
-        ve, vlp, vh = _hybrid_inputs(model, codes_t, vex, heur, v_items, beams, batch_users)
+            v_items, v_logp, _, _ = decode_split(model, trie, codes_t, vex, widths, batch_users, progress)
+        ve, vlp, vh = _hybrid_inputs(model, codes_t, vex, heur, v_items, widths[-1], batch_users)
         scores = {a: _hybrid_metrics(v_items, v_logp, ve, vlp, vh, a, vex.target)[0]["ndcg@10"] for a in ALPHAS}
         alpha = max(ALPHAS, key=lambda a: (scores[a], -a))
         e, elp, eh = ((ve, vlp, vh) if split == "valid" and len(vex) == len(ex)
-                      else _hybrid_inputs(model, codes_t, ex, heur, items, beams, batch_users))
+                      else _hybrid_inputs(model, codes_t, ex, heur, items, widths[-1], batch_users))
         hm, _ = _hybrid_metrics(items, logp, e, elp, eh, alpha, ex.target)
         res["hybrid"] = {"alpha": alpha, **hm, "alpha_users": len(vex),
                          "valid_ndcg@10_by_alpha": {str(a): v for a, v in scores.items()}}
@@ -163,6 +173,14 @@ def evaluate(model, codes: np.ndarray, data: RecsysData, split: str = "test", be
                         "top10_overlap": float(np.mean(overlap)),
                         "certified_by": {str(w): int((how == i).sum()) for i, w in enumerate((*EXACT_WIDTHS, "full"))},
                         "seconds": time.perf_counter() - t0}
+        if len(set(widths)) > 1:  # the plain beam of the same final width, on the same users, beside it
+            c0 = time.process_time()
+            u_items, _, _, u_secs = decode_split(model, trie, codes_t, Examples(ex.history[:n], ex.target[:n], ex.user[:n]),
+                                                 widths[-1], batch_users)
+            res["exact"]["uniform_beam"] = metrics_from_ranks(ranks_from_lists(u_items, ex.target[:n]))
+            res["exact"]["uniform_decode_seconds"] = u_secs
+            res["exact"]["uniform_decode_cpu_seconds"] = time.process_time() - c0
+            res["exact"]["uniform_top10_identical"] = float((u_items[:, :10] == ex_top).all(1).mean())
     res["seconds"] = time.perf_counter() - t_start
     return res
 
@@ -171,19 +189,24 @@ def format_results(res: dict) -> str:
     def row(name, m):
         return (f"{name:<12} R@5 {m['recall@5']:.4f}  N@5 {m['ndcg@5']:.4f}  "
                 f"R@10 {m['recall@10']:.4f}  N@10 {m['ndcg@10']:.4f}")
-    lines = [f"{res['split']}: {res['users']} users, beam {res['beams']}, {res['n_items']} items",
+    lines = [f"{res['split']}: {res['users']} users, beam {res['beams']} (widths per level "
+             f"{'/'.join(map(str, res['beam_widths']))}), {res['n_items']} items",
              row("model", res["model"])]
     if "hybrid" in res:
         lines.append(row(f"hybrid a={res['hybrid']['alpha']:g}", res["hybrid"]))
     for name, m in res["baselines"].items():
         lines.append(row(name, m))
     if "exact" in res:
-        lines.append(f"beam vs exact full-catalog scoring on the first {res['exact']['users']} users:")
+        lines.append(f"beam vs exact full-catalog scoring on the first {res['exact']['users']} users "
+                     "(and a uniform beam of the same final width, when the widths differ):")
         lines.append(row("  beam", res["exact"]["beam"]))
         lines.append(row("  exact", res["exact"]["exact"]))
+        if "uniform_beam" in res["exact"]:
+            lines.append(row(f"  uniform {res['beams']}", res["exact"]["uniform_beam"]))
         lines.append(f"  top-10 identical (items and order) for {100 * res['exact']['top10_identical']:.1f}% of users, "
                      f"mean overlap {100 * res['exact']['top10_overlap']:.1f}%; certified by width {res['exact']['certified_by']}")
     lines.append(f"invalid IDs {100 * res['invalid_id_rate']:.3f}%  decode {res['decode_seconds']:.1f} s "
+                 f"({res['decode_cpu_seconds']:.1f} s CPU) "
                  f"({res['users_per_sec']:.0f} users/s, constraint {100 * res['constraint_share']:.1f}% of decode)  "
                  f"total {res['seconds']:.1f} s")
     return "\n".join(lines)
