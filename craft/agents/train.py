@@ -29,6 +29,7 @@ from craft.agents.text import BYTE_OFFSET, JOIN_ID, normalize, text_to_units, wo
 from craft.agents.word import WordAgent, WordAgentConfig, pack_units
 
 AGENT_FILES = {0: "agent0.pt", 1: "agent1.pt"}
+LEVEL1_MUTATE_FRACTION = 0.25  # Agent 1's default share of mutated words (TrainSettings' 0.5 is Agent 0's)
 LM_FILES = {"hier": "lm.pt", "flat": "lm_flat.pt"}  # the hierarchical LM and the flat byte model
 
 
@@ -390,8 +391,13 @@ def sentence_units(text: str, width: int, max_words: int):
 
 def train_sentence_agent(text: str, out: Path, config: SentenceAgentConfig | None = None,
                          settings: TrainSettings | None = None, resume: bool = False) -> SentenceAgent:
-    """Agent 1 on the sentences of ``text`` over the run folder's frozen Agent 0."""
-    s = settings or TrainSettings(batch_units=128)
+    """Agent 1 on the sentences of ``text`` over the run folder's frozen Agent 0.
+
+    ``settings.mutate_fraction`` of the word pieces of each batch's sentences are replaced by
+    spellings the corpus may not hold (as Agent 0's: half :func:`mutate_piece`, half
+    :func:`splice_pieces` with another piece), their vectors from the frozen Agent 0: Agent 1 has to
+    copy any word vector, not only the corpus's ~10^4 (its held-out errors were rare words)."""
+    s = settings or TrainSettings(batch_units=128, mutate_fraction=LEVEL1_MUTATE_FRACTION)
     word, _ = load_agent(out, 0)
     for p in word.parameters():
         p.requires_grad_(False)
@@ -407,6 +413,7 @@ def train_sentence_agent(text: str, out: Path, config: SentenceAgentConfig | Non
     with torch.no_grad():
         tv = torch.cat([word.encode(type_list[i:i + 8192]) for i in range(0, len(type_list), 8192)])
     piece_type = np.array([types[tuple(p)] for p in pieces], dtype=np.int64)
+    alphabet = sorted({t for p in type_list for t in p if t >= BYTE_OFFSET})
     model = SentenceAgent(c)
     bf16 = _use_bf16(s)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
@@ -420,7 +427,17 @@ def train_sentence_agent(text: str, out: Path, config: SentenceAgentConfig | Non
         lens = np.array([so[i + 1] - so[i] for i in idx])
         sent_off = np.concatenate([[0], np.cumsum(lens)])
         vecs = tv[torch.from_numpy(piece_type[w_idx])]
-        tok, off = _flat([pieces[j] for j in w_idx])
+        batch_pieces = [pieces[j] for j in w_idx]
+        swap = [i for i in range(len(w_idx)) if rng.random() < s.mutate_fraction]
+        if swap:
+            for k, i in enumerate(swap):
+                p = batch_pieces[i]
+                batch_pieces[i] = (mutate_piece(p, alphabet, rng) if k % 2 == 0 else
+                                   splice_pieces(p, type_list[rng.randrange(len(type_list))], alphabet, word.config.width, rng))
+            with torch.no_grad():
+                vecs = vecs.clone()
+                vecs[swap] = word.encode([batch_pieces[i] for i in swap])
+        tok, off = _flat(batch_pieces)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             return model.loss(vecs, pack_sentences(sent_off, c.row_len), word,
                               pack_units(tok, off, word.config.row_len))
