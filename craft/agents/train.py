@@ -258,8 +258,8 @@ def train_word_agent(text: str, out: Path, config: WordAgentConfig | None = None
         b = [pieces[rng.randrange(len(pieces))] for _ in range(half)]
         b += [list(types[rng.randrange(len(types))]) for _ in range(s.batch_units - n_mut - half)]
         b += [mutate_piece(types[rng.randrange(len(types))], alphabet, rng) for _ in range(n_mut - n_mut // 2)]
-        b += [splice_pieces(types[rng.randrange(len(types))], types[rng.randrange(len(types))], alphabet, c.width, rng)
-              for _ in range(n_mut // 2)]
+        pick = lambda: types[rng.randrange(len(types))]  # noqa: E731
+        b += [splice_pieces(pick(), pick(), alphabet, c.width, rng) for _ in range(n_mut // 2)]
         tok, off = _flat(b)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             return model.loss(pack_units(tok, off, c.row_len))
@@ -432,8 +432,11 @@ def train_sentence_agent(text: str, out: Path, config: SentenceAgentConfig | Non
         if swap:
             for k, i in enumerate(swap):
                 p = batch_pieces[i]
-                batch_pieces[i] = (mutate_piece(p, alphabet, rng) if k % 2 == 0 else
-                                   splice_pieces(p, type_list[rng.randrange(len(type_list))], alphabet, word.config.width, rng))
+                if k % 2 == 0:
+                    batch_pieces[i] = mutate_piece(p, alphabet, rng)
+                else:
+                    other = type_list[rng.randrange(len(type_list))]
+                    batch_pieces[i] = splice_pieces(p, other, alphabet, word.config.width, rng)
             with torch.no_grad():
                 vecs = vecs.clone()
                 vecs[swap] = word.encode([batch_pieces[i] for i in swap])
