@@ -23,7 +23,9 @@ def register(subparsers) -> None:
     t.add_argument("--lr", type=float)
     t.add_argument("--batch-units", type=int, help="word pieces (level 0), sentences (level 1) or rows (lm) per step")
     t.add_argument("--mutate-fraction", type=float,
-                   help="level 0: share of each batch that is mutated spellings (default 0.5; 0 turns them off)")
+                   help="level 0: share of each batch that is mutated or spliced spellings (default 0.5); level 1: "
+                        "share of the words of each batch's sentences replaced by such spellings (default 0.25); "
+                        "0 turns them off")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-every", type=float, default=60.0,
                    help="lm: validation bits/byte every this many training seconds (default 60)")
@@ -60,8 +62,9 @@ def _train(args) -> int:
     out = Path(args.out)
     text = T.read_corpus(args.corpus)
     train_text, val_text = T.split_corpus(text)
-    if args.mutate_fraction is not None and args.level != "0":
-        raise ValueError(f"--mutate-fraction: only level 0 trains on mutated spellings, not level {args.level}; drop it")
+    if args.mutate_fraction is not None and args.level == "lm":
+        raise ValueError("--mutate-fraction: only the agents (levels 0 and 1) train on mutated spellings, not the "
+                         "language models; drop it")
     common = dict(max_minutes=args.max_minutes, max_steps=args.max_steps, seed=args.seed,
                   progress=not args.no_progress, clock=args.clock)
     if args.level == "lm":
@@ -74,6 +77,8 @@ def _train(args) -> int:
         s = T.TrainSettings(**common)
         if args.level == "1":
             s.batch_units = 128
+            if args.mutate_fraction is None:
+                s.mutate_fraction = T.LEVEL1_MUTATE_FRACTION
     if args.lr:
         s.lr = args.lr
     if args.batch_units:

@@ -22,9 +22,10 @@ there. Slots tied to positions give each word a place from the first step, and t
 both sides lets any slot carry what its neighbours need.
 
 Why decoding gives back the words: the loss is taken *after* the path decoding takes. Besides the
-vector MSE, the regenerated word vectors go through the (frozen) word agent's byte and length
-heads, so a small vector error that would flip a byte is trained away, and decoding runs that
-very computation (:meth:`SentenceAgent.decode` then :meth:`WordAgent.decode`), no teacher forcing.
+squared distance of each regenerated word vector to its target, the regenerated word vectors go
+through the (frozen) word agent's byte and length heads, so a small vector error that would flip a
+byte is trained away, and decoding runs that very computation (:meth:`SentenceAgent.decode` then
+:meth:`WordAgent.decode`), no teacher forcing.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class SentenceAgentConfig:
     layers: int = 1           # within-sentence attention blocks of the encoder and of the decoder
     max_words: int = 16
     row_len: int = 64         # word positions of a packed row
-    mse_weight: float = 1.0
+    mse_weight: float = 1.0   # weight of the squared distance per word vector (summed over word_dim)
 
     def __post_init__(self):
         if self.dim % self.slots or self.slots > self.max_words:
@@ -152,17 +153,24 @@ class SentenceAgent(nn.Module):
         return unit_norm(self.dec_out(x[m]))  # join_pad keeps unit order and in-unit order: word order
 
     def loss(self, word_vectors: torch.Tensor, p: Packed, word_agent: WordAgent, bytes_packed: Packed):
-        """MSE to the target word vectors + count CE + the word agent's byte/length loss on the
-        regenerated vectors (``bytes_packed``: the sentences' word pieces packed for Agent 0)."""
+        """Squared distance to the target word vectors + count CE + the word agent's byte/length loss
+        on the regenerated vectors (``bytes_packed``: the sentences' word pieces packed for Agent 0).
+
+        The vector term is the squared distance *per vector* (summed over its ``word_dim`` floats),
+        not the mean over floats: the byte CE of the frozen word agent is taken per byte, and a word
+        agent trained on mutated spellings decodes sharply, so off-target vectors early in training
+        cost it 10+ nats with large gradients. With the per-float mean (``word_dim`` times smaller)
+        that term took the clipped gradient and the vectors were pulled onto their targets far too
+        slowly (benchmarks/RESULTS.md). The logged ``mse`` stays the per-float mean."""
         z = self.encode_packed(word_vectors, p)
         pred = self.word_vectors_packed(z, p)
         target = word_vectors[p.ids[p.mask]]
-        mse = F.mse_loss(pred.float(), target.float())
+        sq = (pred.float() - target.float()).square().sum(-1)  # (n_words,) squared distance per vector
         counts = p.lengths.clamp_max(self.config.max_words)
         count_loss = F.cross_entropy(self.count_head(z).float(), counts)
         dec_loss, info = word_agent.decode_loss(pred, bytes_packed)
-        loss = self.config.mse_weight * mse + count_loss + dec_loss
-        return loss, {"mse": mse.item(), "count_loss": count_loss.item(), **info}
+        loss = self.config.mse_weight * sq.mean() + count_loss + dec_loss
+        return loss, {"mse": sq.mean().item() / pred.shape[-1], "count_loss": count_loss.item(), **info}
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
