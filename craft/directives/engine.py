@@ -6,9 +6,10 @@ the same kind, the property that lets a halting model extrapolate to harder inpu
 read by **two tape heads**, a forward one and a backward one, each a distribution over the items
 plus two cells: ``end`` (past either end of the items, absorbing) and ``start`` (where the heads
 begin, before the items in both directions), a Neural Turing Machine's location addressing without
-content addressing. Each item has a **score** ``s_n = sigmoid(w . value_n + u . z)`` in [0, 1): is
-it of the kind the computation looks for (the state term lets a command choose: every item, or
-only, say, items with a positive key). One step:
+content addressing. Each item has a **score** ``s_n = sigmoid(w . value_n + u . [z, x])`` in
+[0, 1) (``x`` the instruction): is it of the kind the computation looks for (the state and
+instruction term lets a command choose, from its first step: every item, or only, say, items with
+a positive key). One step:
 
 - **jump**: ``pi <- (1 - j) pi + j start`` for both heads (gate ``j``: begin again).
 - **move** (gate ``m``): ``pi <- (1 - m) pi + m seek(pi)``: a **seek** takes the head's mass to the
@@ -36,7 +37,8 @@ only, say, items with a positive key). One step:
   execution when it runs the engine step by step ("nothing left", "one item left", "nothing of
   this kind left").
 
-Gates come from ``[z, instruction]``, the scores of a step's seek from the state before it. Every
+Gates come from ``[z, instruction]``, the scores of a step's seek from the state before it, those
+of the lookahead from the state after it. Every
 operation is local to the items in order (a seek, the two ends), so a step does the same thing on
 3 items or 30, and the feedback is bounded: "nothing left to read" looks the same for any input
 size. The initial biases make the default a scan (move about 0.95, jump about 0.02, scores about
@@ -120,7 +122,7 @@ class TransformEngine(nn.Module):
         self.cell = nn.GRUCell(2 * dim + 1, dim)
         self.result = nn.Sequential(nn.Linear(2 * dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, dim))
         self.score_item = nn.Linear(dim, 1)  # item score: item part
-        self.score_state = nn.Linear(dim, 1, bias=False)  # item score: state part
+        self.score_state = nn.Linear(2 * dim, 1, bias=False)  # item score: state and instruction part
         with torch.no_grad():
             # moving by default, and (with direction_bias 0) reading both ways half each: two sharp
             # heads mixed, not one head whose mass splits (tried: one head with a backward gate at
@@ -149,17 +151,18 @@ class TransformEngine(nn.Module):
         head[:, :, N + 1] = 1
         return mem, EngineState(z, torch.zeros_like(z), head)
 
-    def score(self, mem: Memory, z: torch.Tensor) -> torch.Tensor:
+    def score(self, mem: Memory, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(B, N) in [0, 1 - 1e-6], 0 on padding: whether each item is of the kind the state ``z`` (B, D)
-        looks for (``sigmoid(w . value + u . z)``)."""
-        return torch.sigmoid(mem.score + self.score_state(z)).clamp_max(1 - 1e-6) * mem.mask.to(z.dtype)
+        and instruction ``x`` (B, D) look for (``sigmoid(w . value + u . [z, x])``)."""
+        return torch.sigmoid(mem.score + self.score_state(torch.cat([z, x], -1))).clamp_max(1 - 1e-6) \
+            * mem.mask.to(z.dtype)
 
     def step(self, mem: Memory, st: EngineState, x: torch.Tensor, active: torch.Tensor | None = None):
         """Executes instruction ``x (B, D)`` -> (new state, result (B, D), feedback (B, 2D + 3)).
         Rows where ``active`` (B,) bool is False keep their state."""
         jump, move, back, keep, write = torch.sigmoid(self.gates(torch.cat([st.z, x], -1))).unbind(-1)
         N = mem.values.shape[1]
-        s = self.score(mem, st.z)
+        s = self.score(mem, st.z, x)
         head = st.head * (1 - jump[:, None, None])
         items, end, begin = head[..., :N], head[..., N:N + 1], head[..., N + 1:]
         begin = begin + jump[:, None, None]
@@ -181,7 +184,7 @@ class TransformEngine(nn.Module):
             z, acc = torch.where(a, z, st.z), torch.where(a, acc, st.acc)
         result = self.result(torch.cat([z, read], -1)) + acc
         # lookahead: scored items each head has still to read in its own direction of travel, and has read
-        sc = self.score(mem, z)[:, None]  # (B, 1, N)
+        sc = self.score(mem, z, x)[:, None]  # (B, 1, N)
         h_at, h_begin = head[..., :N], head[..., N + 1:]
         before = h_at.cumsum(2) - h_at  # P(head strictly before item n, among the items)
         after = h_at.flip(2).cumsum(2).flip(2) - h_at
