@@ -210,3 +210,21 @@ def test_decoder_without_context_sees_items_only_through_the_engine():
                                  b.difficulty))
     torch.testing.assert_close(d1.instructions[:, 0], d2.instructions[:, 0])  # the first comes from the command alone
     assert not torch.allclose(d1.results[:, 0], d2.results[:, 0])  # the engine reads the items
+
+
+@pytest.mark.parametrize("hold", [False, True])
+def test_hold_at_end_keeps_the_state_once_everything_is_read(hold):
+    """With ``hold_at_end`` the state and the result stop changing when the head has left the items
+    (without it the GRU keeps updating on null reads)."""
+    D, n = 8, 3
+    eng = _scan_engine(D)
+    eng.hold_at_end = hold
+    ctx, mask = _prefix_context(1, n, D, [n])
+    mem, st = eng.start(ctx, mask)
+    results = []
+    for t in range(n + 4):
+        st, res, fb = eng.step(mem, st, torch.randn(1, D, generator=torch.Generator().manual_seed(t)))
+        results.append(res.detach())
+    after = torch.stack(results[n:])  # the head is on the end cell from step n on
+    assert bool(torch.allclose(after, after[:1], atol=1e-4)) == hold
+    assert not torch.allclose(results[n - 1], results[n - 2])  # reads of items still change it

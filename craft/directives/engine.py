@@ -107,14 +107,18 @@ def _seek(items: torch.Tensor, begin: torch.Tensor, s: torch.Tensor):
 class TransformEngine(nn.Module):
     """``forward(directive, context (B, N, D), context_mask (B, N) bool = None) -> EngineOutput``;
     step-wise: ``start``, ``step``, ``pour`` (see the module docstring). ``direction_bias``: initial
-    logit of the direction gate (0: undecided, the two heads read half each; negative: forwards)."""
+    logit of the direction gate (0: undecided, the two heads read half each; negative: forwards).
+    ``hold_at_end``: ``z`` and ``acc`` change only in proportion to the heads' mass not on the end
+    cell, so once everything is read the state (and the result) stays what the scan made of it,
+    however many instructions follow: a late slot close gets the same result as an early one."""
 
-    def __init__(self, dim: int, hidden_dim: int | None = None, mode: str = "clamp", direction_bias: float = 0.0):
+    def __init__(self, dim: int, hidden_dim: int | None = None, mode: str = "clamp", direction_bias: float = 0.0,
+                 hold_at_end: bool = False):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         hidden_dim = hidden_dim or 2 * dim
-        self.mode, self.dim = mode, dim
+        self.mode, self.dim, self.hold_at_end = mode, dim, hold_at_end
         self.init = nn.Linear(dim, dim)
         self.gates = nn.Linear(2 * dim, 5)  # jump, move, backwards, keep, write
         self.value = nn.Linear(dim, dim)
@@ -179,6 +183,8 @@ class TransformEngine(nn.Module):
         read = torch.einsum("bn,bnd->bd", at, mem.values) + (end + begin) * self.null_value
         z = self.cell(torch.cat([x, read, end], -1), st.z)
         acc = keep[:, None] * st.acc + write[:, None] * read
+        if self.hold_at_end:  # the state changes only by the mass of the head still on the items or the start
+            z, acc = st.z + (1 - end) * (z - st.z), st.acc + (1 - end) * (acc - st.acc)
         if active is not None:
             a = active[:, None]
             z, acc = torch.where(a, z, st.z), torch.where(a, acc, st.acc)

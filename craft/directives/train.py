@@ -41,9 +41,12 @@ RESULT_LOSSES = ("expected", "slot")
 # were tuned without it.
 # direction_bias: the engine's direction gate starts undecided for counts (copy and reverse must
 # each pull it their way), forwards where the order does not matter (parity) or is always forwards.
-TASK_DEFAULTS = {"parity": {"return_bias": -4.0, "count_nll_weight": 0.0, "direction_bias": -4.0},
-                 "counts": {"return_bias": 0.0, "count_nll_weight": 1.0, "direction_bias": 0.0},
-                 "addition": {"return_bias": -4.0, "count_nll_weight": 0.0, "direction_bias": -4.0}}
+# hold_at_end: parity's answer is the state after the last item; on inputs longer than in training
+# the slot closes late, so the state must not drift after the scan (counts not yet tried with it).
+TASK_DEFAULTS = {"parity": {"return_bias": -4.0, "count_nll_weight": 0.0, "direction_bias": -4.0, "hold_at_end": True},
+                 "counts": {"return_bias": 0.0, "count_nll_weight": 1.0, "direction_bias": 0.0, "hold_at_end": False},
+                 "addition": {"return_bias": -4.0, "count_nll_weight": 0.0, "direction_bias": -4.0,
+                              "hold_at_end": False}}
 
 
 @dataclass
@@ -67,6 +70,7 @@ class RunConfig:
     positions: str = "none"
     return_bias: float | None = None  # initial return-head bias; None: the task's (TASK_DEFAULTS)
     direction_bias: float | None = None  # initial logit of the engine's direction gate; None: the task's
+    hold_at_end: bool | None = None  # the engine's state holds once its heads are at the end; None: the task's
     result_loss: str = "expected"
     decoder_context: bool = True  # False: the decoder sees only the command; the items reach only the engine
     # tasks with several commands (counts): draw each command in proportion to 0.2 + its training
@@ -107,7 +111,8 @@ class DirectiveModel(nn.Module):
         self.max_instructions, self.max_instructions_test = MAX_INSTRUCTIONS[task.name]
         self.command = nn.Embedding(task.n_commands, D)
         self.embed = nn.Linear(task.in_dim, D)
-        self.engine = TransformEngine(D, mode=cfg.mode, direction_bias=cfg.direction_bias)
+        self.engine = TransformEngine(D, mode=cfg.mode, direction_bias=cfg.direction_bias,
+                                      hold_at_end=cfg.hold_at_end)
         self.decoder = DirectiveDecoder(D, cfg.n_layers, cfg.n_heads, max_seq_len=task.max_items + self.max_instructions_test,
                                         mode=cfg.mode, return_bias=cfg.return_bias, positions=cfg.positions,
                                         feedback_dim=self.engine.feedback_dim if cfg.feedback else 0)
