@@ -175,3 +175,14 @@ def test_size_curriculum_grows_the_largest_training_size():
         task.sample(4, torch.Generator(), max_size=0)
     with pytest.raises(ValueError, match="size_curriculum"):
         RunConfig(task="parity", size_curriculum=-1)
+
+
+def test_a_run_saved_before_hold_at_end_loads_without_it(tmp_path):
+    cfg = RunConfig(task="parity", variant="act", dim=16, n_heads=2, n_layers=1, batch_size=4, max_steps=1, eval_rows=4)
+    assert cfg.hold_at_end  # parity's default now
+    train(cfg, tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del state["config"]["hold_at_end"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    model, _ = load_run(tmp_path)
+    assert model.cfg.hold_at_end is False and model.engine.hold_at_end is False

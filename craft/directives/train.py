@@ -49,6 +49,10 @@ TASK_DEFAULTS = {"parity": {"return_bias": -4.0, "count_nll_weight": 0.0, "direc
                               "hold_at_end": False}}
 
 
+# fields added after runs were saved: the value that reproduces those runs
+SAVED_BEFORE = {"hold_at_end": False}
+
+
 @dataclass
 class RunConfig:
     task: str = "parity"
@@ -265,7 +269,8 @@ def evaluate(model: DirectiveModel, rows: int = 512, seed: int = 12345) -> dict:
 
 def load_run(folder: Path) -> tuple[DirectiveModel, dict]:
     state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
-    cfg = RunConfig(**state["config"])
+    # a run saved before a field existed ran with the behaviour the field now switches on or off
+    cfg = RunConfig(**{**SAVED_BEFORE, **state["config"]})
     model = DirectiveModel(get_task(cfg.task), cfg)
     model.load_state_dict(state["model"])
     return model, state
