@@ -42,6 +42,10 @@ def register(subparsers) -> None:
     t.add_argument("--return-bias", type=float, help="initial return-head bias (task default)")
     t.add_argument("--command-curriculum", action="store_true",
                    help="counts: draw commands in proportion to their training error")
+    t.add_argument("--size-curriculum", type=int, metavar="STEPS",
+                   help="grow the largest training size from the smallest + 1 to the task's largest over STEPS steps")
+    t.add_argument("--no-decoder-context", action="store_true",
+                   help="the decoder sees only the command; the items reach the model only through the engine")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     t.add_argument("--restart", action="store_true", help="delete the variant's checkpoint and start over")
     t.add_argument("--no-progress", action="store_true")
@@ -67,12 +71,14 @@ def run(args) -> int:
         for v in variants:
             fields = dict(task=args.task, variant=v, max_minutes=args.max_minutes)
             for name in ("max_steps", "batch_size", "lr", "dim", "mode", "seed", "ponder_weight", "lambda_p",
-                         "count_nll_weight", "return_bias"):
+                         "count_nll_weight", "return_bias", "size_curriculum"):
                 if getattr(args, name) is not None:
                     fields[name] = getattr(args, name)
             folder = out / v
             if args.command_curriculum:
                 fields["command_curriculum"] = True
+            if args.no_decoder_context:
+                fields["decoder_context"] = False
             if args.restart and folder.exists():
                 shutil.rmtree(folder)
             try:

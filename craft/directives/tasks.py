@@ -44,6 +44,20 @@ def _pad_items(items: list[torch.Tensor], in_dim: int) -> tuple[torch.Tensor, to
     return ctx, mask
 
 
+def _size_range(task, split: str, max_size: int | None) -> tuple[int, int]:
+    """The (smallest, largest) number of context items of ``split``; ``max_size`` caps the largest
+    (a size curriculum: short rows first), never below the smallest."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    lo, hi = task.train_items if split == "train" else task.test_items
+    if max_size is not None:
+        if not isinstance(max_size, int) or max_size < lo:
+            raise ValueError(f"max_size: expected an int >= {lo} (the smallest {split} size of {task.name}), "
+                             f"got {max_size!r}")
+        hi = min(hi, max_size)
+    return lo, hi
+
+
 class Task:
     name: str
     in_dim: int
@@ -52,6 +66,8 @@ class Task:
     max_items: int  # most context items over both splits
     max_count: int  # most outputs over both splits
     fixed_steps: int  # instructions per output of the fixed-N baseline
+    train_items: tuple[int, int]  # (smallest, largest) number of context items in training
+    test_items: tuple[int, int]  # the same on the extrapolation split
 
     def sample(self, batch_size: int, gen: torch.Generator, split: str = "train") -> Batch:
         raise NotImplementedError
@@ -68,9 +84,10 @@ class Task:
 class ParityTask(Task):
     name, in_dim, out_dim, max_items, max_count, fixed_steps = "parity", 17, 1, 16, 1, 16
     size = 16
+    train_items, test_items = (1, 8), (9, 16)
 
-    def sample(self, batch_size, gen, split="train"):
-        lo, hi = (1, 8) if split == "train" else (9, 16)
+    def sample(self, batch_size, gen, split="train", max_size: int | None = None):
+        lo, hi = _size_range(self, split, max_size)
         k = torch.randint(lo, hi + 1, (batch_size,), generator=gen)
         items, parity = [], []
         for b in range(batch_size):
@@ -100,10 +117,11 @@ class CountsTask(Task):
     commands = COUNT_COMMANDS
     train_items, test_items = (2, 12), (13, 18)
 
-    def sample(self, batch_size, gen, split="train", command_weights: torch.Tensor | None = None):
+    def sample(self, batch_size, gen, split="train", command_weights: torch.Tensor | None = None,
+               max_size: int | None = None):
         """``command_weights`` (5,) non-negative: draw the commands in these proportions (a
-        curriculum); default uniform."""
-        lo, hi = self.train_items if split == "train" else self.test_items
+        curriculum); default uniform. ``max_size``: see :func:`_size_range`."""
+        lo, hi = _size_range(self, split, max_size)
         n = torch.randint(lo, hi + 1, (batch_size,), generator=gen)
         if command_weights is None:
             cmd = torch.randint(0, self.n_commands, (batch_size,), generator=gen)
@@ -149,8 +167,8 @@ class AdditionTask(Task):
     digits, out_digits = 5, 6
     train_items, test_items = (1, 5), (6, 8)
 
-    def sample(self, batch_size, gen, split="train"):
-        lo, hi = self.train_items if split == "train" else self.test_items
+    def sample(self, batch_size, gen, split="train", max_size: int | None = None):
+        lo, hi = _size_range(self, split, max_size)
         n = torch.randint(lo, hi + 1, (batch_size,), generator=gen)
         items, outs = [], []
         for b in range(batch_size):

@@ -39,9 +39,18 @@ RESULT_LOSSES = ("expected", "slot")
 # need, so its slots line up with the targets from the first step. count_nll_weight: counts needs
 # the halting to land on one exact close among many (see losses.count_nll); parity and addition
 # were tuned without it.
-TASK_DEFAULTS = {"parity": {"return_bias": -4.0, "count_nll_weight": 0.0},
-                 "counts": {"return_bias": 0.0, "count_nll_weight": 1.0},
-                 "addition": {"return_bias": -4.0, "count_nll_weight": 0.0}}
+# direction_bias: the engine's direction gate starts undecided for counts (copy and reverse must
+# each pull it their way), forwards where the order does not matter (parity) or is always forwards.
+# hold_at_end: parity's answer is the state after the last item; on inputs longer than in training
+# the slot closes late, so the state must not drift after the scan (counts not yet tried with it).
+TASK_DEFAULTS = {"parity": {"return_bias": -4.0, "count_nll_weight": 0.0, "direction_bias": -4.0, "hold_at_end": True},
+                 "counts": {"return_bias": 0.0, "count_nll_weight": 1.0, "direction_bias": 0.0, "hold_at_end": False},
+                 "addition": {"return_bias": -4.0, "count_nll_weight": 0.0, "direction_bias": -4.0,
+                              "hold_at_end": False}}
+
+
+# fields added after runs were saved: the value that reproduces those runs
+SAVED_BEFORE = {"hold_at_end": False}
 
 
 @dataclass
@@ -64,11 +73,16 @@ class RunConfig:
     feedback: bool = True
     positions: str = "none"
     return_bias: float | None = None  # initial return-head bias; None: the task's (TASK_DEFAULTS)
+    direction_bias: float | None = None  # initial logit of the engine's direction gate; None: the task's
+    hold_at_end: bool | None = None  # the engine's state holds once its heads are at the end; None: the task's
     result_loss: str = "expected"
     decoder_context: bool = True  # False: the decoder sees only the command; the items reach only the engine
     # tasks with several commands (counts): draw each command in proportion to 0.2 + its training
     # error (a moving average of rows fully right), so the solved ones stop taking most of the batch
     command_curriculum: bool = False
+    # > 0: a size curriculum over the first this-many steps: the largest training size (items in the
+    # context) grows linearly from one above the smallest to the task's largest
+    size_curriculum: int = 0
     checkpoint_every: int = 50
     eval_rows: int = 256
 
@@ -79,6 +93,8 @@ class RunConfig:
                 setattr(self, name, value)
         if self.variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {self.variant!r}")
+        if not isinstance(self.size_curriculum, int) or self.size_curriculum < 0:
+            raise ValueError(f"size_curriculum: expected a number of steps >= 0, got {self.size_curriculum!r}")
         if self.result_loss not in RESULT_LOSSES:
             raise ValueError(f"result_loss: expected one of {RESULT_LOSSES}, got {self.result_loss!r}")
 
@@ -99,7 +115,8 @@ class DirectiveModel(nn.Module):
         self.max_instructions, self.max_instructions_test = MAX_INSTRUCTIONS[task.name]
         self.command = nn.Embedding(task.n_commands, D)
         self.embed = nn.Linear(task.in_dim, D)
-        self.engine = TransformEngine(D, mode=cfg.mode)
+        self.engine = TransformEngine(D, mode=cfg.mode, direction_bias=cfg.direction_bias,
+                                      hold_at_end=cfg.hold_at_end)
         self.decoder = DirectiveDecoder(D, cfg.n_layers, cfg.n_heads, max_seq_len=task.max_items + self.max_instructions_test,
                                         mode=cfg.mode, return_bias=cfg.return_bias, positions=cfg.positions,
                                         feedback_dim=self.engine.feedback_dim if cfg.feedback else 0)
@@ -252,10 +269,19 @@ def evaluate(model: DirectiveModel, rows: int = 512, seed: int = 12345) -> dict:
 
 def load_run(folder: Path) -> tuple[DirectiveModel, dict]:
     state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
-    cfg = RunConfig(**state["config"])
+    # a run saved before a field existed ran with the behaviour the field now switches on or off
+    cfg = RunConfig(**{**SAVED_BEFORE, **state["config"]})
     model = DirectiveModel(get_task(cfg.task), cfg)
     model.load_state_dict(state["model"])
     return model, state
+
+
+def curriculum_size(task: Task, step: int, steps: int) -> int:
+    """The largest training size at ``step`` of a size curriculum of ``steps`` steps: one above the
+    task's smallest at step 0, growing linearly to its largest at step ``steps - 1`` and after."""
+    lo, hi = task.train_items
+    frac = min(1.0, step / max(1, steps - 1))
+    return min(hi, lo + 1 + int(round((hi - lo - 1) * frac)))
 
 
 def train(cfg: RunConfig, folder: str | Path, resume: bool = True, progress: bool = True, log=print) -> dict:
@@ -296,11 +322,12 @@ def train(cfg: RunConfig, folder: str | Path, resume: bool = True, progress: boo
         while step < cfg.max_steps and elapsed < cfg.max_minutes * 60:
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            size = {} if not cfg.size_curriculum else {"max_size": curriculum_size(model.task, step, cfg.size_curriculum)}
             if solved is None:
-                batch = model.task.sample(cfg.batch_size, gen, "train")
+                batch = model.task.sample(cfg.batch_size, gen, "train", **size)
                 loss, parts = model.losses(batch)
             else:
-                batch = model.task.sample(cfg.batch_size, gen, "train", command_weights=0.2 + (1 - solved))
+                batch = model.task.sample(cfg.batch_size, gen, "train", command_weights=0.2 + (1 - solved), **size)
                 loss, parts, right = model.losses(batch, rows=True)
                 for c in range(len(commands)):
                     sel = batch.command == c
