@@ -68,8 +68,8 @@ def test_static_shape_generation_equals_eager_with_engine_feedback_and_schedule(
     eng = TransformEngine(D)
     dec = DirectiveDecoder(D, n_layers=1, n_heads=2, max_seq_len=32, feedback_dim=eng.feedback_dim)
     with torch.no_grad():
-        dec.halt_head.bias.fill_(2.0)
-        dec.return_head.bias.fill_(1.0)
+        dec.halt_head.bias.fill_(1.0)  # with the two-head engine's feedback: rows halt after 8-10 instructions
+        dec.return_head.bias.fill_(0.0)
     cmd, ctx, cm = _inputs(8, 6, D, 5)
     eager = dec(cmd, ctx, cm, max_instructions=12, compact_every=2, engine=eng)
     assert len(set(eager.n_instructions.tolist())) > 1
