@@ -210,3 +210,25 @@ if __name__ == "__main__":  # python benchmarks/_harness.py: this machine and it
 
     json.dump({"machine": machine_info(), "limits": machine_limits()}, sys.stdout, indent=1)
     print()
+
+
+def nested_levels(n_tokens: int = 1_000_000, seed: int = 0):
+    """(tokens (n,) int64, [words, sentences, paragraphs] offsets, each (count + 1,) int64): random
+    text structure for the data-prep benchmarks (words of 1-8 tokens, sentences of 1-14 words,
+    paragraphs of 1-5 sentences)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    word_len = rng.integers(1, 9, size=n_tokens // 4)
+    word_len = word_len[np.cumsum(word_len) <= n_tokens]
+    tokens = rng.integers(4, 200, size=int(word_len.sum())).astype(np.int64)
+    words = np.concatenate([[0], np.cumsum(word_len)])
+    sent_len = rng.integers(1, 15, size=len(word_len))
+    sent_len = sent_len[np.cumsum(sent_len) <= len(word_len)]
+    sent_len[-1] += len(word_len) - sent_len.sum()
+    sents = np.concatenate([[0], np.cumsum(sent_len)])
+    para_len = rng.integers(1, 6, size=len(sent_len))
+    para_len = para_len[np.cumsum(para_len) <= len(sent_len)]
+    para_len[-1] += len(sent_len) - para_len.sum()
+    paras = np.concatenate([[0], np.cumsum(para_len)])
+    return tokens, [words, sents, paras]

@@ -122,21 +122,10 @@ def link_rows(rounds: int) -> None:
 def flatten_rows(rounds: int) -> None:
     import craft_kernels as ck
 
-    rng = np.random.default_rng(0)
-    n = 1_000_000
-    word_len = rng.integers(1, 9, size=n // 4)
-    word_len = word_len[np.cumsum(word_len) <= n]
-    tokens = rng.integers(4, 200, size=int(word_len.sum())).astype(np.int64)
-    words = np.concatenate([[0], np.cumsum(word_len)])
-    sent_len = rng.integers(1, 15, size=len(word_len))
-    sent_len = sent_len[np.cumsum(sent_len) <= len(word_len)]
-    sent_len[-1] += len(word_len) - sent_len.sum()
-    sents = np.concatenate([[0], np.cumsum(sent_len)])
-    para_len = rng.integers(1, 6, size=len(sent_len))
-    para_len = para_len[np.cumsum(para_len) <= len(sent_len)]
-    para_len[-1] += len(sent_len) - para_len.sum()
-    paras = np.concatenate([[0], np.cumsum(para_len)])
-    levels = [words, sents, paras]
+    from _harness import nested_levels
+
+    tokens, levels = nested_levels(1_000_000)
+    words, sents, paras = levels
 
     def floor():  # one read of every offset the op must check (a NumPy reduction, no checks)
         return words.max() + sents.max() + paras.max()

@@ -5,26 +5,14 @@ import numpy as np
 import pytest
 
 import craft_kernels as ck
+from _harness import nested_levels
 
 N_TOKENS = 1_000_000
 
 
 @pytest.fixture(scope="module")
 def nested():
-    rng = np.random.default_rng(0)
-    word_len = rng.integers(1, 9, size=N_TOKENS // 4)
-    word_len = word_len[np.cumsum(word_len) <= N_TOKENS]
-    tokens = rng.integers(4, 200, size=int(word_len.sum())).astype(np.int64)
-    words = np.concatenate([[0], np.cumsum(word_len)])
-    sent_len = rng.integers(1, 15, size=len(word_len))
-    sent_len = sent_len[np.cumsum(sent_len) <= len(word_len)]
-    sent_len[-1] += len(word_len) - sent_len.sum()
-    sents = np.concatenate([[0], np.cumsum(sent_len)])
-    para_len = rng.integers(1, 6, size=len(sent_len))
-    para_len = para_len[np.cumsum(para_len) <= len(sent_len)]
-    para_len[-1] += len(sent_len) - para_len.sum()
-    paras = np.concatenate([[0], np.cumsum(para_len)])
-    return tokens, [words, sents, paras]
+    return nested_levels(N_TOKENS)
 
 
 # ---------------------------------------------------------------- the NumPy baselines

@@ -156,18 +156,25 @@ def test_decode_split_batches_by_length_and_returns_users_in_order():
     assert invalid_rate(items[:, :10], 40, hist) == 0.0
 
 
-def test_beam_bound_and_certified_top_equal_full_scoring():
-    codes = _random_codes(60, 3, 4, seed=7)
+def _peaked_model_and_users(n_items, codes_per_level, codes_seed, scale, users, users_seed):
+    """(codes, model, codes tensor, trie, histories (users, 6)): a small Tiger whose output heads are
+    scaled by ``scale`` (peaked levels, as a trained model's) and random histories of 1-6 items."""
+    codes = _random_codes(n_items, 3, codes_per_level, seed=codes_seed)
     model = Tiger(_small(codes)).eval()
-    with torch.no_grad():  # peaked levels, as a trained model's, so that narrow beams can be certified
+    with torch.no_grad():
         for head in model.heads:
-            head.weight.mul_(300)
-    ct, trie = torch.from_numpy(codes), build_trie(codes)
-    rng = np.random.default_rng(8)
-    hist = np.zeros((12, 6), dtype=np.int64)
-    for u in range(12):
+            head.weight.mul_(scale)
+    rng = np.random.default_rng(users_seed)
+    hist = np.zeros((users, 6), dtype=np.int64)
+    for u in range(users):
         n = int(rng.integers(1, 7))
-        hist[u, 6 - n:] = rng.choice(np.arange(1, 61), n, replace=False)
+        hist[u, 6 - n:] = rng.choice(np.arange(1, n_items + 1), n, replace=False)
+    return codes, model, torch.from_numpy(codes), build_trie(codes), hist
+
+
+def test_beam_bound_and_certified_top_equal_full_scoring():
+    # peaked levels, as a trained model's, so that narrow beams can be certified
+    codes, model, ct, trie, hist = _peaked_model_and_users(60, 4, 7, 300, 12, 8)
     ex = exact_scores(model, ct, hist, 60, chunk_rows=64)
     # the bound: no item left out of a narrow beam scores above it
     items, lp, bound = beam_search(model, trie, ct, hist, beams=6, return_bound=True)
@@ -187,17 +194,7 @@ def test_wider_early_levels_find_the_exact_top_items_a_uniform_beam_misses():
     # the first codes decide the most: a uniform beam of 3 loses items whose first code is not among
     # the 3 best first codes; keeping every prefix at the early levels and 3 at the last returns the
     # exact top 3 of full-catalog scoring for every user
-    codes = _random_codes(120, 3, 5, seed=11)
-    model = Tiger(_small(codes)).eval()
-    with torch.no_grad():
-        for head in model.heads:
-            head.weight.mul_(20)
-    ct, trie = torch.from_numpy(codes), build_trie(codes)
-    rng = np.random.default_rng(12)
-    hist = np.zeros((16, 6), dtype=np.int64)
-    for u in range(16):
-        n = int(rng.integers(1, 7))
-        hist[u, 6 - n:] = rng.choice(np.arange(1, 121), n, replace=False)
+    codes, model, ct, trie, hist = _peaked_model_and_users(120, 5, 11, 20, 16, 12)
     ref = torch.from_numpy(exact_scores(model, ct, hist, 120, chunk_rows=64)).topk(3, dim=1)
     uniform, _ = beam_search(model, trie, ct, hist, beams=3)
     assert (uniform != ref.indices.numpy()).any(1).sum() >= 2

@@ -368,24 +368,17 @@ def test_wide_nodes_match_the_reference(width, seed, probes):
     seqs = full + sparse + [[1], [2, 3, 4]]
     a, b = _build("cpp", seqs), _build("python", seqs)
     probes = probes + [[width + 5, int(sparse[0][1])], [width - 1, width - 1], [width, 0]]
-    with ck.use_native("cpp"):
-        got_batch = a.items_with_prefixes(probes)
-        got_walk = a.walk(probes)
-        got = [(a.lookup(p).tolist(), a.items_with_prefix(p).tolist(), a.longest_prefix(p)) for p in probes]
-        s = a.root_states(len(probes))
-        steps_a = []
-        for d in range(4):
-            s = a.advance(s, [p[d] if d < len(p) else 0 for p in probes])
-            steps_a.append(s.tolist())
-    with ck.use_native("python"):
-        want_batch = b.items_with_prefixes(probes)
-        want_walk = b.walk(probes)
-        want = [(b.lookup(p).tolist(), b.items_with_prefix(p).tolist(), b.longest_prefix(p)) for p in probes]
-        s = b.root_states(len(probes))
-        steps_b = []
-        for d in range(4):
-            s = b.advance(s, [p[d] if d < len(p) else 0 for p in probes])
-            steps_b.append(s.tolist())
+    def every_lookup(t, mode):
+        with ck.use_native(mode):
+            singles = [(t.lookup(p).tolist(), t.items_with_prefix(p).tolist(), t.longest_prefix(p)) for p in probes]
+            s, steps = t.root_states(len(probes)), []
+            for d in range(4):
+                s = t.advance(s, [p[d] if d < len(p) else 0 for p in probes])
+                steps.append(s.tolist())
+            return t.items_with_prefixes(probes), t.walk(probes), singles, steps
+
+    got_batch, got_walk, got, steps_a = every_lookup(a, "cpp")
+    want_batch, want_walk, want, steps_b = every_lookup(b, "python")
     assert got == want
     assert steps_a == steps_b
     for x, y in zip(got_batch + got_walk, want_batch + want_walk):
