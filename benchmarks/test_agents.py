@@ -44,11 +44,13 @@ def test_word_agent_step_join_pad_vs_pad_to_max(compare, words):
             activation_mb_packed=round(bytes_packed / 2 ** 20, 2), activation_mb_padded=round(bytes_padded / 2 ** 20, 2))
 
 
-def test_lm_training_step_hierarchical_vs_flat(compare, benchmark):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager_vs_eager", "compiled_vs_compiled"])
+def test_lm_training_step_hierarchical_vs_flat(compare, benchmark, compiled):
     """Training step (forward + backward, bf16 autocast as in `craft agents train --level lm`) of the
     hierarchical LM against the flat byte model of the same parameter count, on 8 rows of
-    tiny-shakespeare each: whole-word rows of 320 stream positions vs 256-byte rows. The ratio
-    reported as ``bytes_per_second_ratio`` is text bytes per second, hierarchical over flat."""
+    tiny-shakespeare each: whole-word rows of 320 stream positions vs 256-byte rows; both eager, or
+    both ``torch.compile``'d (`--compile`). The ratio reported as ``bytes_per_second_ratio`` is text
+    bytes per second, hierarchical over flat."""
     if not SHAKESPEARE.is_file():
         pytest.skip("tinyshakespeare.txt not found")
     from craft.agents import lm as H
@@ -62,6 +64,7 @@ def test_lm_training_step_hierarchical_vs_flat(compare, benchmark):
     batch = H.make_batch(s, list(zip(cuts[:8].tolist(), cuts[1:9].tolist())), hier.config.max_seq_len)
     x, y = H.byte_windows(data, flat.config.max_seq_len)
     x, y = x[:8], y[:8]
+    fh, ff = (torch.compile(hier), torch.compile(flat)) if compiled else (hier, flat)
 
     def step(fn, model):
         def run():
@@ -71,10 +74,10 @@ def test_lm_training_step_hierarchical_vs_flat(compare, benchmark):
             model.zero_grad(set_to_none=True)
         return run
 
-    ratio = compare(step(lambda: hier(batch)[1], hier), step(lambda: flat(x, targets=y)[1], flat),
+    ratio = compare(step(lambda: fh(batch)[1], hier), step(lambda: ff(x, targets=y)[1], flat),
                     units=batch.n_bytes, unit_name="bytes", rounds=9, warmup=2,
                     hier_bytes=batch.n_bytes, flat_bytes=int((y != -100).sum()),
-                    hier_parameters=hier.num_parameters(), flat_parameters=flat.num_parameters())
+                    hier_parameters=hier.num_parameters(), flat_parameters=flat.num_parameters(), compiled=compiled)
     bytes_ratio = ratio * batch.n_bytes / int((y != -100).sum())
     benchmark.extra_info["bytes_per_second_ratio"] = round(bytes_ratio, 3)
     print(f"\nhierarchical / flat training bytes per second: {bytes_ratio:.2f}x (step time ratio {ratio:.2f})")
