@@ -24,10 +24,22 @@ def pad_units_numpy(tokens, offsets, width, pad_id):
 
 
 def flatten_level_numpy(tokens, levels, level):
+    """The gather alone, no checks: less work than the op, which promises every level is valid."""
     off = levels[0]
     for sel in levels[1:level + 1]:
         off = off[sel]
     return tokens, levels[:level + 1], off
+
+
+def flatten_level_numpy_checked(tokens, levels, level):
+    """The op's contract written in NumPy: every level's offsets start at 0, never decrease and end
+    at the unit count of the level below (the checks ``flatten_level`` makes), then the gather."""
+    total = len(tokens)
+    for l, o in enumerate(levels):
+        if o.ndim != 1 or len(o) == 0 or o[0] != 0 or o[-1] != total or (o[1:] < o[:-1]).any():
+            raise ValueError(f"levels[{l}]: not CSR offsets over {total} units")
+        total = len(o) - 1
+    return flatten_level_numpy(tokens, levels, level)
 
 
 def join_pad_numpy(tokens, offsets, budget, join_id, pad_id):
@@ -56,14 +68,19 @@ def _cpp(fn):
     return run
 
 
-@pytest.mark.parametrize("op", ["pad_units", "flatten_level", "join_pad"])
+@pytest.mark.parametrize("op", ["pad_units", "flatten_level", "flatten_level_unchecked", "join_pad"])
 def test_dataprep_cpp_vs_numpy(compare, nested, op):
+    """``flatten_level`` against NumPy doing the same checks; ``flatten_level_unchecked``: the same
+    op against the bare NumPy gather, which skips the checks (the harder, less fair baseline)."""
     tokens, levels = nested
     sent_tokens = ck.flatten_level(tokens, levels, 1).unit_token_offsets
     words = levels[0]
     ours, base = {
         "pad_units": (lambda: ck.pad_units(tokens, words, 8, 1), lambda: pad_units_numpy(tokens, words, 8, 1)),
-        "flatten_level": (lambda: ck.flatten_level(tokens, levels, 2), lambda: flatten_level_numpy(tokens, levels, 2)),
+        "flatten_level": (lambda: ck.flatten_level(tokens, levels, 2),
+                          lambda: flatten_level_numpy_checked(tokens, levels, 2)),
+        "flatten_level_unchecked": (lambda: ck.flatten_level(tokens, levels, 2),
+                                    lambda: flatten_level_numpy(tokens, levels, 2)),
         "join_pad": (lambda: ck.join_pad(tokens, words, 64, 3, 1),
                      lambda: join_pad_numpy(tokens, words, 64, 3, 1)),
     }[op]

@@ -83,3 +83,26 @@ def test_summary_without_runs_says_so(tmp_path):
     (tmp_path / "h").mkdir()
     with pytest.raises(FileNotFoundError, match="craft bench"):
         summarize.latest_run(tmp_path / "h")
+
+
+def test_every_goal_of_the_issue_has_a_row_with_its_own_ratio():
+    """Decoding, training (a parametrized name) and linked generation name their headline ratio
+    differently; each must land in the goals table with that ratio, not in "Other benchmarks"."""
+    benches = [
+        {"name": "test_train_tiny[compiled_vs_compiled]", "fullname": "t",
+         "extra_info": {"speedup_vs_baseline": 1.2, "matmul_share": 0.6}},
+        {"name": "test_decode_batch1_vs_transformers", "fullname": "d",
+         "extra_info": {"compiled_vs_hf_static_compiled": 1.93, "eager_vs_hf_eager": 1.26}},
+        {"name": "test_linked_generation_tokens_per_second[tiny]", "fullname": "l",
+         "extra_info": {"compiled_vs_per_document_compiled": 1.2}},
+        {"name": "test_dataprep_cpp_vs_numpy[flatten_level_unchecked]", "fullname": "f",
+         "extra_info": {"speedup_vs_baseline": 0.6}},
+    ]
+    run = {"machine_info": {"craft": {"isa": "AVX2"}}, "datetime": "2026-01-01T10:00:00", "benchmarks": benches}
+    text, readme = summarize.render(run)
+    goals = text[text.index("## Goals"):text.index("## Other benchmarks")]
+    rows = {b["name"]: next(line for line in goals.splitlines() if b["name"] in line) for b in benches}
+    assert "1.20x" in rows["test_train_tiny[compiled_vs_compiled]"]
+    assert "1.93x" in rows["test_decode_batch1_vs_transformers"] and "met" in rows["test_decode_batch1_vs_transformers"]
+    assert "compiled_vs_per_document_compiled 1.2 >= 5 MISSED" in rows["test_linked_generation_tokens_per_second[tiny]"]
+    assert "bare NumPy gather" in rows["test_dataprep_cpp_vs_numpy[flatten_level_unchecked]"]
