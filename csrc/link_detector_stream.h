@@ -101,11 +101,18 @@ class Stream {
                 pos_ += i - start;
                 if (i == n) return;
             }
+            // Token by token from here (inside a link or code): each token's info record and flag
+            // step are loads from tables of the whole vocabulary (600 KB), often cache misses, and
+            // the state machine's branches keep the CPU from running ahead to issue them: prefetch
+            // them kAhead tokens ahead (prefetching the bytes too, through the record, did not help).
+            if (i + kAhead < n) tt.prefetch_record(ids[i + kAhead]);
             push_one(tt, lim, ids[i++], out);
         }
     }
 
    private:
+    static constexpr i64 kAhead = 16;
+
     void push_one(const TokenTables& tt, const Limits& lim, i64 t, LinkArena& out) {
         const TokenInfo ti = tt.info[static_cast<size_t>(t)];
         if (state_ == TEXT && openers_.empty() && ti.kind() != SPECIAL) {  // (tokens reached one at a time)
