@@ -198,27 +198,32 @@ SW_INLINE void span(const T* const* in, T* const* out, i64 n) {
 
 // The problem: `rows` rows of `cols` elements; input k's row r starts at in[k] + r * in_stride[k],
 // output k's at out[k] + r * cols. A block is up to BLOCK elements of one row.
+// A block is about BLOCK elements: a piece of one long row, or several whole short rows (contiguous
+// inputs are passed as one row).
 template <class T>
 struct Problem {
     const T* in[3];
     i64 in_stride[3];
     T* out[2];
-    i64 rows, cols, blocks_per_row;
+    i64 rows, cols, blocks_per_row, rows_per_block;
     bool stream;
+    i64 blocks() const { return (rows + rows_per_block - 1) / rows_per_block * blocks_per_row; }
 };
 
 constexpr i64 BLOCK = 1 << 14;
 
 template <int W, template <int> class Op, class T>
 SW_INLINE void run_block(const Problem<T>& p, i64 blk) {
-    const i64 r = blk / p.blocks_per_row, c0 = (blk % p.blocks_per_row) * BLOCK;
-    const i64 n = std::min<i64>(BLOCK, p.cols - c0);
-    const T* in[3];
-    T* out[2];
-    for (int k = 0; k < Op<W>::NI; ++k) in[k] = p.in[k] + r * p.in_stride[k] + c0;
-    for (int k = 0; k < Op<W>::NO; ++k) out[k] = p.out[k] + r * p.cols + c0;
-    if (p.stream) span<W, Op, T, true>(in, out, n);
-    else span<W, Op, T, false>(in, out, n);
+    const i64 r0 = blk / p.blocks_per_row * p.rows_per_block, c0 = (blk % p.blocks_per_row) * BLOCK;
+    const i64 n = std::min<i64>(BLOCK, p.cols - c0), r1 = std::min(p.rows, r0 + p.rows_per_block);
+    for (i64 r = r0; r < r1; ++r) {
+        const T* in[3];
+        T* out[2];
+        for (int k = 0; k < Op<W>::NI; ++k) in[k] = p.in[k] + r * p.in_stride[k] + c0;
+        for (int k = 0; k < Op<W>::NO; ++k) out[k] = p.out[k] + r * p.cols + c0;
+        if (p.stream) span<W, Op, T, true>(in, out, n);
+        else span<W, Op, T, false>(in, out, n);
+    }
 }
 
 struct Queue {
@@ -262,10 +267,10 @@ void loop(int isa, const Problem<T>& p, Queue& q) {
 // Runs every block on the caller and up to n_threads - 1 helpers; returns once all are done.
 template <template <int> class Op, class T>
 void run(const Problem<T>& p, int n_threads, int isa) {
-    const i64 total = p.rows * p.blocks_per_row;
+    const i64 total = p.blocks();
     auto q = std::make_shared<Queue>(total);
-    // a helper is worth its start (~30 us) only with a few blocks for it
-    const i64 nt = std::max<i64>(1, std::min<i64>(n_threads, total / 4));
+    // a helper is worth its start (tens of us) only with 8 blocks or more for it
+    const i64 nt = std::max<i64>(1, std::min<i64>(n_threads, total / 8));
     if (nt > 1) {
         auto pp = std::make_shared<Problem<T>>(p);
         for (i64 t = 1; t < nt; ++t)
@@ -311,7 +316,6 @@ void call(std::initializer_list<py::array> ins, std::initializer_list<py::array>
         p.rows = rows;
         p.cols = cols;
         p.stream = stream;
-        p.blocks_per_row = (cols + BLOCK - 1) / BLOCK;
         int k = 0;
         for (const py::array& a : ins) {
             i64 r, c, s;
@@ -330,6 +334,14 @@ void call(std::initializer_list<py::array> ins, std::initializer_list<py::array>
             if (!a.writeable()) throw py::value_error("swiglu: output array is read-only");
             p.out[k++] = static_cast<T*>(const_cast<void*>(a.data()));
         }
+        bool flat = true;  // every input contiguous: one row
+        for (int j = 0; j < static_cast<int>(ins.size()); ++j) flat = flat && (rows <= 1 || p.in_stride[j] == cols);
+        if (flat && rows > 1) {
+            p.cols = rows * cols;
+            p.rows = 1;
+        }
+        p.blocks_per_row = std::max<i64>(1, (p.cols + BLOCK - 1) / BLOCK);
+        p.rows_per_block = p.cols >= BLOCK ? 1 : BLOCK / std::max<i64>(1, p.cols);
         // non-temporal stores need every output at the same offset from a vector boundary
         for (int j = 1; j < k; ++j)
             if (reinterpret_cast<uintptr_t>(p.out[j]) % 64 != reinterpret_cast<uintptr_t>(p.out[0]) % 64) p.stream = false;
