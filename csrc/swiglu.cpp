@@ -347,6 +347,9 @@ void call(std::initializer_list<py::array> ins, std::initializer_list<py::array>
             if (reinterpret_cast<uintptr_t>(p.out[j]) % 64 != reinterpret_cast<uintptr_t>(p.out[0]) % 64) p.stream = false;
         if (rows == 0 || cols == 0) return;
         const int isa = native_isa();
+        // streamed stores narrower than 32 bytes (bf16 on AVX2, the portable path) were slower than
+        // plain ones into freshly faulted pages (benchmarks/RESULTS.md, SwiGLU 2026-12-07, late)
+        if (static_cast<int>(sizeof(T)) * (isa == 2 ? 16 : isa == 1 ? 8 : 4) < 32) p.stream = false;
         py::gil_scoped_release nogil;
         run<Op, T>(p, n_threads, isa);
     };

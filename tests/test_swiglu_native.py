@@ -136,3 +136,29 @@ def test_retain_freed_memory_serves_large_blocks_from_the_heap():
     with pytest.raises(TypeError, match="enable"):
         from craft_kernels import retain_freed_memory
         retain_freed_memory("yes")
+
+
+@pytest.mark.parametrize("isa", ["avx2", "default"])
+def test_narrower_isa_variants_match_float64(isa, tmp_path):
+    # the AVX2 and portable builds of the kernel (this CPU may run AVX-512 by default)
+    code = (
+        "import sys, torch\n"
+        "import craft_kernels\n"
+        "from craft_kernels import swiglu, _backend\n"
+        "sys.modules['craft_kernels.swiglu']._STREAM_BYTES = 0\n"
+        "for dt, tol in ((torch.float32, 1e-5), (torch.bfloat16, 8e-3)):\n"
+        "    g = (torch.randn(9, 4097) * 4).to(dt).requires_grad_(); u = torch.randn(9, 4097).to(dt).requires_grad_()\n"
+        "    do = torch.randn(9, 4097).to(dt)\n"
+        "    out = swiglu(g, u); out.backward(do)\n"
+        "    assert _backend.paths_run['swiglu'].startswith('native'), _backend.paths_run\n"
+        "    G, U, D = g.detach().double(), u.detach().double(), do.double(); s = torch.sigmoid(G)\n"
+        "    torch.testing.assert_close(out.double(), G * s * U, rtol=tol, atol=1e-5)\n"
+        "    torch.testing.assert_close(g.grad.double(), D * U * s * (1 + G * (1 - s)), rtol=2 * tol, atol=2e-5)\n"
+        "    torch.testing.assert_close(u.grad.double(), D * G * s, rtol=tol, atol=1e-5)\n"
+        "print(_backend.extension().span_attention_isa())\n")
+    env = dict(os.environ, CRAFT_SPAN_ISA=isa, CRAFT_IMPL_SWIGLU="native", CRAFT_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    if "this CPU does not support it" in r.stderr:
+        pytest.skip(f"no {isa} here")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == isa
