@@ -11,7 +11,8 @@ submodules):
   argument check of the library (messages name the argument and the fix); ``craft`` uses them too.
 - kernels: ``swiglu``, ``swiglu_packed``, ``SwiGLUMLP``, ``act_accumulate`` / ``ACTOutput``.
 - memory: ``retain_freed_memory(enable=True)``, an opt-in (never applied at import) that keeps freed
-  large blocks in the C heap so that per-step tensors stop page-faulting (glibc; see its module).
+  large blocks in the C heap so that per-step tensors stop page-faulting (glibc; see its module),
+  and ``freed_memory_retained()`` (whether it is in effect).
 - document attention: ``doc_attention``, the masks ``doc_mask_mod``, ``doc_dense_mask``,
   ``doc_block_mask`` (all ``(doc_ids, kind, links)``), ``MASK_KINDS``, ``DocMaskState``, and the id
   helpers ``doc_ids_from_spans``, ``doc_ids_from_cu_seqlens``, ``links_from_edges``.
