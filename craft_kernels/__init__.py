@@ -10,6 +10,9 @@ submodules):
 - validation: ``check_int(x, name, minimum, maximum)``, ``check_float(...)`` and ``check_choice(x, name, choices)``, the one
   argument check of the library (messages name the argument and the fix); ``craft`` uses them too.
 - kernels: ``swiglu``, ``swiglu_packed``, ``SwiGLUMLP``, ``act_accumulate`` / ``ACTOutput``.
+- memory: ``retain_freed_memory(enable=True)``, an opt-in (never applied at import) that keeps freed
+  large blocks in the C heap so that per-step tensors stop page-faulting (glibc; see its module),
+  and ``freed_memory_retained()`` (whether it is in effect).
 - document attention: ``doc_attention``, the masks ``doc_mask_mod``, ``doc_dense_mask``,
   ``doc_block_mask`` (all ``(doc_ids, kind, links)``), ``MASK_KINDS``, ``DocMaskState``, and the id
   helpers ``doc_ids_from_spans``, ``doc_ids_from_cu_seqlens``, ``links_from_edges``.
@@ -28,6 +31,7 @@ from craft_kernels.doc_masks import (
     MASK_KINDS, DocMaskState, doc_block_mask, doc_dense_mask, doc_ids_from_cu_seqlens, doc_ids_from_spans,
     doc_mask_mod, links_from_edges,
 )
+from craft_kernels.heap import freed_memory_retained, retain_freed_memory
 from craft_kernels.swiglu import SwiGLUMLP, swiglu, swiglu_packed
 
 __version__ = "0.1.0"
@@ -56,4 +60,5 @@ def __dir__():
 
 
 __all__ = ["backend_info", "format_backend_info", "bf16_is_fast", "use_native", "native_impl", "check_int", "check_float", "check_choice", "act_accumulate", "ACTOutput", "doc_attention", "MASK_KINDS", "DocMaskState", "doc_block_mask", "doc_dense_mask",
-           "doc_ids_from_cu_seqlens", "doc_ids_from_spans", "doc_mask_mod", "links_from_edges", "swiglu", "swiglu_packed", "SwiGLUMLP", *_NATIVE]
+           "doc_ids_from_cu_seqlens", "doc_ids_from_spans", "doc_mask_mod", "links_from_edges", "swiglu", "swiglu_packed", "SwiGLUMLP",
+           "retain_freed_memory", "freed_memory_retained", *_NATIVE]

@@ -157,7 +157,7 @@ def cpu_bf16() -> dict:
 #: op -> its paths; the first is the ISA default used when nothing else decides.
 OPS = {
     "doc_attention": ("span", "sdpa"),   # CPU causal/doc-causal attention: C++ span kernel or SDPA
-    "swiglu": ("compiled", "eager"),      # CPU SwiGLU: Inductor-compiled single pass or eager ops
+    "swiglu": ("compiled", "native", "eager"),  # CPU SwiGLU: Inductor-compiled pass, the C++ kernel, or eager ops
     "autocast": ("bf16", "fp32"),         # CPU model autocast dtype for training
 }
 
@@ -168,14 +168,16 @@ _cache: dict | None = None
 
 def machine_key() -> dict:
     """What a calibration depends on: CPU model, ISA flags, threads, torch version and the ISA its
-    kernels run (ATEN_CPU_CAPABILITY can hold it below the CPU's), the span kernel's revision (a
-    rebuilt, faster kernel is calibrated again) and its ISA variant if CRAFT_SPAN_ISA forces one."""
+    kernels run (ATEN_CPU_CAPABILITY can hold it below the CPU's), the span and SwiGLU kernels'
+    revisions (a rebuilt, faster kernel is calibrated again) and their ISA variant if CRAFT_SPAN_ISA
+    forces one."""
     isa = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
     key = {"cpu": cpu_model(), "isa": isa, "threads": torch.get_num_threads(), "torch": torch.__version__,
            "torch_isa": torch.backends.cpu.get_cpu_capability()}
     mod, _ = _load_extension()
     if mod is not None:
         key["span_kernel"] = getattr(mod, "span_attention_revision", 1)
+        key["swiglu_kernel"] = getattr(mod, "swiglu_revision", 0)
     if os.environ.get("CRAFT_SPAN_ISA"):
         key["span_isa"] = os.environ["CRAFT_SPAN_ISA"]
     return key

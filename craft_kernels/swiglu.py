@@ -4,16 +4,19 @@ Paths (picked per call by ``craft_kernels._backend.kernels_impl``; CRAFT_KERNELS
 - ``triton``: one kernel per direction, fp32 math whatever the storage dtype, int64 offsets,
   strided rows without a copy (the packed layout's halves are views). CUDA, or CPU under
   ``TRITON_INTERPRET=1``. float64 never goes through it: it takes the exact eager math in float64.
-- CPU: eager math inside the custom op (backward recomputes sigmoid), or the plain math compiled
+- CPU: eager math inside the custom op (backward recomputes sigmoid); the plain math compiled
   with ``torch.compile`` at the autograd level, so AOTAutograd derives one fused backward that
-  also saves only gate and up (the compiled one-liner a competent user would write, and as fast).
-  Which of the two runs is a per-machine choice per dtype (``craft_kernels._backend.choose``:
-  calibrated once, cached; ``CRAFT_IMPL_SWIGLU=compiled|eager`` forces one). The compiled function
+  also saves only gate and up (the compiled one-liner a competent user would write); or the C++
+  kernel (``native``, fp32 and bf16: one pass each way, recomputes sigmoid, and writes outputs
+  larger than the caches with non-temporal stores, which skip the read a plain store makes of each
+  destination line). Which of them runs is a per-machine choice per dtype
+  (``craft_kernels._backend.choose``: calibrated once, cached; ``CRAFT_IMPL_SWIGLU=compiled|native|eager``
+  forces one). The compiled function
   (one per dtype) sees 2-d ``(rows, F)`` views, specialised on the first shape and dynamic from the
   second, so new shapes never recompile again (and never reach Dynamo's recompile limit, past
   which it would run eager silently). Compilation happens on the
-  first call; if it fails there (no C++ compiler, say), that call and every later one run the
-  eager path and ``craft info`` says why. Tensors under 32k elements and fp64 always run eager
+  first call; if it fails there (no C++ compiler, say), that call and every later one run another
+  path and ``craft info`` says why. Tensors under 32k elements and fp64 always run eager
   (a compiled call's overhead would dominate; fp64 stays exact).
 The custom ops (``craft::swiglu_fwd``/``swiglu_bwd``, fake kernels and autograd) let
 ``torch.compile(fullgraph=True)`` trace through the Triton path. Inside a graph compiled for CPU,
@@ -147,13 +150,28 @@ def _run_compiled(g, u):
         raise _CompileFailed(_compile_error) from e
 
 
-def _detect():
+def _native_ok(dtype: torch.dtype) -> bool:
+    """The C++ kernel runs here for ``dtype``: fp32 or bf16, and the extension is built and enabled."""
+    if dtype not in (torch.float32, torch.bfloat16) or _backend.native_mode() != "cpp":
+        return False
+    mod, _ = _backend._load_extension()
+    return mod is not None and hasattr(mod, "swiglu_forward")
+
+
+def _detect(dtype: torch.dtype = torch.float32):
+    """(path, reason) when only one path can run here for ``dtype``, else None (calibrate)."""
+    why = None
     if _compile_error is not None:
-        return "eager", f"torch.compile failed here: {_compile_error}"
-    cxx = torch._inductor.config.cpp.cxx[-1]
-    if cxx and shutil.which(cxx) is None:
-        return "eager", f"no C++ compiler for Inductor ({cxx!r} not found)"
-    return None
+        why = f"torch.compile failed here: {_compile_error}"
+    else:
+        cxx = torch._inductor.config.cpp.cxx[-1]
+        if cxx and shutil.which(cxx) is None:
+            why = f"no C++ compiler for Inductor ({cxx!r} not found)"
+    if why is None:
+        return None
+    if _native_ok(dtype):
+        return "native", why + "; the C++ kernel runs instead"
+    return "eager", why
 
 
 def _candidates(dtype: torch.dtype) -> dict:
@@ -163,30 +181,83 @@ def _candidates(dtype: torch.dtype) -> dict:
     def compiled():
         _run_compiled(g, u).backward(do)
 
+    def native():
+        _run_native(g, u).backward(do)
+
     def eager():
         _swiglu_fwd(g, u).backward(do)
 
-    compiled()  # compile before timing (raises _CompileFailed where it cannot)
-    return {"compiled": compiled, "eager": eager}
+    out = {}
+    if _detect(dtype) is None:
+        compiled()  # compile before timing (raises _CompileFailed where it cannot)
+        out["compiled"] = compiled
+    if _native_ok(dtype):
+        out["native"] = native
+    out["eager"] = eager
+    return out
 
 
 def _cpu_path(g: torch.Tensor) -> str:
-    """'compiled' or 'eager' for a CPU tensor of at least 32k elements in fp32/fp16/bf16."""
+    """'compiled', 'native' or 'eager' for a CPU tensor of at least 32k elements in fp32/fp16/bf16."""
     key = str(g.dtype).replace("torch.", "")
     try:
-        return _backend.choose("swiglu", key, _detect, lambda: _candidates(g.dtype))
-    except _CompileFailed:
-        return _backend.choose("swiglu", key, _detect)
+        return _backend.choose("swiglu", key, lambda: _detect(g.dtype), lambda: _candidates(g.dtype))
+    except _CompileFailed:  # now recorded: calibrate the paths that remain
+        return _backend.choose("swiglu", key, lambda: _detect(g.dtype), lambda: _candidates(g.dtype))
+
+
+# Outputs of at least this many bytes are written with non-temporal stores (they would not stay in
+# the caches anyway; smaller ones are left in cache for the next op, the down projection).
+_STREAM_BYTES = 1 << 24
+
+
+def _as_numpy(t: torch.Tensor):
+    """A NumPy view of a 2-d CPU tensor (bf16 as its int16 bits): no copy."""
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).detach().numpy()
+
+
+class _Native(torch.autograd.Function):
+    """The C++ kernel on 2-d ``(rows, F)`` views with unit column stride; saves only gate and up."""
+
+    @staticmethod
+    def forward(ctx, g2, u2):
+        out = torch.empty(g2.shape, dtype=g2.dtype)
+        stream = out.numel() * out.element_size() >= _STREAM_BYTES
+        _backend.extension().swiglu_forward(_as_numpy(g2), _as_numpy(u2), _as_numpy(out), stream,
+                                            torch.get_num_threads())
+        ctx.save_for_backward(g2, u2)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, do):
+        g2, u2 = ctx.saved_tensors
+        if do.dtype != g2.dtype or (do.shape[-1] > 1 and do.stride(-1) != 1):
+            do = do.to(g2.dtype).contiguous()
+        dg, du = torch.empty(g2.shape, dtype=g2.dtype), torch.empty(u2.shape, dtype=u2.dtype)
+        stream = dg.numel() * dg.element_size() >= _STREAM_BYTES
+        _backend.extension().swiglu_backward(_as_numpy(do), _as_numpy(g2), _as_numpy(u2), _as_numpy(dg),
+                                             _as_numpy(du), stream, torch.get_num_threads())
+        return dg, du
+
+
+def _run_native(g, u):
+    return _Native.apply(_rows(g), _rows(u)).reshape(g.shape)
 
 
 def _swiglu_cpu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    if gate.numel() >= _SMALL and gate.dtype != torch.float64 and _cpu_path(gate) == "compiled":
-        try:
-            out = _run_compiled(gate, up)
-            _backend.paths_run["swiglu"] = f"compiled ({gate.dtype})"
-            return out
-        except _CompileFailed:
-            _cpu_path(gate)  # records the eager choice and why
+    if gate.numel() >= _SMALL and gate.dtype != torch.float64:
+        path = _cpu_path(gate)
+        if path == "native" and _native_ok(gate.dtype):
+            _backend.paths_run["swiglu"] = f"native ({gate.dtype})"
+            return _run_native(gate, up)
+        if path == "compiled":
+            try:
+                out = _run_compiled(gate, up)
+                _backend.paths_run["swiglu"] = f"compiled ({gate.dtype})"
+                return out
+            except _CompileFailed:
+                _cpu_path(gate)  # records the choice without compilation and why
     _backend.paths_run["swiglu"] = f"eager ({gate.dtype}, {gate.numel()} elements)"
     return _swiglu_fwd(gate, up)
 

@@ -26,4 +26,5 @@ PYBIND11_MODULE(_C, m) {
     craft::bind_trie(m);
     craft::bind_act_scan(m);
     craft::bind_span_attention(m);
+    craft::bind_swiglu(m);
 }

@@ -11,6 +11,11 @@ void bind_link_detector(pybind11::module_& m);  // link_detector.cpp
 void bind_trie(pybind11::module_& m);  // trie.cpp
 void bind_act_scan(pybind11::module_& m);  // act_scan.cpp: the scalar scan of act_accumulate
 void bind_span_attention(pybind11::module_& m);  // span_attention.cpp: causal attention in document spans (CPU)
+void bind_swiglu(pybind11::module_& m);  // swiglu.cpp: SwiGLU forward and backward (CPU)
+
+// The vector ISA of the native kernels here: 0 portable, 1 AVX2, 2 AVX-512 (the CPU's best, or
+// CRAFT_SPAN_ISA=default|avx2|avx512; raises ValueError for another value or one the CPU lacks).
+int native_isa();
 
 // `o` as a 1-d C-contiguous aligned native-order int64 NumPy array (exactly np.ndarray), read from the
 // leading fields of NumPy's PyArrayObject (the same in NumPy 1 and 2) without any NumPy call: the

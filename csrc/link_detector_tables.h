@@ -141,6 +141,10 @@ struct TokenTables {
     bool has_newline(i64 t) const { return (newlines[static_cast<size_t>(t) >> 6] >> (t & 63)) & 1; }
     bool stops_code(i64 t) const { return (code_stops[static_cast<size_t>(t) >> 6] >> (t & 63)) & 1; }
     const FlagStep& step(i64 t, uint8_t flags) const { return idle[2 * static_cast<size_t>(t) + (flags & ESC)]; }
+    void prefetch_record(i64 t) const {
+        __builtin_prefetch(&info[static_cast<size_t>(t)]);
+        __builtin_prefetch(&idle[2 * static_cast<size_t>(t)]);
+    }
 
     // The flags after ids[0, n), none of which may open, from `flags` before them. Only the tokens
     // after the last one whose step ignores the flags before it (most tokens) are replayed.

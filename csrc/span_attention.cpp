@@ -584,6 +584,8 @@ py::tuple span_attention_backward(F32 q, F32 k, F32 v, F32 out, F32 dout, F32 ls
 
 }  // namespace
 
+int native_isa() { return static_cast<int>(pick_isa()); }
+
 void bind_span_attention(py::module_& m) {
     m.def("span_attention_forward", &span_attention_forward, py::arg("q"), py::arg("k"), py::arg("v"),
           py::arg("ids"), py::arg("scale"), py::arg("n_threads"), py::arg("starts") = py::none(),

@@ -1,0 +1,70 @@
+"""An opt-in setting of the C heap (glibc): keep freed large blocks for reuse.
+
+glibc serves each allocation of at least its mmap threshold (128 KiB, rising to at most 32 MiB) with
+a fresh ``mmap`` and hands it back with ``munmap`` when freed. A training step that allocates the
+same large tensors every step (activations, gradients of 16-64 MiB) therefore pays, every step, a
+minor page fault per 4 KiB page and the kernel's zero-filling of every page, often more than the
+ops' own work (benchmarks/RESULTS.md, SwiGLU notes). ``retain_freed_memory()`` turns that off for the
+whole process: blocks come from the heap and stay there when freed (mmap off, trimming only above
+1 GiB free at the top), so the next step reuses them without faults.
+
+The cost: freed memory is not returned to the system, and a heap that serves large blocks
+fragments (in a loop of 64 MiB allocations the resident size grew to several times the live data
+before blocks were reused), so it is never applied at import: an application that wants it calls
+it once, and benchmarks apply it to both sides of a comparison. ``retain_freed_memory(False)``
+restores glibc's default thresholds (fixed, not the adaptive one) and returns the free memory.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+# mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_DEFAULT_MMAP_MAX, _DEFAULT_THRESHOLD = 65536, 128 * 1024
+_KEEP_TRIM = 1 << 30
+
+_retained = False
+
+
+@functools.lru_cache(maxsize=None)
+def _glibc():
+    """glibc's handle, or None (musl, macOS, Windows: no mallopt with these meanings)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+        libc.gnu_get_libc_version()
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def retain_freed_memory(enable: bool = True) -> bool:
+    """Keep freed large blocks in this process's heap for reuse (``enable=True``), or restore glibc's
+    defaults and return free memory to the system (``False``). Process-wide, takes effect for later
+    allocations. Returns True where applied, False where the C library is not glibc (nothing changed)."""
+    global _retained
+    if not isinstance(enable, bool):
+        raise TypeError(f"enable: expected True or False, got {enable!r}")
+    libc = _glibc()
+    if libc is None:
+        return False
+    if enable:
+        ok = libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_TRIM)
+    else:
+        ok = (libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX) and libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
+              and libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD))
+        libc.malloc_trim(0)
+    if not ok:
+        raise RuntimeError("mallopt refused the setting (unexpected for glibc)")
+    _retained = enable
+    return True
+
+
+def freed_memory_retained() -> bool:
+    """Whether :func:`retain_freed_memory` is in effect in this process."""
+    return _retained

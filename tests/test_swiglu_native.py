@@ -1,0 +1,164 @@
+"""The C++ SwiGLU kernel (the ``native`` CPU path): against float64, with strided rows, ragged
+tails and streamed (non-temporal) stores; its place in the dispatch; and the opt-in heap setting
+that stops per-step page faults."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from craft_kernels import _backend, swiglu
+from craft_kernels import swiglu as swiglu_fn
+from craft_kernels.swiglu import _native_ok
+
+_mod = sys.modules["craft_kernels.swiglu"]  # the module (craft_kernels.swiglu is the function)
+
+pytestmark = pytest.mark.skipif(not _native_ok(torch.float32), reason="the C++ extension is not built")
+
+TOL = {torch.float32: (1e-5, 1e-6), torch.bfloat16: (8e-3, 1e-5)}
+
+
+@pytest.fixture
+def native(monkeypatch, tmp_path):
+    monkeypatch.setenv("CRAFT_IMPL_SWIGLU", "native")
+    monkeypatch.setenv("CRAFT_CACHE_DIR", str(tmp_path))
+    _backend.reset_dispatch()
+    yield
+    monkeypatch.undo()
+    _backend.reset_dispatch()
+
+
+def _golden(g, u, do):
+    g, u, do = g.double(), u.double(), do.double()
+    s = torch.sigmoid(g)
+    return g * s * u, do * u * s * (1 + g * (1 - s)), do * g * s
+
+
+def _check(g, u, dtype):
+    g = g.detach().requires_grad_()
+    u = u.detach().requires_grad_()
+    out = swiglu_fn(g, u)
+    assert _backend.paths_run["swiglu"].startswith("native")
+    assert out.dtype == dtype and out.shape == g.shape
+    do = torch.randn(g.shape).to(dtype)
+    out.backward(do)
+    ref, rg, ru = _golden(g, u, do)
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(out.double(), ref, rtol=rtol, atol=atol)
+    torch.testing.assert_close(g.grad.double(), rg, rtol=rtol * 2, atol=atol * 2)
+    torch.testing.assert_close(u.grad.double(), ru, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(64, 600), (9, 4097), (2, 130, 333), (1, 40000)])
+def test_native_matches_float64(native, monkeypatch, dtype, shape, stream):
+    # stream: every output written with non-temporal stores (aligned head, vector body, tail)
+    monkeypatch.setattr(_mod, "_STREAM_BYTES", 0 if stream else 1 << 60)
+    torch.manual_seed(2)
+    g = torch.randn(shape) * 4
+    g.view(-1)[:4] = torch.tensor([100.0, -100.0, 30.0, -30.0])  # sigmoid's clamped arguments
+    _check(g.to(dtype), torch.randn(shape).to(dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_strided_rows_and_packed_halves(native, dtype):
+    torch.manual_seed(3)
+    gu = torch.randn(96, 2 * 700).to(dtype)
+    _check(gu[:, :700], gu[:, 700:], dtype)  # row stride 1400, offset halves (misaligned outputs too)
+    base = torch.randn(600, 128).to(dtype)
+    _check(base.t()[:, 3:], torch.randn(128, 597).to(dtype), dtype)  # column stride != 1: copied first
+
+
+def test_native_saves_only_inputs_and_runs_under_two_threads(native):
+    g = torch.randn(512, 256, requires_grad=True)
+    u = torch.randn(512, 256, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = swiglu(g, u)
+    assert len(saved) == 2 and {s.data_ptr() for s in saved} == {g.data_ptr(), u.data_ptr()}
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = swiglu(g, u)
+        torch.set_num_threads(1)
+        one = swiglu(g, u)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two) and torch.equal(out, one)
+
+
+def test_native_is_a_dispatch_candidate(monkeypatch):
+    assert "native" in _backend.OPS["swiglu"]
+    # where torch.compile cannot run, the kernel (fp32, bf16) is calibrated against eager instead
+    monkeypatch.setattr(_mod, "_compile_error", "RuntimeError: no compiler")
+    assert set(_mod._candidates(torch.float32)) == {"native", "eager"} == set(_mod._candidates(torch.bfloat16))
+    assert set(_mod._candidates(torch.float16)) == {"eager"}  # the kernel stores fp32 and bf16 only
+    assert _mod._detect(torch.float16)[0] == "eager" and _mod._detect(torch.float32)[0] == "native"
+
+
+def test_kernel_rejects_bad_arrays():
+    import numpy as np
+    ext = _backend.extension()
+    a = np.zeros((4, 8), np.float32)
+    with pytest.raises(ValueError, match="same shape and dtype"):
+        ext.swiglu_forward(a, np.zeros((4, 9), np.float32), np.zeros((4, 8), np.float32), False, 1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ext.swiglu_forward(a, a, np.zeros((4, 16), np.float32)[:, :8], False, 1)
+    with pytest.raises(TypeError, match="float32 arrays"):
+        ext.swiglu_forward(a.astype(np.float64), a, a, False, 1)
+
+
+def test_retain_freed_memory_serves_large_blocks_from_the_heap():
+    # glibc's default serves a 64 MiB block with mmap (freed with munmap: every step faults afresh);
+    # retained, it comes from the heap; disabled again, mmap as before
+    code = (
+        "import ctypes, torch\n"
+        "from craft_kernels import retain_freed_memory, freed_memory_retained\n"
+        "class MI(ctypes.Structure):\n"
+        "    _fields_ = [(n, ctypes.c_size_t) for n in ('arena ordblks smblks hblks hblkhd usmblks fsmblks '\n"
+        "                                                'uordblks fordblks keepcost').split()]\n"
+        "libc = ctypes.CDLL('libc.so.6'); libc.mallinfo2.restype = MI\n"
+        "def mapped():\n"
+        "    t = torch.empty(1 << 24); m = libc.mallinfo2().hblkhd; del t; return m >= 1 << 26\n"
+        "before = mapped()\n"
+        "assert retain_freed_memory() and freed_memory_retained()\n"
+        "during = mapped()\n"
+        "assert retain_freed_memory(False) and not freed_memory_retained()\n"
+        "print(before, during, mapped())\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, THP_MEM_ALLOC_ENABLE="0"))
+    if "libc.so.6" in r.stderr and "OSError" in r.stderr:
+        pytest.skip("not glibc")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["True", "False", "True"]
+    with pytest.raises(TypeError, match="enable"):
+        from craft_kernels import retain_freed_memory
+        retain_freed_memory("yes")
+
+
+@pytest.mark.parametrize("isa", ["avx2", "default"])
+def test_narrower_isa_variants_match_float64(isa, tmp_path):
+    # the AVX2 and portable builds of the kernel (this CPU may run AVX-512 by default)
+    code = (
+        "import sys, torch\n"
+        "import craft_kernels\n"
+        "from craft_kernels import swiglu, _backend\n"
+        "sys.modules['craft_kernels.swiglu']._STREAM_BYTES = 0\n"
+        "for dt, tol in ((torch.float32, 1e-5), (torch.bfloat16, 8e-3)):\n"
+        "    g = (torch.randn(9, 4097) * 4).to(dt).requires_grad_(); u = torch.randn(9, 4097).to(dt).requires_grad_()\n"
+        "    do = torch.randn(9, 4097).to(dt)\n"
+        "    out = swiglu(g, u); out.backward(do)\n"
+        "    assert _backend.paths_run['swiglu'].startswith('native'), _backend.paths_run\n"
+        "    G, U, D = g.detach().double(), u.detach().double(), do.double(); s = torch.sigmoid(G)\n"
+        "    torch.testing.assert_close(out.double(), G * s * U, rtol=tol, atol=1e-5)\n"
+        "    torch.testing.assert_close(g.grad.double(), D * U * s * (1 + G * (1 - s)), rtol=2 * tol, atol=2e-5)\n"
+        "    torch.testing.assert_close(u.grad.double(), D * G * s, rtol=tol, atol=1e-5)\n"
+        "print(_backend.extension().span_attention_isa())\n")
+    env = dict(os.environ, CRAFT_SPAN_ISA=isa, CRAFT_IMPL_SWIGLU="native", CRAFT_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    if "this CPU does not support it" in r.stderr:
+        pytest.skip(f"no {isa} here")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == isa
