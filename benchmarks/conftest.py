@@ -12,7 +12,10 @@ from _harness import interleaved, machine_info as craft_machine_info, machine_li
 
 def pytest_benchmark_update_machine_info(config, machine_info: dict):
     """The JSON's machine_info gets the ISA flags, versions and the limits measured in this run."""
-    machine_info["craft"] = dict(craft_machine_info(), **machine_limits())
+    # threads read now, not from the cached machine_info(): a benchmark that holds torch to 1 thread
+    # while it runs first would otherwise file the whole run under a 1-thread machine
+    import torch
+    machine_info["craft"] = dict(craft_machine_info(), threads=torch.get_num_threads(), **machine_limits())
 
 
 @pytest.fixture(scope="session")
