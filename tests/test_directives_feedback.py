@@ -300,3 +300,57 @@ def test_score_gains_let_one_instruction_filter_and_another_take_every_item():
             torch.testing.assert_close(fb[b, D:2 * D].detach(), want[b], atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="score_gains"):
         TransformEngine(D, score_gains=-1)
+
+
+def test_lookahead_seek_counts_what_the_seek_takes_without_count_gradient():
+    """With ``lookahead_seek`` the lookahead counts the items the seek's own score takes (here: value
+    coordinate 0 positive) while the lookahead's score takes every item: ``left`` / ``done`` follow the
+    seek's filter, and a loss on them sends no gradient into the seek's parameters (the count losses
+    must not pull the filter the result loss teaches). Without the flag they count every item."""
+    D, lengths = 8, [3, 6, 5]
+    ctx, mask = _prefix_context(3, 6, D, lengths, seed=3)
+    for flag in (True, False):
+        torch.manual_seed(0)
+        eng = TransformEngine(D, seek_score=True, score_gains=1, lookahead_seek=flag)
+        with torch.no_grad():
+            eng.gates.weight.zero_()
+            eng.gates.bias.copy_(torch.tensor([-30.0, 30.0, -30.0, -30.0, 30.0]))
+            eng.score_item.weight.zero_(), eng.score_item.bias.fill_(30.0), eng.score_state.weight.zero_()
+            eng.seek_item.weight.zero_(), eng.seek_item.bias.zero_()
+            eng.seek_item.weight[0, 0] = 1e4
+        mem, st = eng.start(ctx, mask)
+        vals = mem.values.detach()
+        kept = [[i for i in range(n) if float(vals[b, i, 0]) > 0] for b, n in enumerate(lengths)]
+        assert any(0 < len(k) < n for k, n in zip(kept, lengths))
+        st, res, fb = eng.step(mem, st, torch.zeros(3, D))  # the head on each row's first kept item
+        for b, n in enumerate(lengths):
+            counted = kept[b] if flag else list(range(n))
+            first = kept[b][0] if kept[b] else n
+            want = (sum(i > first for i in counted), sum(i < first for i in counted)) if first < n else (0, 0)
+            assert float(fb[b, -2]) == pytest.approx(min(want[0], 3), abs=1e-3), (flag, b)
+            assert float(fb[b, -1]) == pytest.approx(min(want[1], 3), abs=1e-3), (flag, b)
+        if flag:
+            eng.zero_grad()
+            fb[:, -2:].sum().backward()
+            assert eng.seek_item.weight.grad is None or float(eng.seek_item.weight.grad.abs().sum()) == 0
+    with pytest.raises(ValueError, match="seek_score"):
+        TransformEngine(D, lookahead_seek=True)
+
+
+def test_command_state_starts_the_state_from_the_command():
+    """``command_state``: z starts from the items and the command; the projection starts at 0 (same z
+    as without), and once trained two commands on the same items start from different states."""
+    D = 8
+    ctx, mask = _prefix_context(2, 4, D, [4, 4])
+    ctx[1] = ctx[0]
+    cmd = torch.randn(2, D, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    eng = TransformEngine(D, command_state=True)
+    _, st = eng.start(ctx, mask, cmd)
+    torch.testing.assert_close(st.z[0], st.z[1])
+    with torch.no_grad():
+        eng.command_state.weight.copy_(torch.eye(D))
+    _, st = eng.start(ctx, mask, cmd)
+    assert float((st.z[0] - st.z[1]).abs().max()) > 0.1
+    with pytest.raises(ValueError, match="command"):
+        eng.start(ctx, mask)

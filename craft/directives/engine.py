@@ -108,7 +108,7 @@ def _seek(items: torch.Tensor, begin: torch.Tensor, s: torch.Tensor):
 
 
 class TransformEngine(nn.Module):
-    """``forward(directive, context (B, N, D), context_mask (B, N) bool = None) -> EngineOutput``;
+    """``forward(directive, context (B, N, D), context_mask (B, N) bool = None, command (B, D) = None) -> EngineOutput``;
     step-wise: ``start``, ``step``, ``pour`` (see the module docstring). ``direction_bias``: initial
     logit of the direction gate (0: undecided, the two heads read half each; negative: forwards).
     ``hold_at_end``: ``z`` and ``acc`` change only in proportion to the heads' mass not on the end
@@ -120,10 +120,16 @@ class TransformEngine(nn.Module):
     ``sum_g f_g(value_n) * u_g . [z, x]``: the state and instruction set the gain of G item features,
     so one command can filter sharply on an item feature (the key's sign) while another's gain stays
     0 and takes every item; with only the additive term, a sharp filter (a large ``w``) would need
-    every other command's state term to outgrow it. Gains start at 0 (the scores start as without)."""
+    every other command's state term to outgrow it. Gains start at 0 (the scores start as without).
+    ``lookahead_seek`` (needs ``seek_score``): the lookahead counts the items the seek would take (its
+    score at the new state, without gradient from the count losses), so "nothing left" means "nothing
+    the scan will visit": the filter the result loss teaches the seek is the one halting needs.
+    ``command_state``: ``z`` starts as ``tanh(init(mean item) + C command)`` (``C`` starts at 0), so
+    the heads that read the feedback can tell the commands apart from the first step."""
 
     def __init__(self, dim: int, hidden_dim: int | None = None, mode: str = "clamp", direction_bias: float = 0.0,
-                 hold_at_end: bool = False, seek_score: bool = False, score_gains: int = 0):
+                 hold_at_end: bool = False, seek_score: bool = False, score_gains: int = 0,
+                 lookahead_seek: bool = False, command_state: bool = False):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -131,7 +137,10 @@ class TransformEngine(nn.Module):
         if not isinstance(score_gains, int) or score_gains < 0:
             raise ValueError(f"score_gains: expected an int >= 0 (item features a state can gate), got {score_gains!r}")
         self.mode, self.dim, self.hold_at_end = mode, dim, hold_at_end
-        self.seek_score, self.score_gains = seek_score, score_gains
+        if lookahead_seek and not seek_score:
+            raise ValueError("lookahead_seek: counts the items the seek's own score takes; pass seek_score=True too")
+        self.seek_score, self.score_gains, self.lookahead_seek = seek_score, score_gains, lookahead_seek
+        self.command_state = nn.Linear(dim, dim, bias=False) if command_state else None
         self.init = nn.Linear(dim, dim)
         self.gates = nn.Linear(2 * dim, 5)  # jump, move, backwards, keep, write
         self.value = nn.Linear(dim, dim)
@@ -160,21 +169,31 @@ class TransformEngine(nn.Module):
                 self.seek_item.bias.zero_()
                 self.seek_item.bias[0] = 4.0
                 self.seek_state.weight[1:].zero_()
+            if command_state:
+                self.command_state.weight.zero_()
 
     @property
     def feedback_dim(self) -> int:
         return 2 * self.dim + 3
 
-    def start(self, context: torch.Tensor, context_mask: torch.Tensor | None = None):
-        """context (B, N, D) (valid items first in each row) -> (Memory, EngineState): values of
-        the items, both heads on the start cell, z from the items' mean."""
+    def start(self, context: torch.Tensor, context_mask: torch.Tensor | None = None,
+              command: torch.Tensor | None = None):
+        """context (B, N, D) (valid items first in each row), command (B, D) (used with
+        ``command_state``) -> (Memory, EngineState): values of the items, both heads on the start
+        cell, z from the items' mean (and the command)."""
         if context.dim() != 3 or context.shape[2] != self.dim:
             raise ValueError(f"context: expected (B, N, {self.dim}), got {tuple(context.shape)}")
         B, N, _ = context.shape
         if context_mask is None:
             context_mask = torch.ones(B, N, dtype=torch.bool, device=context.device)
         cm = context_mask.to(context.dtype)
-        z = torch.tanh(self.init((context * cm[..., None]).sum(1) / cm.sum(1, keepdim=True).clamp_min(1)))
+        z = self.init((context * cm[..., None]).sum(1) / cm.sum(1, keepdim=True).clamp_min(1))
+        if self.command_state is not None:
+            if command is None or tuple(command.shape) != (B, self.dim):
+                raise ValueError(f"command: expected (B={B}, {self.dim}) for an engine with command_state, got "
+                                 f"{None if command is None else tuple(command.shape)}")
+            z = z + self.command_state(command)
+        z = torch.tanh(z)
         values = self.value(context)
         empty = values.new_zeros(B, N, 0)
         mem = Memory(values, context_mask, self.score_item(values).squeeze(-1),
@@ -227,7 +246,7 @@ class TransformEngine(nn.Module):
             z, acc = torch.where(a, z, st.z), torch.where(a, acc, st.acc)
         result = self.result(torch.cat([z, read], -1)) + acc
         # lookahead: scored items each head has still to read in its own direction of travel, and has read
-        sc = self.score(mem, z, x)[:, None]  # (B, 1, N)
+        sc = (self.score(mem, z, x, seek=True).detach() if self.lookahead_seek else self.score(mem, z, x))[:, None]  # (B, 1, N)
         h_at, h_begin = head[..., :N], head[..., N + 1:]
         before = h_at.cumsum(2) - h_at  # P(head strictly before item n, among the items)
         after = h_at.flip(2).cumsum(2).flip(2) - h_at
@@ -243,12 +262,13 @@ class TransformEngine(nn.Module):
         return EngineOutput(out.slots, out.slot_fill, out.n_slots, results)
 
     def forward(self, directive: TransformDirective, context: torch.Tensor,
-                context_mask: torch.Tensor | None = None, eps: float = 1e-6) -> EngineOutput:
+                context_mask: torch.Tensor | None = None, eps: float = 1e-6,
+                command: torch.Tensor | None = None) -> EngineOutput:
         inst, mask = directive.instructions, directive.mask
         B, I, D = inst.shape
         if context.dim() != 3 or context.shape[0] != B or context.shape[2] != D:
             raise ValueError(f"context: expected (B={B}, N, {D}), got {tuple(context.shape)}")
-        mem, st = self.start(context, context_mask)
+        mem, st = self.start(context, context_mask, command)
         results = []
         for n in range(I):
             st, res, _ = self.step(mem, st, inst[:, n], mask[:, n])
