@@ -228,3 +228,129 @@ def test_hold_at_end_keeps_the_state_once_everything_is_read(hold):
     after = torch.stack(results[n:])  # the head is on the end cell from step n on
     assert bool(torch.allclose(after, after[:1], atol=1e-4)) == hold
     assert not torch.allclose(results[n - 1], results[n - 2])  # reads of items still change it
+
+
+def _seek_engine(D=8, G=0):
+    """A forward scan (fixed gates, register copying each read) whose seek has its own score."""
+    torch.manual_seed(0)
+    eng = TransformEngine(D, seek_score=True, score_gains=G)
+    with torch.no_grad():
+        eng.gates.weight.zero_()
+        eng.gates.bias.copy_(torch.tensor([-30.0, 30.0, -30.0, -30.0, 30.0]))
+    return eng
+
+
+def test_the_seek_score_is_apart_from_the_lookahead_score():
+    """A lookahead score that takes only the items whose value coordinate 0 is positive leaves a seek
+    of its own (initialised to take every item) a shift by one: the heads read every item, while
+    ``left`` / ``done`` count only the lookahead's items (pairwise sums must read every item, whatever
+    the count losses do to the lookahead). With the shared score (the engine before) the seek skipped."""
+    D, lengths = 8, [3, 6, 5]
+    eng = _seek_engine(D)
+    with torch.no_grad():
+        eng.seek_item.bias.fill_(30.0)
+    ctx, mask = _prefix_context(3, 6, D, lengths, seed=3)
+    mem, st = eng.start(ctx, mask)
+    vals = mem.values.detach()
+    with torch.no_grad():
+        mem = mem._replace(score=1e4 * vals[..., 0])
+    kept = [[i for i in range(n) if float(vals[b, i, 0]) > 0] for b, n in enumerate(lengths)]
+    assert any(0 < len(k) < n for k, n in zip(kept, lengths))
+    x = torch.zeros(3, D)
+    for t in range(7):
+        st, res, fb = eng.step(mem, st, x)
+        for b, n in enumerate(lengths):
+            want = vals[b, t] if t < n else eng.null_value.detach()
+            torch.testing.assert_close(fb[b, D:2 * D].detach(), want, atol=1e-4, rtol=1e-4)
+            left = sum(i > t for i in kept[b]) if t < n else 0
+            done = sum(i < t for i in kept[b]) if t < n else 0
+            assert float(fb[b, -2].detach()) == pytest.approx(min(left, 3), abs=1e-4), (b, t)
+            assert float(fb[b, -1].detach()) == pytest.approx(min(done, 3), abs=1e-4), (b, t)
+
+
+def test_score_gains_let_one_instruction_filter_and_another_take_every_item():
+    """With a gated feature, the instruction sets the gain: x[0] = 0 (gain 0) takes every item, x[0] = 1
+    takes only the items whose value coordinate 0 is positive: two commands, one filter, in one batch.
+    The gains start at 0, so a fresh engine's seek takes every item whatever the instruction."""
+    D, N = 8, 6
+    eng = _seek_engine(D, G=1)
+    ctx, mask = _prefix_context(2, N, D, [N, N], seed=3)
+    ctx[1] = ctx[0]
+    x = torch.zeros(2, D)
+    x[1, 0] = 1.0
+    mem, _ = eng.start(ctx, mask)
+    z = torch.zeros(2, D)
+    assert bool((eng.score(mem, z, x, seek=True) > 0.95).all())  # fresh: every item taken
+    with torch.no_grad():
+        eng.seek_item.weight.zero_(), eng.seek_item.bias.zero_()
+        eng.seek_item.bias[0] = 30.0
+        eng.seek_item.weight[1, 0] = 1e4  # feature 1: 1e4 * the item value's coordinate 0
+        eng.seek_state.weight.zero_()
+        eng.seek_state.weight[0, D] = -30.0  # x[0] = 1: the additive part drops to 0 ...
+        eng.seek_state.weight[1, D] = 1.0  # ... and the feature's gain rises to 1
+    mem, st = eng.start(ctx, mask)
+    vals = mem.values.detach()
+    kept = [i for i in range(N) if float(vals[0, i, 0]) > 0]
+    assert 0 < len(kept) < N
+    for t in range(N + 1):
+        st, res, fb = eng.step(mem, st, x)
+        want = [vals[0, t] if t < N else eng.null_value.detach(),
+                vals[0, kept[t]] if t < len(kept) else eng.null_value.detach()]
+        for b in range(2):
+            torch.testing.assert_close(fb[b, D:2 * D].detach(), want[b], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="score_gains"):
+        TransformEngine(D, score_gains=-1)
+
+
+def test_lookahead_seek_counts_what_the_seek_takes_without_count_gradient():
+    """With ``lookahead_seek`` the lookahead counts the items the seek's own score takes (here: value
+    coordinate 0 positive) while the lookahead's score takes every item: ``left`` / ``done`` follow the
+    seek's filter, and a loss on them sends no gradient into the seek's parameters (the count losses
+    must not pull the filter the result loss teaches). Without the flag they count every item."""
+    D, lengths = 8, [3, 6, 5]
+    ctx, mask = _prefix_context(3, 6, D, lengths, seed=3)
+    for flag in (True, False):
+        torch.manual_seed(0)
+        eng = TransformEngine(D, seek_score=True, score_gains=1, lookahead_seek=flag)
+        with torch.no_grad():
+            eng.gates.weight.zero_()
+            eng.gates.bias.copy_(torch.tensor([-30.0, 30.0, -30.0, -30.0, 30.0]))
+            eng.score_item.weight.zero_(), eng.score_item.bias.fill_(30.0), eng.score_state.weight.zero_()
+            eng.seek_item.weight.zero_(), eng.seek_item.bias.zero_()
+            eng.seek_item.weight[0, 0] = 1e4
+        mem, st = eng.start(ctx, mask)
+        vals = mem.values.detach()
+        kept = [[i for i in range(n) if float(vals[b, i, 0]) > 0] for b, n in enumerate(lengths)]
+        assert any(0 < len(k) < n for k, n in zip(kept, lengths))
+        st, res, fb = eng.step(mem, st, torch.zeros(3, D))  # the head on each row's first kept item
+        for b, n in enumerate(lengths):
+            counted = kept[b] if flag else list(range(n))
+            first = kept[b][0] if kept[b] else n
+            want = (sum(i > first for i in counted), sum(i < first for i in counted)) if first < n else (0, 0)
+            assert float(fb[b, -2]) == pytest.approx(min(want[0], 3), abs=1e-3), (flag, b)
+            assert float(fb[b, -1]) == pytest.approx(min(want[1], 3), abs=1e-3), (flag, b)
+        if flag:
+            eng.zero_grad()
+            fb[:, -2:].sum().backward()
+            assert eng.seek_item.weight.grad is None or float(eng.seek_item.weight.grad.abs().sum()) == 0
+    with pytest.raises(ValueError, match="seek_score"):
+        TransformEngine(D, lookahead_seek=True)
+
+
+def test_command_state_starts_the_state_from_the_command():
+    """``command_state``: z starts from the items and the command; the projection starts at 0 (same z
+    as without), and once trained two commands on the same items start from different states."""
+    D = 8
+    ctx, mask = _prefix_context(2, 4, D, [4, 4])
+    ctx[1] = ctx[0]
+    cmd = torch.randn(2, D, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    eng = TransformEngine(D, command_state=True)
+    _, st = eng.start(ctx, mask, cmd)
+    torch.testing.assert_close(st.z[0], st.z[1])
+    with torch.no_grad():
+        eng.command_state.weight.copy_(torch.eye(D))
+    _, st = eng.start(ctx, mask, cmd)
+    assert float((st.z[0] - st.z[1]).abs().max()) > 0.1
+    with pytest.raises(ValueError, match="command"):
+        eng.start(ctx, mask)

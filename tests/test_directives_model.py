@@ -186,3 +186,18 @@ def test_a_run_saved_before_hold_at_end_loads_without_it(tmp_path):
     torch.save(state, tmp_path / "checkpoint.pt")
     model, _ = load_run(tmp_path)
     assert model.cfg.hold_at_end is False and model.engine.hold_at_end is False
+
+
+def test_a_counts_run_saved_before_the_seek_score_loads_with_the_shared_score(tmp_path):
+    cfg = RunConfig(task="counts", variant="act", dim=16, n_heads=2, n_layers=1, batch_size=4, max_steps=1, eval_rows=4)
+    assert cfg.seek_score and cfg.score_gains > 0  # counts' defaults now
+    assert not RunConfig(task="parity").seek_score and RunConfig(task="parity").score_gains == 0
+    old = RunConfig(task="counts", variant="act", dim=16, n_heads=2, n_layers=1, batch_size=4, max_steps=1,
+                    eval_rows=4, seek_score=False, score_gains=0)
+    train(old, tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del state["config"]["seek_score"], state["config"]["score_gains"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    model, _ = load_run(tmp_path)
+    assert model.cfg.seek_score is False and model.engine.score_gains == 0
+    assert not hasattr(model.engine, "seek_item")

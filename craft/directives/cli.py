@@ -10,6 +10,7 @@ larger ``--max-minutes``/``--max-steps`` (``--restart`` starts over).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -44,6 +45,14 @@ def register(subparsers) -> None:
                    help="counts: draw commands in proportion to their training error")
     t.add_argument("--size-curriculum", type=int, metavar="STEPS",
                    help="grow the largest training size from the smallest + 1 to the task's largest over STEPS steps")
+    t.add_argument("--seek-score", action=argparse.BooleanOptionalAction, default=None,
+                   help="the engine's seek gets its own item score, apart from the lookahead's (task default)")
+    t.add_argument("--score-gains", type=int, metavar="G",
+                   help="item features per engine score whose gain the state sets (task default; 0: additive score)")
+    t.add_argument("--lookahead-seek", action=argparse.BooleanOptionalAction, default=None,
+                   help="the engine's lookahead counts the items its seek would take (needs the seek score; task default)")
+    t.add_argument("--command-state", action=argparse.BooleanOptionalAction, default=None,
+                   help="the engine's state starts from the command as well as the items (task default)")
     t.add_argument("--no-decoder-context", action="store_true",
                    help="the decoder sees only the command; the items reach the model only through the engine")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
@@ -71,7 +80,8 @@ def run(args) -> int:
         for v in variants:
             fields = dict(task=args.task, variant=v, max_minutes=args.max_minutes)
             for name in ("max_steps", "batch_size", "lr", "dim", "mode", "seed", "ponder_weight", "lambda_p",
-                         "count_nll_weight", "return_bias", "size_curriculum"):
+                         "count_nll_weight", "return_bias", "size_curriculum", "seek_score", "score_gains",
+                         "lookahead_seek", "command_state"):
                 if getattr(args, name) is not None:
                     fields[name] = getattr(args, name)
             folder = out / v

@@ -232,7 +232,8 @@ class DirectiveDecoder(nn.Module):
             mem = est = None
             if engine is not None:
                 mem, est = engine.start(context if engine_context is None else engine_context,
-                                        context_mask if engine_context is None and engine_mask is None else engine_mask)
+                                        context_mask if engine_context is None and engine_mask is None else engine_mask,
+                                        command)
             record = []
             for t in range(max_instructions):
                 last = t == max_instructions - 1
@@ -301,7 +302,8 @@ class DirectiveDecoder(nn.Module):
             mem = est = None
             if engine is not None:
                 mem, est = engine.start(context if engine_context is None else engine_context,
-                                        context_mask if engine_context is None and engine_mask is None else engine_mask)
+                                        context_mask if engine_context is None and engine_mask is None else engine_mask,
+                                        command)
             step = (self._compiled("cached_step", self._cached_step, False) if static
                     else self._compiled("recompute_step", self._recompute_step, None))
             seq, record, rows = x0, [], torch.arange(B, device=dev)

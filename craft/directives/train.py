@@ -43,14 +43,23 @@ RESULT_LOSSES = ("expected", "slot")
 # each pull it their way), forwards where the order does not matter (parity) or is always forwards.
 # hold_at_end: parity's answer is the state after the last item; on inputs longer than in training
 # the slot closes late, so the state must not drift after the scan (counts not yet tried with it).
-TASK_DEFAULTS = {"parity": {"return_bias": -4.0, "count_nll_weight": 0.0, "direction_bias": -4.0, "hold_at_end": True},
-                 "counts": {"return_bias": 0.0, "count_nll_weight": 1.0, "direction_bias": 0.0, "hold_at_end": False},
+# seek_score, score_gains: counts gives the seek its own score (pairwise sums must read every item
+# while the lookahead's score is pulled by the count losses) and the scores gated features (keep
+# positive filters on the key's sign, the other commands take every item); parity and addition keep
+# the shared additive score they were tuned with.
+TASK_DEFAULTS = {"parity": {"return_bias": -4.0, "count_nll_weight": 0.0, "direction_bias": -4.0, "hold_at_end": True,
+                            "seek_score": False, "score_gains": 0, "lookahead_seek": False, "command_state": False},
+                 "counts": {"return_bias": 0.0, "count_nll_weight": 1.0, "direction_bias": 0.0, "hold_at_end": False,
+                            "seek_score": True, "score_gains": 4,
+                            "lookahead_seek": False, "command_state": False},
                  "addition": {"return_bias": -4.0, "count_nll_weight": 0.0, "direction_bias": -4.0,
-                              "hold_at_end": False}}
+                              "hold_at_end": False, "seek_score": False, "score_gains": 0,
+                              "lookahead_seek": False, "command_state": False}}
 
 
 # fields added after runs were saved: the value that reproduces those runs
-SAVED_BEFORE = {"hold_at_end": False}
+SAVED_BEFORE = {"hold_at_end": False, "seek_score": False, "score_gains": 0, "lookahead_seek": False,
+                "command_state": False}
 
 
 @dataclass
@@ -75,6 +84,10 @@ class RunConfig:
     return_bias: float | None = None  # initial return-head bias; None: the task's (TASK_DEFAULTS)
     direction_bias: float | None = None  # initial logit of the engine's direction gate; None: the task's
     hold_at_end: bool | None = None  # the engine's state holds once its heads are at the end; None: the task's
+    seek_score: bool | None = None  # the engine's seek has its own item score; None: the task's
+    score_gains: int | None = None  # item features whose gain the engine's state sets, per score; None: the task's
+    lookahead_seek: bool | None = None  # the engine's lookahead counts what its seek would take; None: the task's
+    command_state: bool | None = None  # the engine's state starts from the command too; None: the task's
     result_loss: str = "expected"
     decoder_context: bool = True  # False: the decoder sees only the command; the items reach only the engine
     # tasks with several commands (counts): draw each command in proportion to 0.2 + its training
@@ -116,7 +129,9 @@ class DirectiveModel(nn.Module):
         self.command = nn.Embedding(task.n_commands, D)
         self.embed = nn.Linear(task.in_dim, D)
         self.engine = TransformEngine(D, mode=cfg.mode, direction_bias=cfg.direction_bias,
-                                      hold_at_end=cfg.hold_at_end)
+                                      hold_at_end=cfg.hold_at_end, seek_score=cfg.seek_score,
+                                      score_gains=cfg.score_gains, lookahead_seek=cfg.lookahead_seek,
+                                      command_state=cfg.command_state)
         self.decoder = DirectiveDecoder(D, cfg.n_layers, cfg.n_heads, max_seq_len=task.max_items + self.max_instructions_test,
                                         mode=cfg.mode, return_bias=cfg.return_bias, positions=cfg.positions,
                                         feedback_dim=self.engine.feedback_dim if cfg.feedback else 0)
@@ -152,7 +167,7 @@ class DirectiveModel(nn.Module):
             eng = self.engine.pour(d.results, d)
         else:
             d = self.decoder(cmd, ctx, batch.context_mask, max_instructions=I, schedule=schedule)
-            eng = self.engine(d, ctx, batch.context_mask)
+            eng = self.engine(d, ctx, batch.context_mask, command=cmd)
         pred = self.readout(pad_slots(eng.slots, eng.n_slots, batch.targets.shape[1]))
         return d, eng, pred
 
