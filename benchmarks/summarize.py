@@ -101,7 +101,11 @@ def merged_run(paths: list[Path]) -> dict:
     newest: dict[str, tuple[int, dict]] = {}
     for i, run in enumerate(runs):
         for b in run.get("benchmarks", []):
-            newest[b["name"]] = (i, {**b, "_run": _run_label(run)})
+            # one benchmark measured against torch held to another ISA (AVX2 emulated) is another row
+            torch_isa = (b.get("extra_info", {}).get("baseline_torch_isa")
+                         or run.get("machine_info", {}).get("craft", {}).get("torch_cpu_capability"))
+            key = (b["name"], torch_isa)
+            newest[key] = (i, {**b, "_run": _run_label(run)})
     used = sorted({i for i, _ in newest.values()})
     return {**runs[-1], "benchmarks": [b for _, b in sorted(newest.values(), key=lambda t: t[0])],
             "runs": [runs[i] for i in used]}
@@ -148,6 +152,8 @@ def render(run: dict) -> tuple[str, str]:
             ok, words = check(info, goals)
             verdict = ("met: " if ok else "**missed**: ") + "; ".join(words)
             variant = f" [{info['isa_variant']}]" if "isa_variant" in info else ""
+            if "isa_variant" in info and "baseline_torch_isa" in info:
+                variant = f" [{info['isa_variant']} kernel; torch {info['baseline_torch_isa']}]"
             lines.append(f"| {b['name']}{variant} | {desc} | {_fmt_tp(h)} | {ratio} | {verdict} | {when} |")
             readme.append(f"| {b['name']}{variant} | {ratio} | {'met' if ok else 'missed'} |")
         else:

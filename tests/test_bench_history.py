@@ -106,3 +106,20 @@ def test_every_goal_of_the_issue_has_a_row_with_its_own_ratio():
     assert "1.93x" in rows["test_decode_batch1_vs_transformers"] and "met" in rows["test_decode_batch1_vs_transformers"]
     assert "compiled_vs_per_document_compiled 1.2 >= 5 MISSED" in rows["test_linked_generation_tokens_per_second[tiny]"]
     assert "bare NumPy gather" in rows["test_dataprep_cpp_vs_numpy[flatten_level_unchecked]"]
+
+
+def test_summary_keeps_a_benchmark_run_against_torch_held_to_another_isa(tmp_path):
+    """The span benchmark's [avx2] case runs twice: against AVX-512 torch and, in a process with
+    torch held to AVX2 (emulation), against AVX2 torch. Both rows stay, each labelled."""
+    def run(date, torch_isa, ratio):
+        b = {"name": "test_span_fwd_bwd_vs_sdpa[256-causal-avx2]", "fullname": "s",
+             "extra_info": {"speedup_vs_baseline": ratio, "dispatch_speedup_vs_baseline": ratio,
+                            "isa_variant": "avx2", "baseline_torch_isa": torch_isa}}
+        return {"machine_info": {"craft": {"isa": "AVX-512"}}, "datetime": date, "benchmarks": [b]}
+    paths = []
+    for i, (date, isa, ratio) in enumerate([("2026-01-01T10:00:00", "AVX512", 5.0), ("2026-01-01T11:00:00", "AVX2", 8.0)]):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(run(date, isa, ratio)))
+    text, _ = summarize.render(summarize.merged_run(paths))
+    assert "[avx2 kernel; torch AVX512]" in text and "5.00x" in text
+    assert "[avx2 kernel; torch AVX2]" in text and "8.00x" in text
