@@ -3,6 +3,7 @@ and the flat byte model: words and the stream, causality, the bits/byte definiti
 checkpoints and the CLI. Tiny models and texts (each test well under a few seconds)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -262,6 +263,18 @@ def test_cli_train_and_eval_lm(tmp_path, capsys, one_thread, eager_swiglu):
     assert main(["agents", "eval", str(tmp_path / "nope")]) == 1
     assert main(["agents", "train", "--level", "0", "--compile", "--corpus", str(corpus), "--out", str(out)]) == 1
     assert "--compile" in capsys.readouterr().err
+
+
+def test_each_model_trains_at_its_own_default_learning_rate_unless_one_is_given(tmp_path, one_thread):
+    s = T.LMSettings(max_steps=1, warmup_steps=1, batch_units=2, progress=False, bf16=False, eval_every_s=1e9)
+    for kind, cfg in (("hier", H.HierarchicalLMConfig(**TINY)), ("flat", TINY_FLAT)):
+        T.train_lm(TEXT * 2, TEXT, tmp_path / kind, kind, cfg, s)
+        lrs = {g["lr"] for g in torch.load(tmp_path / kind / T.LM_FILES[kind], weights_only=True)["optimizer"]["param_groups"]}
+        assert lrs == {T.LM_LR[kind]}
+    assert T.LM_LR["hier"] != T.LM_LR["flat"] and s.lr is None  # the settings object is not changed
+    T.train_lm(TEXT * 2, TEXT, tmp_path / "given", "hier", H.HierarchicalLMConfig(**TINY), dataclasses.replace(s, lr=1e-3))
+    ck = torch.load(tmp_path / "given" / T.LM_FILES["hier"], weights_only=True)
+    assert {g["lr"] for g in ck["optimizer"]["param_groups"]} == {1e-3}
 
 
 def test_plot_draws_both_models(tmp_path):

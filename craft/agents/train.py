@@ -11,6 +11,7 @@ validate.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -268,11 +269,16 @@ def train_word_agent(text: str, out: Path, config: WordAgentConfig | None = None
     return model
 
 
+LM_LR = {"hier": 4e-3, "flat": 2e-3}  # each model's default peak learning rate (LMSettings.lr None)
+
+
 @dataclass
 class LMSettings(TrainSettings):
     """Language-model runs: ``batch_units`` rows per step; bf16 autocast where the CPU has fast bf16
-    (craft's trainer default), evaluation on the validation text every ``eval_every_s`` seconds."""
-    lr: float = 2e-3
+    (craft's trainer default), evaluation on the validation text every ``eval_every_s`` seconds.
+    ``lr`` None: the model's own default, :data:`LM_LR` (the hierarchical model's small byte
+    blocks train best at twice the flat model's rate; benchmarks/RESULTS.md)."""
+    lr: float | None = None
     batch_units: int = 8
     eval_every_s: float = 60.0
     compile: bool = False         # torch.compile the forward; its compilation counts as training time
@@ -321,6 +327,8 @@ def train_lm(train_text: str, val_text: str, out: Path, kind: str = "hier", conf
     ``max_seq_len`` + 1 bytes (flat). The checkpoint keeps ``train_bytes`` (text bytes trained on)
     and ``evals`` ([{step, seconds, val_bits_per_byte}])."""
     s = settings or LMSettings()
+    if s.lr is None:
+        s = dataclasses.replace(s, lr=LM_LR[kind])
     bf16 = _use_bf16(s)
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
