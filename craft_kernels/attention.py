@@ -104,16 +104,21 @@ def _check(q, k, v, doc_ids, block_mask):
 
 def doc_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None = None,
                   kind: str = "doc_causal", links: torch.Tensor | None = None, block_mask: BlockMask | None = None,
-                  scale: float | None = None) -> torch.Tensor:
+                  scale: float | None = None, window: int | None = None) -> torch.Tensor:
     """Attention over packed documents -> ``(B, H, T, hd)`` in q's dtype.
 
     q ``(B, H, T, hd)``, k/v ``(B, H_kv, T, hd)`` with ``H % H_kv == 0`` (grouped-query), floating;
     ``doc_ids (B, T)`` int (-1 = padding) or None (one document: plain ``kind`` over positions);
     ``kind`` one of :data:`~craft_kernels.doc_masks.MASK_KINDS`; ``links (B, Dmax, Dmax)`` bool
     for ``cross_doc_link``; ``block_mask`` reuses a prebuilt BlockMask on CUDA (e.g. the same
-    one for every layer; ignored on CPU); ``scale`` defaults to ``hd ** -0.5``."""
+    one for every layer; ignored on CPU); ``scale`` defaults to ``hd ** -0.5``. ``window`` (int >= 1,
+    causal kinds without ``doc_ids`` only): query ``i`` sees the keys ``[i - window + 1, i]`` (a
+    sliding window; on CPU the span kernel's explicit windows, whose cost grows with the window,
+    not with T)."""
     _check_kind(kind)
     _check(q, k, v, doc_ids, block_mask)
+    if window is not None:
+        return _windowed(q, k, v, doc_ids, kind, links, scale, window)
     spans = kind == "doc_causal" or (kind == "causal" and doc_ids is None)
     use_span = spans and links is None and span_supports(q) and _span_wins(q, doc_ids is not None)
     starts = None
@@ -166,6 +171,30 @@ def link_windows(doc_ids: torch.Tensor | None, links: torch.Tensor | None, B: in
         return None
     starts = run_start.gather(1, (r - n).clamp(min=0)).gather(1, run)
     return torch.where(ids >= 0, starts, pos + 1)
+
+
+def _windowed(q, k, v, doc_ids, kind, links, scale, window):
+    """Sliding-window causal attention (see :func:`doc_attention`'s ``window``)."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window: expected an int >= 1 (keys per query, the query's own included), got {window!r}")
+    if kind not in ("causal", "doc_causal") or doc_ids is not None or links is not None:
+        raise ValueError(f"window: only plain causal attention slides a window (kind 'causal' or 'doc_causal' "
+                         f"without doc_ids or links); got kind={kind!r} with doc_ids "
+                         f"{'given' if doc_ids is not None else 'None'}; drop window or the documents")
+    B, _, T, _ = q.shape
+    pos = torch.arange(T, device=q.device)
+    if span_supports(q):
+        if not torch.compiler.is_compiling():
+            _backend.paths_run["doc_attention"] = f"span (causal window {window}, T={T})"
+        return span_attention(q, k, v, None, scale, (pos - (window - 1)).clamp_min(0).expand(B, T).contiguous())
+    if not torch.compiler.is_compiling() and q.device.type == "cpu":
+        _backend.paths_run["doc_attention"] = f"sdpa (causal window {window}, T={T})"
+    if q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16):  # fp32 math, as in _sdpa
+        with torch.autocast("cpu", enabled=False):
+            return _windowed(q.float(), k.float(), v.float(), None, kind, None, scale, window).to(q.dtype)
+    d = pos[:, None] - pos[None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=(d >= 0) & (d < window), scale=scale,
+                                          enable_gqa=k.shape[1] != q.shape[1])
 
 
 def _sdpa(q, k, v, doc_ids, kind, links, block_mask, scale=None):

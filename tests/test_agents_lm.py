@@ -3,6 +3,7 @@ and the flat byte model: words and the stream, causality, the bits/byte definiti
 checkpoints and the CLI. Tiny models and texts (each test well under a few seconds)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -72,10 +73,15 @@ def test_forward_shapes_and_same_parameters_as_the_flat_model():
 
 
 CONTEXTS = [dict(encoder_context="row", decoder_context="row"), dict(encoder_context="word", decoder_context="word"),
-            dict(encoder_context="word", decoder_context="row")]
+            dict(encoder_context="word", decoder_context="row"),
+            dict(encoder_context="row", decoder_context="row", byte_window=6)]
 
 
-@pytest.mark.parametrize("contexts", CONTEXTS, ids=lambda c: f"{c['encoder_context']}-{c['decoder_context']}")
+def _ctx_id(c):
+    return f"{c['encoder_context']}-{c['decoder_context']}" + (f"-window{c['byte_window']}" if "byte_window" in c else "")
+
+
+@pytest.mark.parametrize("contexts", CONTEXTS, ids=_ctx_id)
 def test_each_position_sees_only_earlier_positions_and_earlier_words(contexts):
     """Position p of the stream predicts the byte at p (or the word end); its logits may depend on
     the inputs at positions <= p only. A gradient test: d logits[p] / d input embedding[q] must be
@@ -105,7 +111,7 @@ def test_each_position_sees_only_earlier_positions_and_earlier_words(contexts):
             assert g[:p + 1][earlier].max() > 0, f"position {p} sees nothing of the earlier words"
 
 
-@pytest.mark.parametrize("contexts", CONTEXTS, ids=lambda c: f"{c['encoder_context']}-{c['decoder_context']}")
+@pytest.mark.parametrize("contexts", CONTEXTS, ids=_ctx_id)
 def test_perturbing_later_words_leaves_earlier_logits_unchanged(contexts):
     torch.manual_seed(1)
     model = H.HierarchicalLM(H.HierarchicalLMConfig(**TINY, **contexts)).eval()
@@ -120,6 +126,33 @@ def test_perturbing_later_words_leaves_earlier_logits_unchanged(contexts):
     torch.testing.assert_close(c[0, :cut + 1], a[0, :cut + 1], rtol=0, atol=1e-6)
     assert (c[0, cut + 2:] - a[0, cut + 2:]).abs().max() > 1e-4
     torch.testing.assert_close(c[1], a[1], rtol=0, atol=1e-6)  # rows are independent
+
+
+@pytest.mark.parametrize("window", [4, 0])
+def test_byte_window_bounds_what_the_byte_blocks_see(window):
+    """With the backbone's prediction cut off (``from_word`` zeroed), a byte position's logits come
+    from the byte blocks alone: with ``byte_window=W`` and n byte blocks, from the last n * (W - 1)
+    + 1 positions, so changing the inputs before them changes nothing; with 0 (the whole row) it
+    does."""
+    torch.manual_seed(2)
+    model = H.HierarchicalLM(H.HierarchicalLMConfig(**TINY, byte_window=window)).eval()
+    with torch.no_grad():
+        model.from_word[1].weight.zero_()
+    b = _batch(model.config, rows=1)
+    reach = (model.config.encoder_layers + model.config.decoder_layers) * 3 + 1
+    p = 40
+    changed = H.StreamBatch(b.inputs.clone(), b.targets, b.doc, b.last, b.n_bytes)
+    changed.inputs[0, : p - reach + 1] = (b.inputs[0, : p - reach + 1] + 7) % 256
+    with torch.no_grad():
+        a, _ = model(b)
+        c, _ = model(changed)
+    diff = (c[0, p:] - a[0, p:]).abs().max()
+    if window:
+        assert diff == 0
+    else:
+        assert diff > 1e-4
+    with pytest.raises(ValueError, match="byte_window"):
+        H.HierarchicalLM(H.HierarchicalLMConfig(**TINY, byte_window=-1))
 
 
 def test_bits_per_byte_counts_every_byte_and_every_word_end():
@@ -147,10 +180,15 @@ def test_training_lowers_validation_bits_and_resumes(tmp_path, kind, one_thread)
     first, last = ck["evals"][0], ck["evals"][-1]
     assert ck["step"] == 40 and first["step"] == 0 and last["step"] == 40
     assert last["val_bits_per_byte"] < 0.7 * first["val_bits_per_byte"]
+    assert all(g["fused"] for g in ck["optimizer"]["param_groups"])  # one fused AdamW kernel, both models
+    for g in ck["optimizer"]["param_groups"]:  # as saved before the optimizer was fused
+        g["fused"] = None
+    torch.save(ck, tmp_path / T.LM_FILES[kind])
     s.max_steps = 45
     T.train_lm(text, TEXT, tmp_path, kind, cfg, s, resume=True)
     ck2 = torch.load(tmp_path / T.LM_FILES[kind], weights_only=True)
     assert ck2["step"] == 45 and ck2["train_bytes"] > ck["train_bytes"] and ck2["seconds"] > ck["seconds"]
+    assert all(g["fused"] for g in ck2["optimizer"]["param_groups"])  # resumed fused
     assert [e["step"] for e in ck2["evals"]] == [0, 40, 45]
     assert [p.name for p in tmp_path.iterdir()] == [T.LM_FILES[kind]]  # no temporary left
     # a numpy learning rate in the optimizer state would make mid-run checkpoints unloadable with
@@ -176,6 +214,22 @@ def test_checkpoints_from_before_the_context_options_load_attending_inside_words
     assert T.lm_bits_per_byte(model, TEXT.encode()) == pytest.approx(ck["evals"][-1]["val_bits_per_byte"], rel=1e-4)
     with pytest.raises(ValueError, match="decoder_context"):
         H.HierarchicalLM(H.HierarchicalLMConfig(**TINY, decoder_context="sentence"))
+
+
+def test_checkpoints_from_before_the_byte_window_load_attending_over_the_whole_row(tmp_path, one_thread):
+    """A row-context checkpoint whose config predates ``byte_window`` attended over the whole row;
+    loading it with the default window (shorter than its rows here) would change its output."""
+    cfg = H.HierarchicalLMConfig(**{**TINY, "max_seq_len": 96}, byte_window=0)
+    assert H.HierarchicalLMConfig().byte_window < cfg.max_seq_len
+    s = T.LMSettings(max_steps=3, batch_units=2, progress=False, bf16=False, eval_every_s=1e9)
+    T.train_lm(TEXT * 3, TEXT, tmp_path, "hier", cfg, s)
+    path = tmp_path / T.LM_FILES["hier"]
+    ck = torch.load(path, weights_only=True)
+    del ck["config"]["byte_window"]
+    torch.save(ck, path)
+    model, _ = T.load_lm(tmp_path, "hier")
+    assert model.config.byte_window == 0 and model.config.encoder_context == "row"
+    assert T.lm_bits_per_byte(model, TEXT.encode()) == pytest.approx(ck["evals"][-1]["val_bits_per_byte"], rel=1e-4)
 
 
 @pytest.fixture
@@ -209,6 +263,18 @@ def test_cli_train_and_eval_lm(tmp_path, capsys, one_thread, eager_swiglu):
     assert main(["agents", "eval", str(tmp_path / "nope")]) == 1
     assert main(["agents", "train", "--level", "0", "--compile", "--corpus", str(corpus), "--out", str(out)]) == 1
     assert "--compile" in capsys.readouterr().err
+
+
+def test_each_model_trains_at_its_own_default_learning_rate_unless_one_is_given(tmp_path, one_thread):
+    s = T.LMSettings(max_steps=1, warmup_steps=1, batch_units=2, progress=False, bf16=False, eval_every_s=1e9)
+    for kind, cfg in (("hier", H.HierarchicalLMConfig(**TINY)), ("flat", TINY_FLAT)):
+        T.train_lm(TEXT * 2, TEXT, tmp_path / kind, kind, cfg, s)
+        lrs = {g["lr"] for g in torch.load(tmp_path / kind / T.LM_FILES[kind], weights_only=True)["optimizer"]["param_groups"]}
+        assert lrs == {T.LM_LR[kind]}
+    assert T.LM_LR["hier"] != T.LM_LR["flat"] and s.lr is None  # the settings object is not changed
+    T.train_lm(TEXT * 2, TEXT, tmp_path / "given", "hier", H.HierarchicalLMConfig(**TINY), dataclasses.replace(s, lr=1e-3))
+    ck = torch.load(tmp_path / "given" / T.LM_FILES["hier"], weights_only=True)
+    assert {g["lr"] for g in ck["optimizer"]["param_groups"]} == {1e-3}
 
 
 def test_plot_draws_both_models(tmp_path):

@@ -106,6 +106,36 @@ def test_no_doc_ids_is_one_document(kind):
     torch.testing.assert_close(out.double(), ref, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("hd", [16, 8], ids=["span", "sdpa"])  # the span kernel takes head dim 16, not 8
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_window_sees_exactly_the_last_window_keys_forward_backward(hd, dtype):
+    """``window=W``: query i attends keys i-W+1..i (fewer at the start), grouped-query heads too;
+    outputs and gradients equal the float64 reference with that band mask. A window that covers
+    the row is plain causal attention."""
+    T, W = 37, 5
+    q, k, v = _qkv(2, 4, 2, T, hd, dtype, seed=7)
+    go = torch.randn(2, 4, T, hd, generator=torch.Generator().manual_seed(8)).to(dtype)
+    pos = torch.arange(T)
+    d = pos[:, None] - pos[None, :]
+    for window, mask in ((W, (d >= 0) & (d < W)), (T, d >= 0)):
+        out = doc_attention(q, k, v, None, "causal", window=window)
+        grads = torch.autograd.grad(out, (q, k, v), go)
+        ref = reference_attention(q, k, v, mask)
+        ref_grads = torch.autograd.grad(ref, (q, k, v), go.double())
+        torch.testing.assert_close(out.double(), ref, **TOL[dtype])
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g.double(), r.double(), **{k_: 4 * t for k_, t in TOL[dtype].items()})
+
+
+@pytest.mark.parametrize("window, ids, match", [(0, None, "window: expected an int >= 1"),
+                                                (2.0, None, "window: expected an int >= 1"),
+                                                (3, torch.zeros(1, 5, dtype=torch.long), "drop window")])
+def test_window_bad_inputs(window, ids, match):
+    q = torch.randn(1, 2, 5, 16)
+    with pytest.raises(ValueError, match=match):
+        doc_attention(q, q, q, ids, "causal", window=window)
+
+
 def test_padding_rows_give_zeros_not_nan_forward_and_backward():
     ids = torch.tensor([[0, 0, 0, -1, -1], [-1, -1, -1, -1, -1]])  # the second row is all padding
     q, k, v = _qkv(2, 2, 2, 5, 8, seed=6)

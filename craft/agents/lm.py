@@ -16,8 +16,9 @@ The model (``HierarchicalLM``), three stacks of ``craft.models`` blocks (RMSNorm
 attention, SwiGLU):
 
 - encoder (byte level, ``byte_dim``): attention causal over the row (``encoder_context="row"``,
-  the default) or causal *inside each word* (``"word"``: ``doc_attention`` with the word index as
-  document id); the state at a word's last position has seen the whole word (and, with "row",
+  the default), over a sliding window of the last ``byte_window`` positions (64 by default, about
+  ten words; 0: the whole row), or causal *inside each word* (``"word"``: ``doc_attention`` with
+  the word index as document id); the state at a word's last position has seen the whole word (and, with "row",
   the words before it) and becomes its word vector (projected to ``word_dim``);
 - backbone (word level, ``word_dim``): causal over ``[start, v0, ..., v(N-2)]``, so its output at
   word ``t`` has seen words ``< t`` only: the prediction for word ``t``;
@@ -29,7 +30,9 @@ attention, SwiGLU):
 The backbone runs once per word instead of once per byte: that is where the throughput comes
 from. The encoder and decoder run on every stream position with small blocks. Attending over the
 row lets them see the bytes just before the word directly (a word's first bytes are the hardest to
-predict from one backbone vector alone), at a few percent of the step's time.
+predict from one backbone vector alone); the sliding window keeps that local view and bounds the
+byte attention's cost (a causal pass over a whole row of ``max_seq_len`` positions costs ~ L^2 / 2
+per head; a window, ``byte_window * L``), since longer context is the backbone's job.
 """
 from __future__ import annotations
 
@@ -159,6 +162,7 @@ class HierarchicalLMConfig:
     max_seq_len: int = 320      # stream positions of a training/eval row
     encoder_context: str = "row"   # byte encoder's attention: "row" causal over the row, "word" inside the word
     decoder_context: str = "row"   # the same for the byte decoder
+    byte_window: int = 64          # "row" contexts: each byte position sees this many (0: the whole row)
     init_std: float = 0.02
 
     def to_dict(self) -> dict:
@@ -178,6 +182,8 @@ class HierarchicalLM(nn.Module):
         for name in ("encoder_context", "decoder_context"):
             if getattr(c, name) not in ("word", "row"):
                 raise ValueError(f"{name}: expected 'word' or 'row', got {getattr(c, name)!r}")
+        if isinstance(c.byte_window, bool) or not isinstance(c.byte_window, int) or c.byte_window < 0:
+            raise ValueError(f"byte_window: expected an int >= 0 (0: the whole row), got {c.byte_window!r}")
         if c.max_seq_len < c.max_word_len + 1:
             raise ValueError(f"max_seq_len={c.max_seq_len}: must hold one word piece (max_word_len + 1 = "
                              f"{c.max_word_len + 1})")
@@ -223,9 +229,10 @@ class HierarchicalLM(nn.Module):
             raise ValueError(f"batch: {L} positions per row, more than max_seq_len={self.config.max_seq_len}")
         bc, bs = self.byte_cos[:L], self.byte_sin[:L]
         x = self.embed(batch.inputs)
+        win = self.config.byte_window if 0 < self.config.byte_window < L else None
         doc = batch.doc if self.config.encoder_context == "word" else None
         for blk in self.encoder:
-            x = blk(x, bc, bs, doc)
+            x = blk(x, bc, bs, doc, window=None if doc is not None else win)
         N = batch.last.shape[1]
         v = self.to_word(x.gather(1, batch.last[..., None].expand(B, N, x.shape[-1])))
         h = torch.cat([self.start.to(v.dtype).expand(B, 1, -1), v[:, :-1]], dim=1)  # word t sees words < t
@@ -236,7 +243,7 @@ class HierarchicalLM(nn.Module):
         y = x + ctx.gather(1, batch.doc.clamp_min(0)[..., None].expand(B, L, ctx.shape[-1]))
         doc = batch.doc if self.config.decoder_context == "word" else None
         for blk in self.decoder:
-            y = blk(y, bc, bs, doc)
+            y = blk(y, bc, bs, doc, window=None if doc is not None else win)
         logits = F.linear(self.norm(y), self.embed.weight)
         loss = F.cross_entropy(logits.reshape(B * L, -1).float(), batch.targets.reshape(-1), ignore_index=IGNORE)
         return logits, loss

@@ -11,6 +11,7 @@ validate.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -268,11 +269,16 @@ def train_word_agent(text: str, out: Path, config: WordAgentConfig | None = None
     return model
 
 
+LM_LR = {"hier": 4e-3, "flat": 2e-3}  # each model's default peak learning rate (LMSettings.lr None)
+
+
 @dataclass
 class LMSettings(TrainSettings):
     """Language-model runs: ``batch_units`` rows per step; bf16 autocast where the CPU has fast bf16
-    (craft's trainer default), evaluation on the validation text every ``eval_every_s`` seconds."""
-    lr: float = 2e-3
+    (craft's trainer default), evaluation on the validation text every ``eval_every_s`` seconds.
+    ``lr`` None: the model's own default, :data:`LM_LR` (the hierarchical model's small byte
+    blocks train best at twice the flat model's rate; benchmarks/RESULTS.md)."""
+    lr: float | None = None
     batch_units: int = 8
     eval_every_s: float = 60.0
     compile: bool = False         # torch.compile the forward; its compilation counts as training time
@@ -299,8 +305,9 @@ def load_lm(run: str | Path, kind: str):
                                 f"`craft agents train --level lm --lm-model {kind} --out {run}`")
     ck = torch.load(path, map_location="cpu", weights_only=True)
     config = ck["config"]
-    if kind == "hier":  # checkpoints from before the context options attended inside the word
-        config = {"encoder_context": "word", "decoder_context": "word", **config}
+    if kind == "hier":  # checkpoints from before the context options attended inside the word,
+        # and from before the window over the whole row
+        config = {"encoder_context": "word", "decoder_context": "word", "byte_window": 0, **config}
     model = _lm_model(kind, config)
     model.load_state_dict(ck["model"])
     return model.eval(), ck
@@ -320,16 +327,21 @@ def train_lm(train_text: str, val_text: str, out: Path, kind: str = "hier", conf
     ``max_seq_len`` + 1 bytes (flat). The checkpoint keeps ``train_bytes`` (text bytes trained on)
     and ``evals`` ([{step, seconds, val_bits_per_byte}])."""
     s = settings or LMSettings()
+    if s.lr is None:
+        s = dataclasses.replace(s, lr=LM_LR[kind])
     bf16 = _use_bf16(s)
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     model = _lm_model(kind, config.to_dict() if config is not None and not isinstance(config, dict) else config)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
+    # fused: one kernel over all parameters instead of a dozen small ops per tensor (both models)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=s.lr, betas=(0.9, 0.99))
+                            lr=s.lr, betas=(0.9, 0.99), fused=True)
     path = out / LM_FILES[kind]
     step, secs, log = _resume(path, model, opt, resume)
+    for g in opt.param_groups:  # a checkpoint from before the fused optimizer resumes fused too
+        g["fused"] = True
     fwd = torch.compile(model) if s.compile else model
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())  # tied weights once
     extra = {"kind": kind, "bf16": bf16, "clock": s.clock, "parameters": n_params, "train_bytes": 0, "evals": []}

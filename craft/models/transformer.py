@@ -71,7 +71,8 @@ class Attention(nn.Module):
     ``forward(x (B, T, D), cos, sin, doc_ids, input_pos, mask, links)``: with ``input_pos`` (T,) the
     new keys/values are written into ``kv_cache`` at those slots (``mask`` is then required); with a
     bool ``mask`` (broadcastable to (B, 1, T, S)) attention is :func:`cached_attention` over the cache
-    or, without ``input_pos``, over this call's own keys; with neither, ``doc_attention``."""
+    or, without ``input_pos``, over this call's own keys; with neither, ``doc_attention`` (``window``:
+    its sliding causal window, keys per query)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -80,7 +81,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, doc_ids=None, input_pos=None, mask=None, links=None):
+    def forward(self, x, cos, sin, doc_ids=None, input_pos=None, mask=None, links=None, window=None):
         B, T, _ = x.shape
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = self.wqkv(x).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
@@ -96,7 +97,7 @@ class Attention(nn.Module):
             y = cached_attention(q, k.to(q.dtype), v.to(q.dtype), mask)
         else:
             y = doc_attention(q, k, v, doc_ids, kind="doc_causal" if links is None else "cross_doc_link",
-                              links=links)
+                              links=links, window=window)
         return self.wo(y.transpose(1, 2).reshape(B, T, H * hd))
 
 
@@ -108,8 +109,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = SwiGLUMLP(config.dim, config.hidden_dim)
 
-    def forward(self, x, cos, sin, doc_ids=None, input_pos=None, mask=None, links=None):
-        x = x + self.attention(self.attention_norm(x), cos, sin, doc_ids, input_pos, mask, links)
+    def forward(self, x, cos, sin, doc_ids=None, input_pos=None, mask=None, links=None, window=None):
+        x = x + self.attention(self.attention_norm(x), cos, sin, doc_ids, input_pos, mask, links, window)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
