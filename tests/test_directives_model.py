@@ -186,3 +186,42 @@ def test_a_run_saved_before_hold_at_end_loads_without_it(tmp_path):
     torch.save(state, tmp_path / "checkpoint.pt")
     model, _ = load_run(tmp_path)
     assert model.cfg.hold_at_end is False and model.engine.hold_at_end is False
+
+
+def test_clock_cpu_does_not_count_a_sleep():
+    import time
+
+    from craft.training.clock import clock_fn
+
+    cpu, wall = clock_fn("cpu"), clock_fn("wall")
+    c0, w0 = cpu(), wall()
+    time.sleep(0.2)
+    assert wall() - w0 >= 0.19 and cpu() - c0 < 0.1
+    with pytest.raises(ValueError, match="clock"):
+        clock_fn("gpu")
+    with pytest.raises(ValueError, match="clock"):
+        RunConfig(task="parity", clock="gpu")
+
+
+def test_train_budget_counts_the_chosen_clock_and_keeps_both(tmp_path):
+    cfg = RunConfig(task="parity", variant="act", dim=16, n_heads=2, n_layers=1, batch_size=4, max_steps=1,
+                    eval_rows=4, clock="cpu")
+    m = train(cfg, tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["elapsed"] == state["cpu_seconds"] > 0 and state["wall_seconds"] > 0
+    assert m["clock"] == "cpu" and m["cpu_seconds"] == round(state["cpu_seconds"], 1)
+    # a run that spent 1000 wall seconds but 1 CPU second: a 10-minute budget is spent on the wall
+    # clock, not on the CPU clock
+    state.update(wall_seconds=1000.0, cpu_seconds=1.0, elapsed=1.0)
+    torch.save(state, tmp_path / "checkpoint.pt")
+    ten = {**cfg.__dict__, "max_minutes": 10.0, "max_steps": 2}
+    assert train(RunConfig(**{**ten, "clock": "wall"}), tmp_path, progress=False)["steps"] == 1
+    m = train(RunConfig(**{**ten, "clock": "cpu"}), tmp_path, progress=False)
+    assert m["steps"] == 2 and m["wall_seconds"] > 1000
+    # saved before both clocks were kept: the CPU seconds are taken as the wall seconds
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for c in ("wall_seconds", "cpu_seconds"):
+        del state[c]
+    state["elapsed"] = 1000.0
+    torch.save(state, tmp_path / "checkpoint.pt")
+    assert train(RunConfig(**{**ten, "max_steps": 3}), tmp_path, progress=False)["steps"] == 2
