@@ -225,3 +225,19 @@ def test_train_budget_counts_the_chosen_clock_and_keeps_both(tmp_path):
     state["elapsed"] = 1000.0
     torch.save(state, tmp_path / "checkpoint.pt")
     assert train(RunConfig(**{**ten, "max_steps": 3}), tmp_path, progress=False)["steps"] == 2
+
+
+def test_parity_work_counts_the_items_that_flip_it_and_evaluate_reports_it():
+    from craft.directives.train import evaluate
+
+    task = ParityTask()
+    b = task.sample(64, torch.Generator().manual_seed(0), "test")
+    w = task.work(b)
+    assert torch.equal(w % 2, b.targets[:, 0, 0].long()) and bool((w <= b.difficulty).all())
+    assert bool((w < b.difficulty).any())  # the -1 items are set elements too, and not work
+    assert CountsTask().work(CountsTask().sample(4, torch.Generator())) is None
+    model = DirectiveModel(task, RunConfig(task="parity", dim=16, n_heads=2, n_layers=1))
+    m = evaluate(model, rows=16)
+    assert set(m["instructions_by_work"]) <= {str(k) for k in range(17)}
+    for split in ("in_distribution", "extrapolation"):
+        assert {"spearman_instructions_difficulty", "spearman_instructions_work"} <= set(m[split])

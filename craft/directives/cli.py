@@ -118,6 +118,8 @@ def run(args) -> int:
               "exact_count_rate": results[main]["in_distribution"]["exact_count"],
               "extrapolation_exact_count_rate": results[main]["extrapolation"]["exact_count"],
               "spearman_instructions_difficulty": results[main]["spearman_instructions_difficulty"],
+              **({"spearman_instructions_work": results[main]["spearman_instructions_work"]}
+                 if "spearman_instructions_work" in results[main] else {}),
               "baselines": {v: {"in_distribution_accuracy": r["in_distribution"]["accuracy"],
                                 "extrapolation_accuracy": r["extrapolation"]["accuracy"],
                                 "exact_count_rate": r["in_distribution"]["exact_count"],

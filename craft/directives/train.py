@@ -234,16 +234,20 @@ def _spearman(x, y) -> float:
 def evaluate(model: DirectiveModel, rows: int = 512, seed: int = 12345) -> dict:
     """Accuracy (right count and every slot right), exact-count rate, slot accuracy, instructions
     used, on fixed in-distribution ('train' split) and extrapolation ('test' split) sets; for a task
-    with named commands (counts) the same figures per command under ``by_command``."""
+    with named commands (counts) the same figures per command under ``by_command``. Spearman of the
+    instructions used against the difficulty over both splits and per split; where the task
+    defines :meth:`Task.work` (parity: the +1 items), the same against it (``..._work``)."""
     model.eval()
     out = {}
     per_difficulty: dict[int, list] = {}
-    all_d, all_n = [], []
+    per_work: dict[int, list] = {}
+    all_d, all_n, all_w = [], [], []
     names = getattr(model.task, "commands", None)
     for split, name in (("train", "in_distribution"), ("test", "extrapolation")):
         gen = torch.Generator().manual_seed(seed + (split == "test"))
         correct = exact = slots_ok = slots = 0
         by_cmd = {c: [0, 0, 0, 0, 0] for c in names} if names else None  # rows, right, exact, slots ok, slots
+        first = len(all_d)
         for start in range(0, rows, 256):
             batch = model.task.sample(min(256, rows - start), gen, split)
             d, eng, pred = model(batch, model.max_instructions if split == "train" else model.max_instructions_test)
@@ -263,12 +267,22 @@ def evaluate(model: DirectiveModel, rows: int = 512, seed: int = 12345) -> dict:
             for k, n in zip(batch.difficulty.tolist(), d.n_instructions.tolist()):
                 per_difficulty.setdefault(k, []).append(n)
                 all_d.append(k), all_n.append(n)
-        out[name] = {"accuracy": correct / rows, "exact_count": exact / rows, "slot_accuracy": slots_ok / slots}
+            work = model.task.work(batch)
+            for w, n in zip([] if work is None else work.tolist(), d.n_instructions.tolist()):
+                per_work.setdefault(w, []).append(n)
+                all_w.append(w)
+        out[name] = {"accuracy": correct / rows, "exact_count": exact / rows, "slot_accuracy": slots_ok / slots,
+                     "spearman_instructions_difficulty": _spearman(all_d[first:], all_n[first:])}
+        if all_w:
+            out[name]["spearman_instructions_work"] = _spearman(all_w[first:], all_n[first:])
         if by_cmd is not None:
             out[name]["by_command"] = {c: {"rows": v[0], "accuracy": v[1] / max(v[0], 1), "exact_count": v[2] / max(v[0], 1),
                                            "slot_accuracy": v[3] / max(v[4], 1)} for c, v in by_cmd.items()}
     out["instructions_by_difficulty"] = {str(k): float(np.mean(v)) for k, v in sorted(per_difficulty.items())}
     out["spearman_instructions_difficulty"] = _spearman(all_d, all_n)
+    if all_w:
+        out["instructions_by_work"] = {str(k): float(np.mean(v)) for k, v in sorted(per_work.items())}
+        out["spearman_instructions_work"] = _spearman(all_w, all_n)
     model.train()
     return out
 
