@@ -201,3 +201,58 @@ def test_a_counts_run_saved_before_the_seek_score_loads_with_the_shared_score(tm
     model, _ = load_run(tmp_path)
     assert model.cfg.seek_score is False and model.engine.score_gains == 0
     assert not hasattr(model.engine, "seek_item")
+
+
+def test_clock_cpu_does_not_count_a_sleep():
+    import time
+
+    from craft.training.clock import clock_fn
+
+    cpu, wall = clock_fn("cpu"), clock_fn("wall")
+    c0, w0 = cpu(), wall()
+    time.sleep(0.2)
+    assert wall() - w0 >= 0.19 and cpu() - c0 < 0.1
+    with pytest.raises(ValueError, match="clock"):
+        clock_fn("gpu")
+    with pytest.raises(ValueError, match="clock"):
+        RunConfig(task="parity", clock="gpu")
+
+
+def test_train_budget_counts_the_chosen_clock_and_keeps_both(tmp_path):
+    cfg = RunConfig(task="parity", variant="act", dim=16, n_heads=2, n_layers=1, batch_size=4, max_steps=1,
+                    eval_rows=4, clock="cpu")
+    m = train(cfg, tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["elapsed"] == state["cpu_seconds"] > 0 and state["wall_seconds"] > 0
+    assert m["clock"] == "cpu" and m["cpu_seconds"] == round(state["cpu_seconds"], 1)
+    # a run that spent 1000 wall seconds but 1 CPU second: a 10-minute budget is spent on the wall
+    # clock, not on the CPU clock
+    state.update(wall_seconds=1000.0, cpu_seconds=1.0, elapsed=1.0)
+    torch.save(state, tmp_path / "checkpoint.pt")
+    ten = {**cfg.__dict__, "max_minutes": 10.0, "max_steps": 2}
+    assert train(RunConfig(**{**ten, "clock": "wall"}), tmp_path, progress=False)["steps"] == 1
+    m = train(RunConfig(**{**ten, "clock": "cpu"}), tmp_path, progress=False)
+    assert m["steps"] == 2 and m["wall_seconds"] > 1000
+    # saved before both clocks were kept: the CPU seconds are taken as the wall seconds
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for c in ("wall_seconds", "cpu_seconds"):
+        del state[c]
+    state["elapsed"] = 1000.0
+    torch.save(state, tmp_path / "checkpoint.pt")
+    assert train(RunConfig(**{**ten, "max_steps": 3}), tmp_path, progress=False)["steps"] == 2
+
+
+def test_parity_work_counts_the_items_that_flip_it_and_evaluate_reports_it():
+    from craft.directives.train import evaluate
+
+    task = ParityTask()
+    b = task.sample(64, torch.Generator().manual_seed(0), "test")
+    w = task.work(b)
+    assert torch.equal(w % 2, b.targets[:, 0, 0].long()) and bool((w <= b.difficulty).all())
+    assert bool((w < b.difficulty).any())  # the -1 items are set elements too, and not work
+    assert CountsTask().work(CountsTask().sample(4, torch.Generator())) is None
+    model = DirectiveModel(task, RunConfig(task="parity", dim=16, n_heads=2, n_layers=1))
+    m = evaluate(model, rows=16)
+    assert set(m["instructions_by_work"]) <= {str(k) for k in range(17)}
+    for split in ("in_distribution", "extrapolation"):
+        assert {"spearman_instructions_difficulty", "spearman_instructions_work"} <= set(m[split])

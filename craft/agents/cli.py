@@ -7,6 +7,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
+    from craft.training.clock import CLOCKS
+
     a = subparsers.add_parser("agents", help="DVT agents: word/sentence autoencoders that compress text level by level")
     sub = a.add_subparsers(dest="agents_command", parser_class=type(a))
     sub.required = True
@@ -17,7 +19,7 @@ def register(subparsers) -> None:
                    help="with --level lm: the hierarchical model (lm.pt) or the flat byte model (lm_flat.pt)")
     t.add_argument("--corpus", help="a text file or a folder of .txt/.md files (default: the built-in corpus)")
     t.add_argument("--max-minutes", type=float, default=5.0)
-    t.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+    t.add_argument("--clock", choices=CLOCKS, default="wall",
                    help="what --max-minutes counts: wall-clock, or this process's CPU time (a shared machine)")
     t.add_argument("--max-steps", type=int)
     t.add_argument("--lr", type=float)

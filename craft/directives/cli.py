@@ -21,6 +21,7 @@ ALL = ("act", "pondernet", "fixed")
 def register(subparsers) -> None:
     from craft.directives.tasks import TASKS
     from craft.directives.train import VARIANTS
+    from craft.training.clock import CLOCKS
 
     p = subparsers.add_parser("directives", help="transform directives: train and evaluate on synthetic tasks")
     sub = p.add_subparsers(dest="directives_command", parser_class=type(p))
@@ -31,6 +32,8 @@ def register(subparsers) -> None:
                    help="ponder cost act (default) / pondernet / none, fixed (no halting), or all = act, pondernet, fixed")
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--max-minutes", type=float, default=5.0, help="training time per variant (default 5)")
+    t.add_argument("--clock", choices=CLOCKS, default="wall",
+                   help="what --max-minutes counts: wall-clock, or this process's CPU time (a shared machine)")
     t.add_argument("--max-steps", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
@@ -78,7 +81,7 @@ def run(args) -> int:
         variants = ALL if args.variant == "all" else (args.variant,)
         out = Path(args.out)
         for v in variants:
-            fields = dict(task=args.task, variant=v, max_minutes=args.max_minutes)
+            fields = dict(task=args.task, variant=v, max_minutes=args.max_minutes, clock=args.clock)
             for name in ("max_steps", "batch_size", "lr", "dim", "mode", "seed", "ponder_weight", "lambda_p",
                          "count_nll_weight", "return_bias", "size_curriculum", "seek_score", "score_gains",
                          "lookahead_seek", "command_state"):
@@ -95,13 +98,14 @@ def run(args) -> int:
                 m = train(RunConfig(**fields), folder, progress=not args.no_progress)
             except ValueError as e:
                 raise CliError(str(e)) from e
-            print(f"{args.task}/{v}: step {m['steps']}, {m['train_seconds']:.0f} s; "
+            print(f"{args.task}/{v}: step {m['steps']}, {m['wall_seconds']:.0f} s wall, {m['cpu_seconds']:.0f} s CPU; "
                   f"in-distribution {m['in_distribution']['accuracy']:.3f}, "
                   f"extrapolation {m['extrapolation']['accuracy']:.3f}, "
                   f"exact count {m['in_distribution']['exact_count']:.3f}; -> {folder}")
         return 0
 
     from craft.directives.train import evaluate, load_run
+    from craft.training.clock import CLOCKS
 
     root = Path(args.dir)
     folders = sorted(p.parent for p in root.glob("*/checkpoint.pt"))
@@ -114,7 +118,8 @@ def run(args) -> int:
         model, state = load_run(f)
         m = evaluate(model, args.rows)
         m.update(variant=model.cfg.variant, task=model.cfg.task, steps=state["step"],
-                 train_seconds=round(state["elapsed"], 1))
+                 train_seconds=round(state["elapsed"], 1), clock=model.cfg.clock,
+                 **{f"{c}_seconds": round(state[f"{c}_seconds"], 1) for c in CLOCKS if f"{c}_seconds" in state})
         results[model.cfg.variant] = m
     main = "act" if "act" in results else next(iter(results))
     report = {"task": results[main]["task"], "variant": main,
@@ -123,6 +128,8 @@ def run(args) -> int:
               "exact_count_rate": results[main]["in_distribution"]["exact_count"],
               "extrapolation_exact_count_rate": results[main]["extrapolation"]["exact_count"],
               "spearman_instructions_difficulty": results[main]["spearman_instructions_difficulty"],
+              **({"spearman_instructions_work": results[main]["spearman_instructions_work"]}
+                 if "spearman_instructions_work" in results[main] else {}),
               "baselines": {v: {"in_distribution_accuracy": r["in_distribution"]["accuracy"],
                                 "extrapolation_accuracy": r["extrapolation"]["accuracy"],
                                 "exact_count_rate": r["in_distribution"]["exact_count"],

@@ -80,6 +80,11 @@ class Task:
         """(B, K) bool."""
         raise NotImplementedError
 
+    def work(self, batch: Batch) -> torch.Tensor | None:
+        """(B,) long: a second measure of a row's difficulty beside ``batch.difficulty``, the items
+        that change the answer, where the task has one; None otherwise."""
+        return None
+
 
 class ParityTask(Task):
     name, in_dim, out_dim, max_items, max_count, fixed_steps = "parity", 17, 1, 16, 1, 16
@@ -106,6 +111,11 @@ class ParityTask(Task):
 
     def slot_correct(self, pred, targets):
         return (pred[..., 0] > 0) == (targets[..., 0] > 0.5)
+
+    def work(self, batch):
+        """(B,) the +1 items: the only ones that flip the parity (``difficulty`` counts all the set
+        elements, -1 or +1)."""
+        return ((batch.context[..., 0] > 0) & batch.context_mask).sum(1)
 
 
 COUNT_COMMANDS = ("copy", "reverse", "running_sum", "keep_positive", "pairwise_sum")

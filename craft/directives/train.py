@@ -8,14 +8,15 @@ Variants, trained in the same harness:
   (an oracle the halting variants must learn); the repetition baseline of Fojo et al.
 
 A run folder holds one sub-folder per variant with ``checkpoint.pt`` (model, optimizer, step,
-elapsed seconds, config) and ``metrics.json``. A step's batch is drawn from a generator seeded by
-(seed, step), so a resumed run sees the batches it would have seen.
+training seconds on the budget's clock and on both clocks, config) and ``metrics.json``. A step's
+batch is drawn from a generator seeded by (seed, step), so a resumed run sees the batches it would
+have seen.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from craft.directives.decoder import DirectiveDecoder
 from craft.directives.engine import TransformEngine
 from craft.directives.losses import count_loss, count_nll, pad_slots, ponder_cost
 from craft.directives.tasks import Batch, Task, get_task
+from craft.training.clock import CLOCKS, clock_fn
 
 VARIANTS = ("act", "pondernet", "none", "fixed")
 # instructions allowed per row: in training / on the extrapolation split (longer inputs need more)
@@ -74,6 +76,9 @@ class RunConfig:
     lr: float = 2e-3
     max_steps: int = 1_000_000
     max_minutes: float = 5.0
+    # what max_minutes counts: "wall" seconds, or "cpu" seconds of this process (a shared machine:
+    # the minutes of a quiet core); both are kept in the checkpoint whichever one the budget counts
+    clock: str = "wall"
     seed: int = 0
     count_weight: float = 1.0
     count_nll_weight: float | None = None  # -log P(halt at the target count), beside the quantity loss
@@ -104,6 +109,7 @@ class RunConfig:
         for name, value in TASK_DEFAULTS[self.task].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        clock_fn(self.clock)  # ValueError naming the argument
         if self.variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {self.variant!r}")
         if not isinstance(self.size_curriculum, int) or self.size_curriculum < 0:
@@ -243,16 +249,20 @@ def _spearman(x, y) -> float:
 def evaluate(model: DirectiveModel, rows: int = 512, seed: int = 12345) -> dict:
     """Accuracy (right count and every slot right), exact-count rate, slot accuracy, instructions
     used, on fixed in-distribution ('train' split) and extrapolation ('test' split) sets; for a task
-    with named commands (counts) the same figures per command under ``by_command``."""
+    with named commands (counts) the same figures per command under ``by_command``. Spearman of the
+    instructions used against the difficulty over both splits and per split; where the task
+    defines :meth:`Task.work` (parity: the +1 items), the same against it (``..._work``)."""
     model.eval()
     out = {}
     per_difficulty: dict[int, list] = {}
-    all_d, all_n = [], []
+    per_work: dict[int, list] = {}
+    all_d, all_n, all_w = [], [], []
     names = getattr(model.task, "commands", None)
     for split, name in (("train", "in_distribution"), ("test", "extrapolation")):
         gen = torch.Generator().manual_seed(seed + (split == "test"))
         correct = exact = slots_ok = slots = 0
         by_cmd = {c: [0, 0, 0, 0, 0] for c in names} if names else None  # rows, right, exact, slots ok, slots
+        first = len(all_d)
         for start in range(0, rows, 256):
             batch = model.task.sample(min(256, rows - start), gen, split)
             d, eng, pred = model(batch, model.max_instructions if split == "train" else model.max_instructions_test)
@@ -272,12 +282,22 @@ def evaluate(model: DirectiveModel, rows: int = 512, seed: int = 12345) -> dict:
             for k, n in zip(batch.difficulty.tolist(), d.n_instructions.tolist()):
                 per_difficulty.setdefault(k, []).append(n)
                 all_d.append(k), all_n.append(n)
-        out[name] = {"accuracy": correct / rows, "exact_count": exact / rows, "slot_accuracy": slots_ok / slots}
+            work = model.task.work(batch)
+            for w, n in zip([] if work is None else work.tolist(), d.n_instructions.tolist()):
+                per_work.setdefault(w, []).append(n)
+                all_w.append(w)
+        out[name] = {"accuracy": correct / rows, "exact_count": exact / rows, "slot_accuracy": slots_ok / slots,
+                     "spearman_instructions_difficulty": _spearman(all_d[first:], all_n[first:])}
+        if all_w:
+            out[name]["spearman_instructions_work"] = _spearman(all_w[first:], all_n[first:])
         if by_cmd is not None:
             out[name]["by_command"] = {c: {"rows": v[0], "accuracy": v[1] / max(v[0], 1), "exact_count": v[2] / max(v[0], 1),
                                            "slot_accuracy": v[3] / max(v[4], 1)} for c, v in by_cmd.items()}
     out["instructions_by_difficulty"] = {str(k): float(np.mean(v)) for k, v in sorted(per_difficulty.items())}
     out["spearman_instructions_difficulty"] = _spearman(all_d, all_n)
+    if all_w:
+        out["instructions_by_work"] = {str(k): float(np.mean(v)) for k, v in sorted(per_work.items())}
+        out["spearman_instructions_work"] = _spearman(all_w, all_n)
     model.train()
     return out
 
@@ -300,14 +320,20 @@ def curriculum_size(task: Task, step: int, steps: int) -> int:
 
 
 def train(cfg: RunConfig, folder: str | Path, resume: bool = True, progress: bool = True, log=print) -> dict:
-    """Trains until ``max_steps`` or ``max_minutes`` of training time (resumed time included);
-    checkpoints every ``checkpoint_every`` steps and at the end; writes metrics.json. Returns it."""
+    """Trains until ``max_steps`` or ``max_minutes`` of training time on ``cfg.clock`` (resumed time
+    included, evaluation excluded); checkpoints every ``checkpoint_every`` steps and at the end;
+    writes metrics.json. Returns it.
+
+    The checkpoint keeps the training seconds of both clocks (``wall_seconds``, ``cpu_seconds``) and
+    ``elapsed`` = those of ``cfg.clock``, so a run resumed on the other clock goes on from that
+    clock's total. A checkpoint saved before both were kept has only wall seconds: its CPU seconds
+    are taken as its wall seconds (an over-count, so a CPU budget stops early rather than late)."""
     folder = Path(folder)
     ckpt = folder / "checkpoint.pt"
     torch.manual_seed(cfg.seed)
     model = DirectiveModel(get_task(cfg.task), cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    step, elapsed = 0, 0.0
+    step, spent = 0, dict.fromkeys(CLOCKS, 0.0)  # training seconds per clock
     commands = getattr(model.task, "commands", None) if cfg.command_curriculum else None
     solved = torch.zeros(len(commands)) if commands else None  # moving average of rows right, per command
     if resume and ckpt.is_file():
@@ -317,25 +343,28 @@ def train(cfg: RunConfig, folder: str | Path, resume: bool = True, progress: boo
                              f"{cfg.task}/{cfg.variant}; use another --out")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        step, elapsed = state["step"], state["elapsed"]
+        step = state["step"]
+        spent = {c: float(state.get(f"{c}_seconds", state["elapsed"])) for c in CLOCKS}
         if solved is not None and "command_solved" in state:
             solved = state["command_solved"]
 
     def save():
         extra = {} if solved is None else {"command_solved": solved}
-        save_torch_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
+        save_torch_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                           "elapsed": spent[cfg.clock], **{f"{c}_seconds": spent[c] for c in CLOCKS},
                            "config": dataclasses.asdict(cfg), **extra}, ckpt)
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=int(cfg.max_minutes * 60), initial=int(elapsed), unit="s", dynamic_ncols=True,
+        bar = tqdm(total=int(cfg.max_minutes * 60), initial=int(spent[cfg.clock]), unit="s", dynamic_ncols=True,
                    desc=f"{cfg.task}/{cfg.variant}")
     parts = {}
     try:
-        while step < cfg.max_steps and elapsed < cfg.max_minutes * 60:
-            t0 = time.perf_counter()
+        clocks = {c: clock_fn(c) for c in CLOCKS}
+        while step < cfg.max_steps and spent[cfg.clock] < cfg.max_minutes * 60:
+            t0 = {c: fn() for c, fn in clocks.items()}
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             size = {} if not cfg.size_curriculum else {"max_size": curriculum_size(model.task, step, cfg.size_curriculum)}
             if solved is None:
@@ -353,10 +382,10 @@ def train(cfg: RunConfig, folder: str | Path, resume: bool = True, progress: boo
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step += 1
-            dt = time.perf_counter() - t0
-            elapsed += dt
+            for c, fn in clocks.items():
+                spent[c] += fn() - t0[c]
             if bar is not None:
-                bar.update(min(int(elapsed) - bar.n, bar.total - bar.n))
+                bar.update(min(int(spent[cfg.clock]) - bar.n, bar.total - bar.n))
                 bar.set_postfix(step=step, **{k: f"{v:.3g}" for k, v in parts.items()})
             if step % cfg.checkpoint_every == 0:
                 save()
@@ -365,7 +394,9 @@ def train(cfg: RunConfig, folder: str | Path, resume: bool = True, progress: boo
             bar.close()
         save()
     metrics = evaluate(model, cfg.eval_rows)
-    metrics.update(task=cfg.task, variant=cfg.variant, steps=step, train_seconds=round(elapsed, 1),
+    metrics.update(task=cfg.task, variant=cfg.variant, steps=step, train_seconds=round(spent[cfg.clock], 1),
+                   clock=cfg.clock, wall_seconds=round(spent["wall"], 1), cpu_seconds=round(spent["cpu"], 1),
+                   load_average=os.getloadavg()[0],
                    last_losses=parts, config=dataclasses.asdict(cfg))
     atomic_write(folder / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
