@@ -189,8 +189,8 @@ CRAFT_POUR_CLONES T dot(const T* __restrict x, const T* __restrict y, int64_t D)
 // fn(first_row, end_row) over chunks of rows claimed from a shared counter by the calling thread and
 // up to n_threads - 1 detached helpers (no shared writes between rows). The caller never waits for a
 // helper to start: with a fixed split and joined threads, a helper not yet scheduled on a busy machine
-// held up every call (2 threads at load ~3: B=64 N=128 D=256 fwd+bwd 48 ms against 4 ms on 1 thread);
-// here the caller takes the chunks a late helper has not claimed. A helper calls fn only holding a
+// held up every call (figures in benchmarks/RESULTS.md); here the caller takes the chunks a late
+// helper has not claimed. A helper calls fn only holding a
 // claimed chunk (the caller is then still waiting, its arrays alive); one that starts after the last
 // claim touches only the shared counters (as run_threads in span_attention.cpp).
 template <typename Fn>
