@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "bindings.h"
+#include "vec_exp.h"
 
 namespace py = pybind11;
 using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
@@ -108,25 +109,13 @@ CRAFT_INLINE typename Vec<W>::i iota() {
     return r;
 }
 
-// exp(x) for x <= 0 (softmax arguments), relative error < 2e-7; arguments below -87 give ~1.6e-38.
-// 2^n * p(r), x = n ln2 + r, |r| <= ln2/2, degree-6 Taylor polynomial; branch-free.
+// exp(x) for x <= 0 (softmax arguments), via vec_exp.h; arguments below -87 give ~1.6e-38.
 template <int W>
 CRAFT_INLINE typename Vec<W>::f exp_neg(typename Vec<W>::f x) {
     using V = typename Vec<W>::f;
-    using Vi = typename Vec<W>::i;
     x = x < -87.f ? splat<W>(-87.f) : x;
     x = x > 0.f ? splat<W>(0.f) : x;
-    const V n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest (1.5 * 2^23)
-    const V r = x - n * 0.693145751953125f - n * 1.42860682030941723e-6f;
-    V p = splat<W>(1.f / 720);
-    p = p * r + 1.f / 120;
-    p = p * r + 1.f / 24;
-    p = p * r + 1.f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
-    const Vi bits = (__builtin_convertvector(n, Vi) + 127) << 23;
-    return p * (V)bits;
+    return exp_clamped<V, typename Vec<W>::i>(x);
 }
 
 template <int W>

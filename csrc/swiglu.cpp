@@ -25,6 +25,7 @@
 #include <type_traits>
 
 #include "bindings.h"
+#include "vec_exp.h"
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #include <immintrin.h>
@@ -59,27 +60,15 @@ SW_INLINE typename V<W>::f splat(float x) {
     return typename V<W>::f{} + x;
 }
 
-// sigmoid(x) = 1 / (1 + exp(-x)); exp by 2^n * p(r), x = n ln2 + r, |r| <= ln2/2, degree-6 Taylor
-// polynomial (relative error < 2e-7); the argument is clamped to [-87, 87], which changes sigmoid by
-// less than 2e-38 absolute. Branch-free.
+// sigmoid(x) = 1 / (1 + exp(-x)), exp from vec_exp.h; the argument is clamped to [-87, 87], which
+// changes sigmoid by less than 2e-38 absolute. Branch-free.
 template <int W>
 SW_INLINE typename V<W>::f sigmoid(typename V<W>::f x) {
     using F = typename V<W>::f;
-    using I = typename V<W>::i;
     F a = -x;
     a = a < -87.f ? splat<W>(-87.f) : a;
     a = a > 87.f ? splat<W>(87.f) : a;
-    const F n = (a * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest (1.5 * 2^23)
-    const F r = a - n * 0.693145751953125f - n * 1.42860682030941723e-6f;
-    F p = splat<W>(1.f / 720);
-    p = p * r + 1.f / 120;
-    p = p * r + 1.f / 24;
-    p = p * r + 1.f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
-    const I bits = (__builtin_convertvector(n, I) + 127) << 23;
-    return 1.f / (1.f + p * (F)bits);
+    return 1.f / (1.f + exp_clamped<F, typename V<W>::i>(a));
 }
 
 // Storage: fp32 (float) or bf16 (its bits, uint16_t), widened to fp32 on load and rounded to nearest

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from craft_kernels import SwiGLUMLP, swiglu, swiglu_packed
+from craft_kernels import SwiGLUMLP, _backend, swiglu, swiglu_packed
 
 # Tolerances vs a float64 golden computed from the same (rounded) inputs. The op computes in fp32
 # and rounds once to the storage dtype, so the error is one rounding of the output (bf16: 2^-8
@@ -21,10 +21,14 @@ def golden(g, u, do):
     return g * s * u, do * u * s * (1 + g * (1 - s)), do * g * s
 
 
-def _check(g, u, dtype):
+def check(g, u, dtype, path=None):
+    """swiglu(g, u) forward and backward against float64 at ``dtype``'s tolerance; ``path``: the
+    dispatch path that must have run (tests/test_swiglu_native.py checks the C++ kernel with it)."""
     g = g.detach().requires_grad_()
     u = u.detach().requires_grad_()
     out = swiglu(g, u)
+    if path is not None:
+        assert _backend.paths_run["swiglu"].startswith(path)
     assert out.dtype == dtype and out.shape == g.shape
     do = torch.randn(g.shape, dtype=torch.float32).to(dtype)
     out.backward(do)
@@ -41,15 +45,15 @@ def test_forward_backward_vs_float64(dtype, shape):
     if shape == (2, 256, 11008) and dtype != torch.float32:
         shape = (2, 64, 11008)  # keep the large case to one dtype at full size
     torch.manual_seed(1)
-    _check(torch.randn(shape).to(dtype), torch.randn(shape).to(dtype), dtype)
+    check(torch.randn(shape).to(dtype), torch.randn(shape).to(dtype), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_non_contiguous_views(dtype):
     base_g = torch.randn(64, 600).to(dtype)
     base_u = torch.randn(600, 64).to(dtype)
-    _check(base_g[::2, 10:522], base_u.t()[::2, 10:522], dtype)  # strided rows, transposed
-    _check(base_g[:, ::2], base_g[:, 1::2], dtype)  # column stride 2
+    check(base_g[::2, 10:522], base_u.t()[::2, 10:522], dtype)  # strided rows, transposed
+    check(base_g[:, ::2], base_g[:, 1::2], dtype)  # column stride 2
 
 
 def test_packed_equals_split_and_grad_layout():

@@ -9,14 +9,12 @@ import pytest
 import torch
 
 from craft_kernels import _backend, swiglu
-from craft_kernels import swiglu as swiglu_fn
 from craft_kernels.swiglu import _native_ok
+from test_swiglu import check  # forward and backward against float64, every SwiGLU path
 
 _mod = sys.modules["craft_kernels.swiglu"]  # the module (craft_kernels.swiglu is the function)
 
 pytestmark = pytest.mark.skipif(not _native_ok(torch.float32), reason="the C++ extension is not built")
-
-TOL = {torch.float32: (1e-5, 1e-6), torch.bfloat16: (8e-3, 1e-5)}
 
 
 @pytest.fixture
@@ -29,27 +27,6 @@ def native(monkeypatch, tmp_path):
     _backend.reset_dispatch()
 
 
-def _golden(g, u, do):
-    g, u, do = g.double(), u.double(), do.double()
-    s = torch.sigmoid(g)
-    return g * s * u, do * u * s * (1 + g * (1 - s)), do * g * s
-
-
-def _check(g, u, dtype):
-    g = g.detach().requires_grad_()
-    u = u.detach().requires_grad_()
-    out = swiglu_fn(g, u)
-    assert _backend.paths_run["swiglu"].startswith("native")
-    assert out.dtype == dtype and out.shape == g.shape
-    do = torch.randn(g.shape).to(dtype)
-    out.backward(do)
-    ref, rg, ru = _golden(g, u, do)
-    rtol, atol = TOL[dtype]
-    torch.testing.assert_close(out.double(), ref, rtol=rtol, atol=atol)
-    torch.testing.assert_close(g.grad.double(), rg, rtol=rtol * 2, atol=atol * 2)
-    torch.testing.assert_close(u.grad.double(), ru, rtol=rtol, atol=atol)
-
-
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(64, 600), (9, 4097), (2, 130, 333), (1, 40000)])
@@ -59,16 +36,16 @@ def test_native_matches_float64(native, monkeypatch, dtype, shape, stream):
     torch.manual_seed(2)
     g = torch.randn(shape) * 4
     g.view(-1)[:4] = torch.tensor([100.0, -100.0, 30.0, -30.0])  # sigmoid's clamped arguments
-    _check(g.to(dtype), torch.randn(shape).to(dtype), dtype)
+    check(g.to(dtype), torch.randn(shape).to(dtype), dtype, path="native")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_native_strided_rows_and_packed_halves(native, dtype):
     torch.manual_seed(3)
     gu = torch.randn(96, 2 * 700).to(dtype)
-    _check(gu[:, :700], gu[:, 700:], dtype)  # row stride 1400, offset halves (misaligned outputs too)
+    check(gu[:, :700], gu[:, 700:], dtype, path="native")  # row stride 1400, offset halves (misaligned outputs too)
     base = torch.randn(600, 128).to(dtype)
-    _check(base.t()[:, 3:], torch.randn(128, 597).to(dtype), dtype)  # column stride != 1: copied first
+    check(base.t()[:, 3:], torch.randn(128, 597).to(dtype), dtype, path="native")  # column stride != 1: copied first
 
 
 def test_native_saves_only_inputs_and_runs_under_two_threads(native):
