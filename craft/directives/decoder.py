@@ -229,11 +229,7 @@ class DirectiveDecoder(nn.Module):
             seq = x0
             rows = torch.arange(B, device=dev)
             state = DirectiveState.start(B, hidden.dtype, dev)
-            mem = est = None
-            if engine is not None:
-                mem, est = engine.start(context if engine_context is None else engine_context,
-                                        context_mask if engine_context is None and engine_mask is None else engine_mask,
-                                        command)
+            mem, est = _start_engine(engine, command, context, context_mask, engine_context, engine_mask)
             record = []
             for t in range(max_instructions):
                 last = t == max_instructions - 1
@@ -299,11 +295,7 @@ class DirectiveDecoder(nn.Module):
         try:
             hidden = self._compiled("prefill", self._prefill, False)(x0, key_ok, cos_all, sin_all, N, static)
             state = DirectiveState.start(B, hidden.dtype, dev)
-            mem = est = None
-            if engine is not None:
-                mem, est = engine.start(context if engine_context is None else engine_context,
-                                        context_mask if engine_context is None and engine_mask is None else engine_mask,
-                                        command)
+            mem, est = _start_engine(engine, command, context, context_mask, engine_context, engine_mask)
             step = (self._compiled("cached_step", self._cached_step, False) if static
                     else self._compiled("recompute_step", self._recompute_step, None))
             seq, record, rows = x0, [], torch.arange(B, device=dev)
@@ -407,6 +399,16 @@ class DirectiveDecoder(nn.Module):
             for cache in self.__dict__["_static_cache"]:
                 cache.k_cache.zero_(), cache.v_cache.zero_()
         return self.__dict__["_static_cache"]
+
+
+def _start_engine(engine, command, context, context_mask, engine_context, engine_mask):
+    """(memory, engine state) of ``engine`` over ``engine_context`` (its mask ``engine_mask``), or over
+    the decoder's own context and mask when none is given; (None, None) without an engine."""
+    if engine is None:
+        return None, None
+    if engine_context is None:
+        return engine.start(context, context_mask if engine_mask is None else engine_mask, command)
+    return engine.start(engine_context, engine_mask, command)
 
 
 class _Execute:
