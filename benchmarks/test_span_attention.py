@@ -92,3 +92,27 @@ def test_span_fwd_bwd_vs_sdpa(compare, span_isa, docs, T):
             comparison=_comparison(span_isa), load_avg_1min=round(os.getloadavg()[0], 2),
             baseline_kind="sdpa + dense document mask" if docs else "sdpa is_causal",
             dispatch_path=path, dispatch_speedup_vs_baseline=round(default_ratio, 3))
+
+
+@pytest.mark.parametrize("T", [320, 1024])
+def test_window_fwd_bwd_vs_sdpa_band_mask(compare, T):
+    """``doc_attention(..., window=64)`` (the hierarchical LM's byte blocks: B 8, 2 heads of 32)
+    against what a user writes instead: SDPA with the dense band mask, built once outside the timing."""
+    Bw, Hw, HDw, W = 8, 2, 32, 64
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(Bw, Hw, T, HDw, requires_grad=True) for _ in range(3))
+    go = torch.randn(Bw, Hw, T, HDw)
+    d = torch.arange(T)[:, None] - torch.arange(T)[None, :]
+    band = (d >= 0) & (d < W)
+
+    def ours():
+        torch.autograd.grad(doc_attention(q, k, v, None, "causal", window=W), (q, k, v), go)
+
+    def sdpa():
+        torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, attn_mask=band), (q, k, v), go)
+
+    ours()
+    path = _backend.paths_run["doc_attention"]
+    compare(ours, sdpa, units=Bw * T, unit_name="tokens", rounds=7, shape=f"{Bw}x{Hw}x{T}x{HDw}", T=T,
+            window=W, dispatch_path=path, load_avg_1min=round(os.getloadavg()[0], 2),
+            baseline_kind="sdpa + dense band mask")
