@@ -10,24 +10,19 @@ time (``time.process_time``, all threads), minor page faults per step, and the s
         CRAFT_CACHE_DIR=$(mktemp -d) python benchmarks/swiglu_faults.py
 """
 import os, resource, statistics, sys, time
-import torch, torch.nn.functional as F
+from pathlib import Path
+import torch
 import craft_kernels as ck
 from craft_kernels import _backend, swiglu
+sys.path.insert(0, str(Path(__file__).parent))
+from test_swiglu import CASES, _one_liner as one, fwd_bwd_case  # noqa: E402
 if os.environ.get("HEAP") == "retained":
     assert ck.retain_freed_memory()
-one = torch.compile(lambda g, u: F.silu(g) * u)
 print(f"heap {os.environ.get('HEAP', 'default')}, torch ISA {torch.backends.cpu.get_cpu_capability()}, "
       f"CRAFT_SPAN_ISA {os.environ.get('CRAFT_SPAN_ISA')}, threads {torch.get_num_threads()}, load {os.getloadavg()}", flush=True)
 R = int(os.environ.get("ROUNDS", 11))
-for dt, rows, cols in ((torch.float32, 16384, 1024), (torch.float32, 16384, 512), (torch.bfloat16, 16384, 1024)):
-    torch.manual_seed(0)
-    g = torch.randn(rows, cols, dtype=dt, requires_grad=True); u = torch.randn(rows, cols, dtype=dt, requires_grad=True)
-    do = torch.randn(rows, cols, dtype=dt)
-    def step(fn):
-        def run():
-            g.grad = u.grad = None
-            fn(g, u).backward(do)
-        return run
+for rows, cols, dt in CASES:
+    g, u, step = fwd_bwd_case(rows, cols, dt)
     n = rows * cols * g.element_size() // 4
     src, dst = torch.ones(n), torch.empty(n)  # a copy of the same bytes as one tensor, buffers preallocated
     fns = {"ours": step(swiglu), "oneliner": step(one), "copy": lambda: dst.copy_(src)}

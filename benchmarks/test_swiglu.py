@@ -43,7 +43,9 @@ def test_swiglu_fwd_bwd_vs_compiled_one_liner_retained_heap(compare, retained_he
     _run(compare, rows, cols, dtype, heap="retained (both sides)")
 
 
-def _run(compare, rows, cols, dtype, heap):
+def fwd_bwd_case(rows, cols, dtype):
+    """(g, u, step): the inputs of one case (seed 0) and ``step(fn)``, a closure running ``fn(g, u)``
+    forward and backward with fresh gradients, as a training step does."""
     torch.manual_seed(0)
     g = torch.randn(rows, cols, dtype=dtype, requires_grad=True)
     u = torch.randn(rows, cols, dtype=dtype, requires_grad=True)
@@ -55,6 +57,11 @@ def _run(compare, rows, cols, dtype, heap):
             fn(g, u).backward(do)
         return run
 
+    return g, u, step
+
+
+def _run(compare, rows, cols, dtype, heap):
+    g, u, step = fwd_bwd_case(rows, cols, dtype)
     ours, base, eager = step(swiglu), step(_one_liner), step(lambda a, b: F.silu(a) * b)
     ours(), base()  # compile outside the timing
     torch.testing.assert_close(swiglu(g, u), _one_liner(g, u), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5,

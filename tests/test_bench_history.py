@@ -108,6 +108,20 @@ def test_every_goal_of_the_issue_has_a_row_with_its_own_ratio():
     assert "bare NumPy gather" in rows["test_dataprep_cpp_vs_numpy[flatten_level_unchecked]"]
 
 
+def test_a_missed_goal_names_the_measured_ceiling_of_its_workload():
+    """Linked generation records the share of the baseline's time spent re-prefilling (all a shared
+    cache can save); a missed goal prints the bound beside the ratio, a met one does not."""
+    def row(ratio, bound):
+        b = {"name": "test_linked_generation_tokens_per_second[tiny]", "fullname": "l",
+             "extra_info": {"compiled_vs_per_document_compiled": ratio, "shared_cache_bound_vs_per_document": bound}}
+        text, _ = summarize.render({"machine_info": {"craft": {"isa": "AVX2"}}, "datetime": "2026-01-01T10:00:00",
+                                    "benchmarks": [b]})
+        return next(line for line in text.splitlines() if b["name"] in line)
+    missed = row(1.2, 1.31)
+    assert "MISSED (measured 1.2)" in missed and "ceiling for any shared-cache generator on this workload: 1.31x" in missed
+    assert "ceiling" not in row(6.0, 7.5)
+
+
 def test_summary_keeps_a_benchmark_run_against_torch_held_to_another_isa(tmp_path):
     """The span benchmark's [avx2] case runs twice: against AVX-512 torch and, in a process with
     torch held to AVX2 (emulation), against AVX2 torch. Both rows stay, each labelled."""
