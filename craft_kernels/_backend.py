@@ -8,6 +8,7 @@ Environment variables that force a path:
                                    CRAFT_IMPL_DOC_ATTENTION=sdpa, CRAFT_IMPL_SWIGLU=eager,
                                    CRAFT_IMPL_AUTOCAST=fp32
   CRAFT_CACHE_DIR=<dir>            where calibrations are cached (default ~/.cache/craft)
+  CRAFT_HUGE_PAGES=0               the C++ SwiGLU kernel's large outputs stop asking for huge pages
 
 Per-machine dispatch: an op with more than one CPU path asks :func:`choose` which to take. The
 answer comes from, in order: the ``CRAFT_IMPL_<OP>`` variable; detection (a path that cannot run
@@ -30,6 +31,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from craft_kernels.heap import huge_pages_report
 
 BUILD_HINT = (
     "craft_kernels._C (the C++ extension) is not built. Build it with `pip install -e .` "
@@ -430,7 +433,8 @@ def backend_info() -> dict:
         "interpreter": interpreter_on(),
         "cpu": {"model": cpu_model(), "isa": isa_summary(), "machine": platform.machine(),
                 "threads": torch.get_num_threads(),
-                "capability": torch.backends.cpu.get_cpu_capability(), "bf16": cpu_bf16()},
+                "capability": torch.backends.cpu.get_cpu_capability(), "bf16": cpu_bf16(),
+                "huge_pages": huge_pages_report()},
         "torch": torch.__version__,
         "ops": {
             "native (pad_units, join_pad, build_dvt, LinkDetector, Trie)": native,

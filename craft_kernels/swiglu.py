@@ -9,7 +9,8 @@ Paths (picked per call by ``craft_kernels._backend.kernels_impl``; CRAFT_KERNELS
   also saves only gate and up (the compiled one-liner a competent user would write); or the C++
   kernel (``native``, fp32 and bf16: one pass each way, recomputes sigmoid, and writes outputs
   larger than the caches with non-temporal stores, which skip the read a plain store makes of each
-  destination line). Which of them runs is a per-machine choice per dtype
+  destination line; its outputs of 4 MiB and more ask for transparent huge pages, see
+  ``craft_kernels.heap.advise_huge_pages``). Which of them runs is a per-machine choice per dtype
   (``craft_kernels._backend.choose``: calibrated once, cached; ``CRAFT_IMPL_SWIGLU=compiled|native|eager``
   forces one). The compiled function
   (one per dtype) sees 2-d ``(rows, F)`` views, specialised on the first shape and dynamic from the
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from craft_kernels import _backend
+from craft_kernels.heap import advise_huge_pages
 from craft_kernels._backend import triton_version, use_triton
 
 _SMALL = 1 << 15
@@ -222,6 +224,7 @@ class _Native(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g2, u2):
         out = torch.empty(g2.shape, dtype=g2.dtype)
+        advise_huge_pages(out)
         stream = out.numel() * out.element_size() >= _STREAM_BYTES
         _backend.extension().swiglu_forward(_as_numpy(g2), _as_numpy(u2), _as_numpy(out), stream,
                                             torch.get_num_threads())
@@ -235,6 +238,7 @@ class _Native(torch.autograd.Function):
         if do.dtype != g2.dtype or (do.shape[-1] > 1 and do.stride(-1) != 1):
             do = do.to(g2.dtype).contiguous()
         dg, du = torch.empty(g2.shape, dtype=g2.dtype), torch.empty(u2.shape, dtype=u2.dtype)
+        advise_huge_pages(dg), advise_huge_pages(du)
         stream = dg.numel() * dg.element_size() >= _STREAM_BYTES
         _backend.extension().swiglu_backward(_as_numpy(do), _as_numpy(g2), _as_numpy(u2), _as_numpy(dg),
                                              _as_numpy(du), stream, torch.get_num_threads())

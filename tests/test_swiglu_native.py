@@ -139,3 +139,33 @@ def test_narrower_isa_variants_match_float64(isa, tmp_path):
         pytest.skip(f"no {isa} here")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[-1] == isa
+
+
+def test_large_outputs_take_huge_pages_and_fault_far_less(native, monkeypatch):
+    # each fresh 64 MiB output (above glibc's largest mmap threshold, so always a fresh mapping)
+    # faults once per 4 KiB page (16,384 per tensor) unless the kernel asks for 2 MiB pages before
+    # writing it; the values are the same either way
+    import resource
+
+    from craft_kernels.heap import _thp_madvise_useful, advise_huge_pages
+    if not _thp_madvise_useful():
+        pytest.skip("this kernel gives no transparent huge pages on request")
+    g = torch.randn(4096, 4096, requires_grad=True)
+    u = torch.randn(4096, 4096, requires_grad=True)
+    do = torch.randn(4096, 4096)
+
+    def faults(flag):
+        monkeypatch.setenv("CRAFT_HUGE_PAGES", flag)
+        g.grad = u.grad = None
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        out = swiglu(g, u)
+        out.backward(do)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0, out.detach(), g.grad, u.grad
+
+    faults("1")  # warm-up: dispatch, autograd
+    plain, huge = faults("0"), faults("1")
+    assert plain[0] >= 3 * 16384 * 0.9  # out, dg, du faulted page by page
+    assert huge[0] < plain[0] / 4
+    for a, b in zip(plain[1:], huge[1:]):
+        assert torch.equal(a, b)
+    assert not advise_huge_pages(torch.empty(1000))  # small tensors: no advice
