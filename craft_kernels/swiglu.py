@@ -32,6 +32,7 @@ import types
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from craft_kernels import _backend
@@ -350,6 +351,14 @@ class SwiGLUMLP(nn.Module):
     """LLaMA-style MLP ``down(silu(x W_g) * (x W_u))`` with one fused gate-up projection.
 
     x (..., dim) -> (..., dim); ``gate_up``: Linear(dim, 2*hidden_dim), ``down``: Linear(hidden_dim, dim).
+
+    Inside a CPU graph compiled for training, the gate and up halves are two matmuls on the weight's
+    row halves (the same parameters and values). With one fused matmul, the backward's gradient of
+    the (..., 2F) product is a slice-backward of two halves that Inductor writes in two loops, so it
+    stores ``sigmoid(gate)`` as a float32 (..., F) buffer between them: a fresh large allocation and
+    two extra passes per layer. Two matmuls give two gradients, each one fused loop that recomputes
+    the sigmoid. Eager code, inference and Triton keep the fused matmul (the kernels take the
+    halves as strided views without a copy).
     """
 
     def __init__(self, dim: int, hidden_dim: int, bias: bool = False):
@@ -358,4 +367,9 @@ class SwiGLUMLP(nn.Module):
         self.down = nn.Linear(hidden_dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_grad_enabled() and torch.compiler.is_compiling():
+            f, w, b = self.down.in_features, self.gate_up.weight, self.gate_up.bias
+            gate = F.linear(x, w[:f], None if b is None else b[:f])
+            up = F.linear(x, w[f:], None if b is None else b[f:])
+            return self.down(swiglu(gate, up))
         return self.down(swiglu_packed(self.gate_up(x)))

@@ -85,17 +85,44 @@ def test_saves_only_inputs():
 
 
 def test_module_matches_llama_mlp_and_compiles_fullgraph():
+    # compiled for training on CPU, the gate and up halves run as two matmuls on the weight's
+    # halves: same values and gradients as the fused eager path, bias halves included
     torch.manual_seed(0)
-    m = SwiGLUMLP(32, 80)
+    m = SwiGLUMLP(32, 80, bias=True)
     x = torch.randn(3, 7, 32, requires_grad=True)
     w_g, w_u = m.gate_up.weight[:80], m.gate_up.weight[80:]
-    ref = F.linear(F.silu(F.linear(x, w_g)) * F.linear(x, w_u), m.down.weight)
+    b_g, b_u = m.gate_up.bias[:80], m.gate_up.bias[80:]
+    ref = F.linear(F.silu(F.linear(x, w_g, b_g)) * F.linear(x, w_u, b_u), m.down.weight, m.down.bias)
     torch.testing.assert_close(m(x), ref)
+    ref.square().sum().backward()
+    grads = [t.grad.clone() for t in (x, m.gate_up.weight, m.gate_up.bias, m.down.weight)]
+    for t in (x, *m.parameters()):
+        t.grad = None
     compiled = torch.compile(m, fullgraph=True)
     y = compiled(x)
     torch.testing.assert_close(y, ref)
-    y.sum().backward()
-    assert m.gate_up.weight.grad is not None and x.grad is not None
+    y.square().sum().backward()
+    for want, got in zip(grads, (x.grad, m.gate_up.weight.grad, m.gate_up.bias.grad, m.down.weight.grad)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_training_graph_stores_no_float32_sigmoid():
+    # with one fused gate-up matmul, Inductor wrote sigmoid(gate) to a float32 (rows, F) buffer
+    # between the two halves' backward loops (under bf16 autocast: a fresh 32 MiB per layer of the
+    # tiny preset, page-faulted every step); the split halves recompute it in each fused loop
+    from torch._inductor.utils import run_and_get_code
+    torch.manual_seed(0)
+    m = SwiGLUMLP(32, 48)
+    x = torch.randn(64, 48, 32, requires_grad=True)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = torch.compile(m)(x)
+        out.float().square().sum().backward()
+
+    _, code = run_and_get_code(step)
+    assert not any(f"(({64 * 48}, 48), (48, 1), torch.float32)" in c or "((64, 48, 48), (2304, 48, 1), torch.float32)" in c
+                   for c in code), "a float32 (rows, F) buffer in the compiled graph"
 
 
 def test_custom_op_compiles_fullgraph_and_passes_opcheck():
