@@ -177,9 +177,20 @@ def _detect(dtype: torch.dtype = torch.float32):
     return "eager", why
 
 
-def _candidates(dtype: torch.dtype) -> dict:
-    g, u = (torch.randn(4096, 512).to(dtype).requires_grad_() for _ in range(2))
-    do = torch.randn(4096, 512).to(dtype)
+# Tensors of at least this many bytes are always a fresh mapping from glibc (above its largest mmap
+# threshold), so each step page-faults its outputs: a size class of its own in the dispatch, where
+# the C++ kernel's huge-page outputs can win while smaller, cache-warm tensors favour another path.
+_LARGE_BYTES = 32 << 20
+
+
+def _calibration_rows(dtype: torch.dtype, large: bool) -> int:
+    return -(-_LARGE_BYTES // (512 * torch.empty((), dtype=dtype).element_size())) if large else 4096
+
+
+def _candidates(dtype: torch.dtype, large: bool = False) -> dict:
+    rows = _calibration_rows(dtype, large)
+    g, u = (torch.randn(rows, 512).to(dtype).requires_grad_() for _ in range(2))
+    do = torch.randn(rows, 512).to(dtype)
 
     def compiled():
         _run_compiled(g, u).backward(do)
@@ -201,12 +212,14 @@ def _candidates(dtype: torch.dtype) -> dict:
 
 
 def _cpu_path(g: torch.Tensor) -> str:
-    """'compiled', 'native' or 'eager' for a CPU tensor of at least 32k elements in fp32/fp16/bf16."""
-    key = str(g.dtype).replace("torch.", "")
+    """'compiled', 'native' or 'eager' for a CPU tensor of at least 32k elements in fp32/fp16/bf16;
+    chosen per dtype and size class (``large``: at least 32 MiB, calibrated at that size)."""
+    large = g.numel() * g.element_size() >= _LARGE_BYTES
+    key = str(g.dtype).replace("torch.", "") + ("|large" if large else "")
     try:
-        return _backend.choose("swiglu", key, lambda: _detect(g.dtype), lambda: _candidates(g.dtype))
+        return _backend.choose("swiglu", key, lambda: _detect(g.dtype), lambda: _candidates(g.dtype, large))
     except _CompileFailed:  # now recorded: calibrate the paths that remain
-        return _backend.choose("swiglu", key, lambda: _detect(g.dtype), lambda: _candidates(g.dtype))
+        return _backend.choose("swiglu", key, lambda: _detect(g.dtype), lambda: _candidates(g.dtype, large))
 
 
 # Outputs of at least this many bytes are written with non-temporal stores (they would not stay in

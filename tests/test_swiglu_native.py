@@ -169,3 +169,22 @@ def test_large_outputs_take_huge_pages_and_fault_far_less(native, monkeypatch):
     for a, b in zip(plain[1:], huge[1:]):
         assert torch.equal(a, b)
     assert not advise_huge_pages(torch.empty(1000))  # small tensors: no advice
+
+
+def test_large_tensors_are_a_size_class_of_their_own_in_the_dispatch(monkeypatch, tmp_path):
+    # tensors above glibc's largest mmap threshold page-fault their outputs every step, so the
+    # dispatch calibrates them apart (at that size) from cache-sized ones; the class boundary is
+    # lowered here to keep the calibration short
+    monkeypatch.setenv("CRAFT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("CRAFT_IMPL_SWIGLU", raising=False)
+    monkeypatch.setattr(_mod, "_LARGE_BYTES", 1 << 20)
+    _backend.reset_dispatch()
+    try:
+        for rows in (128, 1024):  # 256 KiB and 2 MiB of float32
+            g = torch.randn(rows, 512, requires_grad=True)
+            swiglu(g, torch.randn(rows, 512)).sum().backward()
+        report = _backend.dispatch_report()["swiglu"]
+        assert set(report) == {"float32", "float32|large"}, report
+        assert _mod._calibration_rows(torch.float32, True) == 512 and _mod._calibration_rows(torch.bfloat16, True) == 1024
+    finally:
+        _backend.reset_dispatch()
