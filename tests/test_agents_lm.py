@@ -277,6 +277,77 @@ def test_each_model_trains_at_its_own_default_learning_rate_unless_one_is_given(
     assert {g["lr"] for g in ck["optimizer"]["param_groups"]} == {1e-3}
 
 
+@pytest.mark.parametrize("kind", ["hier", "flat"])
+def test_dropout_acts_in_training_mode_only(kind, one_thread):
+    """With dropout the training-mode forward is random (two calls differ, and differ from the same
+    weights without dropout); in eval mode it is the deterministic model without dropout."""
+    torch.manual_seed(0)
+    if kind == "hier":
+        cfg = H.HierarchicalLMConfig(**TINY)
+        batch = _batch(cfg)
+        make = lambda p: H.HierarchicalLM(dataclasses.replace(cfg, dropout=p))  # noqa: E731
+        run = lambda m: m(batch)[0]  # noqa: E731
+    else:
+        x = torch.randint(0, 256, (2, 48))
+        make = lambda p: H.flat_model(dataclasses.replace(TINY_FLAT, dropout=p))  # noqa: E731
+        run = lambda m: m(x)  # noqa: E731
+    plain, drop = make(0.0), make(0.3)
+    drop.load_state_dict(plain.state_dict())
+    plain.eval()
+    ref = run(plain)
+    drop.train()
+    a, b = run(drop), run(drop)
+    assert not torch.allclose(a, b) and not torch.allclose(a, ref)
+    plain.train()
+    torch.testing.assert_close(run(plain), ref)  # dropout 0 adds nothing in training mode either
+    drop.eval()
+    torch.testing.assert_close(run(drop), ref)
+    with pytest.raises(ValueError, match="dropout"):
+        make(1.0)
+    with pytest.raises(ValueError, match="dropout"):
+        make(-0.1)
+
+
+def test_dropout_reaches_the_checkpoint_and_old_checkpoints_load_without_it(tmp_path, one_thread):
+    s = T.LMSettings(max_steps=1, warmup_steps=1, batch_units=2, progress=False, bf16=False, eval_every_s=1e9)
+    for kind, cfg in (("hier", H.HierarchicalLMConfig(**TINY)), ("flat", TINY_FLAT)):
+        # a number in the settings overrides the config; None keeps the config's own
+        T.train_lm(TEXT * 2, TEXT, tmp_path / kind, kind, cfg, dataclasses.replace(s, dropout=0.25))
+        model, ck = T.load_lm(tmp_path / kind, kind)
+        assert model.config.dropout == ck["config"]["dropout"] == 0.25 and not model.training
+        T.train_lm(TEXT * 2, TEXT, tmp_path / "own", kind, dataclasses.replace(cfg, dropout=0.1), s)
+        assert T.load_lm(tmp_path / "own", kind)[0].config.dropout == 0.1
+        # a checkpoint from before the field: no dropout, the same bits/byte
+        path = tmp_path / kind / T.LM_FILES[kind]
+        del ck["config"]["dropout"]
+        torch.save(ck, path)
+        model, _ = T.load_lm(tmp_path / kind, kind)
+        assert model.config.dropout == 0.0
+        assert T.lm_bits_per_byte(model, TEXT.encode()) == pytest.approx(ck["evals"][-1]["val_bits_per_byte"], rel=1e-4)
+    with pytest.raises(ValueError, match="dropout"):
+        T.LMSettings(dropout=1.0)
+
+
+def test_cli_dropout_reaches_the_language_models_only(tmp_path, capsys, one_thread, eager_swiglu):
+    from craft.cli import main
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT * 10)
+    out = tmp_path / "run"
+    for kind in ("hier", "flat"):
+        assert main(["agents", "train", "--level", "lm", "--lm-model", kind, "--corpus", str(corpus), "--dropout",
+                     "0.2", "--max-steps", "1", "--batch-units", "2", "--out", str(out), "--no-progress"]) == 0
+        assert T.load_lm(out, kind)[0].config.dropout == 0.2
+        assert main(["agents", "train", "--level", "lm", "--lm-model", kind, "--corpus", str(corpus), "--max-steps",
+                     "1", "--batch-units", "2", "--out", str(out), "--no-progress"]) == 0
+        assert T.load_lm(out, kind)[0].config.dropout == T.LM_DROPOUT[kind]
+    capsys.readouterr()
+    assert main(["agents", "train", "--level", "lm", "--dropout", "1", "--corpus", str(corpus), "--out", str(out)]) == 1
+    assert "dropout" in capsys.readouterr().err
+    assert main(["agents", "train", "--level", "0", "--dropout", "0.1", "--corpus", str(corpus), "--out", str(out)]) == 1
+    assert "--dropout" in capsys.readouterr().err
+
+
 def test_plot_draws_both_models(tmp_path):
     pytest.importorskip("matplotlib")
     from craft.agents.plot import plot

@@ -23,6 +23,9 @@ def register(subparsers) -> None:
                    help="what --max-minutes counts: wall-clock, or this process's CPU time (a shared machine)")
     t.add_argument("--max-steps", type=int)
     t.add_argument("--lr", type=float)
+    t.add_argument("--dropout", type=float,
+                   help="lm: share of activations zeroed in training (embeddings and every block's attention and "
+                        "MLP outputs), in [0, 1); default: the model's own (craft.agents.train.LM_DROPOUT)")
     t.add_argument("--batch-units", type=int, help="word pieces (level 0), sentences (level 1) or rows (lm) per step")
     t.add_argument("--mutate-fraction", type=float,
                    help="level 0: share of each batch that is mutated or spliced spellings (default 0.5); level 1: "
@@ -70,8 +73,11 @@ def _train(args) -> int:
     common = dict(max_minutes=args.max_minutes, max_steps=args.max_steps, seed=args.seed,
                   progress=not args.no_progress, clock=args.clock)
     if args.level == "lm":
-        s = T.LMSettings(**common, eval_every_s=args.eval_every, compile=args.compile)
+        s = T.LMSettings(**common, eval_every_s=args.eval_every, compile=args.compile, dropout=args.dropout)
     else:
+        if args.dropout is not None:
+            raise ValueError(f"--dropout: only the language models (--level lm) take dropout, not level {args.level}; "
+                             "drop it")
         if args.compile:
             raise ValueError(f"--compile: only the language models (--level lm) compile, not level {args.level}; drop it")
         if args.mutate_fraction is not None:

@@ -164,12 +164,15 @@ class HierarchicalLMConfig:
     decoder_context: str = "row"   # the same for the byte decoder
     byte_window: int = 64          # "row" contexts: each byte position sees this many (0: the whole row)
     init_std: float = 0.02
+    dropout: float = 0.0           # training only: share of the byte embeddings and of every block's
+    #                                attention/MLP outputs zeroed (as ModelConfig.dropout); 0 adds no op
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def _blocks(self, dim, heads, hidden, max_len) -> ModelConfig:
-        return ModelConfig(vocab_size=VOCAB, dim=dim, n_layers=1, n_heads=heads, hidden_dim=hidden, max_seq_len=max_len)
+        return ModelConfig(vocab_size=VOCAB, dim=dim, n_layers=1, n_heads=heads, hidden_dim=hidden, max_seq_len=max_len,
+                           dropout=self.dropout)
 
 
 class HierarchicalLM(nn.Module):
@@ -229,6 +232,8 @@ class HierarchicalLM(nn.Module):
             raise ValueError(f"batch: {L} positions per row, more than max_seq_len={self.config.max_seq_len}")
         bc, bs = self.byte_cos[:L], self.byte_sin[:L]
         x = self.embed(batch.inputs)
+        if self.config.dropout and self.training:
+            x = F.dropout(x, self.config.dropout, True)
         win = self.config.byte_window if 0 < self.config.byte_window < L else None
         doc = batch.doc if self.config.encoder_context == "word" else None
         for blk in self.encoder:

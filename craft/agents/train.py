@@ -270,6 +270,7 @@ def train_word_agent(text: str, out: Path, config: WordAgentConfig | None = None
 
 
 LM_LR = {"hier": 4e-3, "flat": 2e-3}  # each model's default peak learning rate (LMSettings.lr None)
+LM_DROPOUT = {"hier": 0.0, "flat": 0.0}  # each model's default dropout (LMSettings.dropout None, no config given)
 
 
 @dataclass
@@ -277,11 +278,21 @@ class LMSettings(TrainSettings):
     """Language-model runs: ``batch_units`` rows per step; bf16 autocast where the CPU has fast bf16
     (craft's trainer default), evaluation on the validation text every ``eval_every_s`` seconds.
     ``lr`` None: the model's own default, :data:`LM_LR` (the hierarchical model's small byte
-    blocks train best at twice the flat model's rate; benchmarks/RESULTS.md)."""
+    blocks train best at twice the flat model's rate; benchmarks/RESULTS.md). ``dropout`` None: the
+    given config's own, or without a config the model's default, :data:`LM_DROPOUT`; a number
+    overrides either (the model config's ``dropout``: training mode only)."""
     lr: float | None = None
+    dropout: float | None = None
     batch_units: int = 8
     eval_every_s: float = 60.0
     compile: bool = False         # torch.compile the forward; its compilation counts as training time
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.dropout is not None:
+            from craft_kernels import check_float
+            check_float(self.dropout, "dropout", 0, 1, max_open=True,
+                        hint=" (the share of activations zeroed in training; 0 turns it off)")
 
 
 def _lm_model(kind: str, config: dict | None):
@@ -332,7 +343,11 @@ def train_lm(train_text: str, val_text: str, out: Path, kind: str = "hier", conf
     bf16 = _use_bf16(s)
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
-    model = _lm_model(kind, config.to_dict() if config is not None and not isinstance(config, dict) else config)
+    config = config.to_dict() if config is not None and not isinstance(config, dict) else config
+    if s.dropout is not None or config is None:
+        base = config if config is not None else (LM.flat_config().to_dict() if kind == "flat" else {})
+        config = {**base, "dropout": LM_DROPOUT.get(kind, 0.0) if s.dropout is None else s.dropout}
+    model = _lm_model(kind, config)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     # fused: one kernel over all parameters instead of a dozen small ops per tensor (both models)

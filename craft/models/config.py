@@ -33,6 +33,10 @@ class ModelConfig:
 
     ``n_kv_heads`` (None = ``n_heads``) must divide ``n_heads`` (grouped-query attention);
     ``dim`` must be a multiple of ``n_heads`` with an even head size (rotary embeddings).
+
+    ``dropout`` in [0, 1): in training mode, the share of the embeddings and of each block's
+    attention and MLP outputs zeroed before they join the residual stream (regularisation for
+    small models that see their corpus many times); 0, the default, adds no op at all.
     """
 
     vocab_size: int = 50257
@@ -46,6 +50,7 @@ class ModelConfig:
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    dropout: float = 0.0
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -60,6 +65,7 @@ class ModelConfig:
             raise ValueError(f"n_kv_heads={self.n_kv_heads}: must divide n_heads={self.n_heads}")
         for name in ("rope_base", "norm_eps", "init_std"):
             check_float(getattr(self, name), name, 0, min_open=True)
+        check_float(self.dropout, "dropout", 0, 1, max_open=True, hint=" (the share of activations zeroed in training; 0 turns it off)")
 
     @property
     def head_dim(self) -> int:

@@ -108,10 +108,17 @@ class Block(nn.Module):
         self.attention = Attention(config)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = SwiGLUMLP(config.dim, config.hidden_dim)
+        self.dropout = config.dropout  # residual dropout of both branches, training mode only
 
     def forward(self, x, cos, sin, doc_ids=None, input_pos=None, mask=None, links=None, window=None):
-        x = x + self.attention(self.attention_norm(x), cos, sin, doc_ids, input_pos, mask, links, window)
-        return x + self.feed_forward(self.ffn_norm(x))
+        a = self.attention(self.attention_norm(x), cos, sin, doc_ids, input_pos, mask, links, window)
+        if self.dropout and self.training:
+            a = F.dropout(a, self.dropout, True)
+        x = x + a
+        m = self.feed_forward(self.ffn_norm(x))
+        if self.dropout and self.training:
+            m = F.dropout(m, self.dropout, True)
+        return x + m
 
 
 def _check_tokens(tokens: torch.Tensor, name: str = "tokens") -> None:
@@ -195,7 +202,10 @@ class LanguageModel(GenerativeModel):
             cos, sin = rope_angles(torch.arange(T, device=tokens.device), self.inv_freq)
         if links is not None and doc_ids is None:
             raise ValueError("links: cross-document links need doc_ids (B, T); pass both or neither")
-        logits = self._logits(self.tok_embeddings(tokens), cos, sin, doc_ids, links=links)
+        x = self.tok_embeddings(tokens)
+        if self.config.dropout and self.training:
+            x = F.dropout(x, self.config.dropout, True)
+        logits = self._logits(x, cos, sin, doc_ids, links=links)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.reshape(B * T, -1).float(), targets.reshape(B * T).long(), ignore_index=-100)
