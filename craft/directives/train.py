@@ -197,7 +197,8 @@ class DirectiveModel(nn.Module):
         targets = batch.targets.gather(1, idx)
         ok = d.mask & (d.slot_index < K) & batch.target_mask.gather(1, slot)
         per = self.task.slot_loss(self.readout(eng.results), targets)
-        w = torch.where(ok, d.return_probs + self.cfg.result_floor, torch.zeros_like(d.return_probs))
+        r = d.return_probs + self.cfg.result_floor if self.cfg.result_floor else d.return_probs
+        w = torch.where(ok, r, torch.zeros_like(r))
         loss = (w * per).sum() / batch.target_mask.sum().clamp_min(1)
         return (loss, per, ok) if per_instruction else loss
 
