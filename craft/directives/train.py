@@ -49,14 +49,19 @@ RESULT_LOSSES = ("expected", "slot")
 # while the lookahead's score is pulled by the count losses) and the scores gated features (keep
 # positive filters on the key's sign, the other commands take every item); parity and addition keep
 # the shared additive score they were tuned with.
-# halt_margin_weight, return_credit_weight, result_floor (counts): see DirectiveModel.losses;
-# parity and addition were tuned without them.
+# lookahead_seek, command_state: counts' halting reads a lookahead that counts what the seek takes,
+# and its heads tell the commands apart from the first step (benchmarks/RESULTS.md, fifth session).
+# halt_margin_weight (losses.halt_margin: a row must pass ACT's threshold at the right close, not
+# only put most of its halting there), return_credit_weight (losses.return_credit: a saturated
+# return rhythm can still change, pairwise sums need their own) and result_floor (every result of a
+# target slot is trained, so the credit can see that a later one would be better): counts; parity
+# and addition were tuned without them (parity's training is bit-identical with them at 0).
 TASK_DEFAULTS = {"parity": {"return_bias": -4.0, "count_nll_weight": 0.0, "direction_bias": -4.0, "hold_at_end": True,
                             "seek_score": False, "score_gains": 0, "lookahead_seek": False, "command_state": False,
                             "halt_margin_weight": 0.0, "return_credit_weight": 0.0, "result_floor": 0.0},
                  "counts": {"return_bias": 0.0, "count_nll_weight": 1.0, "direction_bias": 0.0, "hold_at_end": False,
                             "seek_score": True, "score_gains": 4,
-                            "lookahead_seek": False, "command_state": False,
+                            "lookahead_seek": True, "command_state": True,
                             "halt_margin_weight": 1.0, "return_credit_weight": 1.0, "result_floor": 0.1},
                  "addition": {"return_bias": -4.0, "count_nll_weight": 0.0, "direction_bias": -4.0,
                               "hold_at_end": False, "seek_score": False, "score_gains": 0,
