@@ -6,7 +6,8 @@ import torch
 
 from craft.directives import TransformDirective, run_directive
 from craft.directives.engine import TransformEngine
-from craft.directives.losses import count_loss, count_nll, expected_count, halting_distribution, ponder_cost, position_in_slot
+from craft.directives.losses import (count_loss, count_nll, expected_count, halt_margin, halting_distribution, ponder_cost,
+                                     position_in_slot, return_credit)
 from craft.directives.tasks import AdditionTask, CountsTask, ParityTask
 from craft.directives.train import DirectiveModel, RunConfig, load_run, train
 
@@ -71,6 +72,87 @@ def test_count_nll_raises_halting_at_the_target_close():
     g0, g1 = h.grad[0, closes[0]], h.grad[1, closes[1]]
     assert g0[1] < 0 and bool((g0[[0, 2, 3]] == 0).all())  # P(2) = h at close 2: raise it
     assert g1[0] > 0  # P(2) = 1 - h at close 1 (the remainder): lower the earlier halting
+
+
+def test_halt_margin_pushes_the_right_close_past_acts_threshold():
+    """A row whose halting at the right close is 0.98 (cumulative 0.985 < 1 - halt_eps) goes on and
+    makes one output too many; count_nll scores it as about 98% right and barely moves it in 10 SGD
+    steps, with halt_margin the row halts at the right close."""
+    r = torch.full((1, 12), 0.6)  # a close every 2 instructions
+    target = torch.tensor([2])
+    runs = {}
+    for with_margin in (False, True):
+        a = torch.full((1, 12), math.log(0.005 / 0.995))
+        a[0, 3] = math.log(0.98 / 0.02)  # the 2nd close
+        a.requires_grad_()
+        opt = torch.optim.SGD([a], lr=1.0)
+        for it in range(10):
+            d = _directive(r, torch.sigmoid(a))
+            if it == 0:
+                assert d.n_outputs.tolist() == [3] and float(count_nll(d, target).detach()) < 0.03
+                assert float(halt_margin(d, target).detach()) > 1.0
+            loss = count_nll(d, target) + (halt_margin(d, target) if with_margin else 0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        runs[with_margin] = _directive(r, torch.sigmoid(a.detach())).n_outputs.item()
+    assert runs == {False: 3, True: 2}
+    # a row that halts at the right close, and one that closed fewer slots, cost nothing (no NaN gradient)
+    h = torch.tensor([[0.1, 0.1, 0.1, 0.995] + [0.1] * 8, [0.1, 0.995] + [0.1] * 10]).requires_grad_()
+    d = _directive(torch.full((2, 12), 0.6), h)
+    assert d.n_outputs.tolist() == [2, 1]
+    loss = halt_margin(d, torch.tensor([2, 2]))
+    loss.backward()
+    assert float(loss) == 0 and bool(torch.isfinite(h.grad).all())
+    with pytest.raises(ValueError, match="margin"):
+        halt_margin(d, target.expand(2), margin=0)
+
+
+def test_return_credit_moves_a_saturated_rhythm():
+    """Two slots of two instructions each; in slot 0 the second instruction's result is better, in
+    slot 1 the first's. The cross-entropy on the logits lowers the first return of slot 0 with a
+    gradient of order 1 even at logit 20 (where the sigmoid's slope is 2e-9), raises its second, and
+    leaves slot 1's second instruction (after the best) alone."""
+    r = torch.tensor([[0.9, 0.6, 0.9, 0.6, 0.5]])
+    d = _directive(r, torch.tensor([[0.0, 0.01, 0.0, 0.999, 0.0]]))
+    assert d.slot_index.tolist() == [[0, 0, 1, 1, -1]] and d.n_outputs.tolist() == [2]
+    d.return_logits = torch.tensor([[20.0, -20.0, 20.0, -20.0, 0.0]], requires_grad=True)
+    per = torch.tensor([[1.0, 0.1, 0.1, 0.5, 0.0]])
+    eligible = d.mask.clone()
+    loss = return_credit(d, per, eligible)
+    loss.backward()
+    g = d.return_logits.grad[0]
+    assert g[0] > 0.4 and g[1] < -0.4  # slot 0: lower the first, raise the second
+    assert abs(float(g[2])) < 1e-6 and g[3] == 0 and g[4] == 0  # slot 1: already right; nothing after the best
+    torch.testing.assert_close(loss, torch.tensor(40.0 / 2), atol=1e-3, rtol=0)
+    # an earlier instruction is preferred unless the later one is better by more than prefer_earlier
+    d.return_logits = torch.zeros(1, 5, requires_grad=True)
+    return_credit(d, torch.tensor([[0.11, 0.1, 0.1, 0.5, 0.0]]), eligible).backward()
+    assert d.return_logits.grad[0, 0] < 0 and d.return_logits.grad[0, 1] == 0
+    with pytest.raises(ValueError, match="return_logits"):
+        d.return_logits = None
+        return_credit(d, per, eligible)
+
+
+def test_counts_losses_credit_returns_and_halting_through_the_model():
+    """The counts defaults add the credit and halting-margin terms, and the credit reaches the
+    decoder's return head; parity's defaults have neither (its loss is unchanged)."""
+    task = CountsTask()
+    cfg = RunConfig(task="counts", dim=16)
+    assert cfg.halt_margin_weight > 0 and cfg.return_credit_weight > 0 and cfg.result_floor > 0
+    p = RunConfig(task="parity")
+    assert not (p.halt_margin_weight or p.return_credit_weight or p.result_floor)
+    torch.manual_seed(0)
+    model = DirectiveModel(task, cfg)
+    batch = task.sample(8, torch.Generator().manual_seed(0))
+    loss, parts = model.losses(batch)
+    assert {"credit", "halt_margin"} <= set(parts)
+    d, eng, _ = model(batch)
+    # the first instruction returns its raw probability (no fill, no halting yet): the logit's sigmoid
+    torch.testing.assert_close(d.return_probs[:, 0], 1e-3 + (1 - 2e-3) * torch.sigmoid(d.return_logits[:, 0]))
+    _, per, ok = model.expected_result_loss(d, eng, batch, per_instruction=True)
+    return_credit(d, per, ok).backward()
+    assert model.decoder.return_head.weight.grad.abs().sum() > 0
 
 
 def test_ponder_costs():
@@ -193,14 +275,19 @@ def test_a_counts_run_saved_before_the_seek_score_loads_with_the_shared_score(tm
     assert cfg.seek_score and cfg.score_gains > 0  # counts' defaults now
     assert not RunConfig(task="parity").seek_score and RunConfig(task="parity").score_gains == 0
     old = RunConfig(task="counts", variant="act", dim=16, n_heads=2, n_layers=1, batch_size=4, max_steps=1,
-                    eval_rows=4, seek_score=False, score_gains=0)
+                    eval_rows=4, seek_score=False, score_gains=0, lookahead_seek=False, command_state=False,
+                    halt_margin_weight=0.0, return_credit_weight=0.0, result_floor=0.0)
     train(old, tmp_path, progress=False)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    del state["config"]["seek_score"], state["config"]["score_gains"]
+    for name in ("seek_score", "score_gains", "lookahead_seek", "command_state", "halt_margin_weight",
+                 "return_credit_weight", "result_floor"):
+        del state["config"][name]
     torch.save(state, tmp_path / "checkpoint.pt")
     model, _ = load_run(tmp_path)
     assert model.cfg.seek_score is False and model.engine.score_gains == 0
     assert not hasattr(model.engine, "seek_item")
+    # nor the losses added since: its training is the one it had
+    assert not (model.cfg.halt_margin_weight or model.cfg.return_credit_weight or model.cfg.result_floor)
 
 
 def test_clock_cpu_does_not_count_a_sleep():

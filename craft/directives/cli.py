@@ -56,6 +56,12 @@ def register(subparsers) -> None:
                    help="the engine's lookahead counts the items its seek would take (needs the seek score; task default)")
     t.add_argument("--command-state", action=argparse.BooleanOptionalAction, default=None,
                    help="the engine's state starts from the command as well as the items (task default)")
+    t.add_argument("--halt-margin-weight", type=float,
+                   help="weight of the hinge that pushes the halting at the right close past ACT's threshold (task default)")
+    t.add_argument("--return-credit-weight", type=float,
+                   help="weight of the return-logit cross-entropy crediting each slot's best instruction (task default)")
+    t.add_argument("--result-floor", type=float,
+                   help="weight every instruction's result gets toward its slot's target (task default)")
     t.add_argument("--no-decoder-context", action="store_true",
                    help="the decoder sees only the command; the items reach the model only through the engine")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
@@ -84,7 +90,8 @@ def run(args) -> int:
             fields = dict(task=args.task, variant=v, max_minutes=args.max_minutes, clock=args.clock)
             for name in ("max_steps", "batch_size", "lr", "dim", "mode", "seed", "ponder_weight", "lambda_p",
                          "count_nll_weight", "return_bias", "size_curriculum", "seek_score", "score_gains",
-                         "lookahead_seek", "command_state"):
+                         "lookahead_seek", "command_state", "halt_margin_weight", "return_credit_weight",
+                         "result_floor"):
                 if getattr(args, name) is not None:
                     fields[name] = getattr(args, name)
             folder = out / v

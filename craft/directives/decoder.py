@@ -137,7 +137,8 @@ class DirectiveDecoder(nn.Module):
 
     def heads(self, hidden: torch.Tensor, feedback=None):
         """hidden (..., D) -> instruction (..., D), raw return prob r (...), halting prob h (...), next
-        input (..., D), engine result (or None). ``feedback(instruction) -> (result, feedback)``
+        input (..., D), engine result (or None), the return head's logit (...) (r before the sigmoid
+        and the ``min_prob`` bounds: a loss on it keeps its gradient where r is saturated). ``feedback(instruction) -> (result, feedback)``
         executes the instruction first (feedback mode)."""
         x = self.norm(hidden)
         inst = self.instruction(x)
@@ -146,9 +147,10 @@ class DirectiveDecoder(nn.Module):
             res, fb = feedback(inst)
             g = self.feedback(fb)
             x, nxt = g, inst + g
-        r = self.min_prob + (1 - 2 * self.min_prob) * torch.sigmoid(self.return_head(x).squeeze(-1))
+        logit = self.return_head(x).squeeze(-1)
+        r = self.min_prob + (1 - 2 * self.min_prob) * torch.sigmoid(logit)
         h = torch.sigmoid(self.halt_head(nxt if feedback is None else g).squeeze(-1))
-        return inst, r, h, nxt, res
+        return inst, r, h, nxt, res, logit
 
     def _check(self, command, context, context_mask, max_instructions):
         if not isinstance(command, torch.Tensor) or command.dim() != 2 or command.shape[1] != self.config.dim:
@@ -332,19 +334,19 @@ class DirectiveDecoder(nn.Module):
     def _decode_step(self, hidden, state, est, mem, engine, sched, last=False):
         """Heads on ``hidden`` (B, D) (the engine executes the instruction first in feedback mode) and
         the directive arithmetic for the whole batch. Returns (instruction, StepOut, state, engine
-        state, result, next input (B, D))."""
+        state, (result or None, return logit (B,)), next input (B, D))."""
         execute = step_out = None
         if engine is not None:
             run = ~state.halted & (state.fill > 0) if last else ~state.halted  # directive_step's active
             step_out = []
             execute = _Execute(engine, mem, est, run, step_out)
-        inst, r, h, nxt, res = self.heads(hidden, execute)
+        inst, r, h, nxt, res, logit = self.heads(hidden, execute)
         if engine is not None:
             est = step_out[0]
         if sched is not None:
             r, h = sched
         out, state = directive_step(state, r, h, self.eps, self.mode, last=last)
-        return inst, out, state, est, res, nxt
+        return inst, out, state, est, (res, logit), nxt
 
     def _cached_step(self, hidden, state, est, mem, engine, sched, p, key_ok, cos_all, sin_all):
         """:meth:`_decode_step`, then the next input through the blocks at cache slot ``p`` (1,) long,
@@ -441,8 +443,8 @@ def _assemble(record, B, D, dtype, dev) -> TransformDirective:
         base = torch.full(shape, fill, dtype=vals.dtype, device=dev)
         return base.index_copy(0, rows, vals)
 
-    cols = {k: [] for k in ("inst", "p", "active", "closes", "dh", "slot", "res")}
-    for rows, inst, o, res in record:
+    cols = {k: [] for k in ("inst", "p", "active", "closes", "dh", "slot", "res", "logit")}
+    for rows, inst, o, (res, logit) in record:
         if res is not None:  # 0 where inactive, like the instructions (the engine keeps a halted row's state)
             cols["res"].append(full(res * o.active[:, None].to(res.dtype), rows))
         cols["inst"].append(full(inst * o.active[:, None].to(inst.dtype), rows))  # 0 where inactive
@@ -451,6 +453,8 @@ def _assemble(record, B, D, dtype, dev) -> TransformDirective:
         cols["closes"].append(full(o.closes, rows, False))
         cols["dh"].append(full(o.dh, rows))
         cols["slot"].append(full(o.slot, rows, -1))
+        cols["logit"].append(full(logit * o.active.to(logit.dtype), rows))
     st = {k: torch.stack(v, 1) for k, v in cols.items() if v}
     return TransformDirective(st["inst"], st["p"], st["active"], halting_probs=st["dh"], slot_index=st["slot"],
-                              closes=st["closes"], n_outputs=st["closes"].sum(1), results=st.get("res"))
+                              closes=st["closes"], n_outputs=st["closes"].sum(1), results=st.get("res"),
+                              return_logits=st["logit"])

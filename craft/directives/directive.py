@@ -51,7 +51,9 @@ class TransformDirective:
     ``mask (B, I)`` bool. Optional bookkeeping from generation: ``halting_probs (B, I)`` (``dh``: the
     halting probability each closing instruction added, 0 elsewhere), ``slot_index (B, I)`` long (slot
     each instruction starts in, -1 where masked), ``closes (B, I)`` bool, ``n_outputs (B,)`` long,
-    ``results (B, I, D')``: the engine's per-instruction results when it ran inside generation."""
+    ``results (B, I, D')``: the engine's per-instruction results when it ran inside generation;
+    ``return_logits (B, I)``: the decoder's return-head logits (0 where masked), for losses that must
+    keep a gradient where the return probability is saturated."""
 
     instructions: torch.Tensor
     return_probs: torch.Tensor
@@ -61,6 +63,7 @@ class TransformDirective:
     closes: torch.Tensor | None = None
     n_outputs: torch.Tensor | None = None
     results: torch.Tensor | None = None
+    return_logits: torch.Tensor | None = None
 
     def __post_init__(self):
         i, r, m = self.instructions, self.return_probs, self.mask

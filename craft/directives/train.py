@@ -27,7 +27,7 @@ from torch import nn
 from craft.data.files import atomic_write, save_torch_atomic
 from craft.directives.decoder import DirectiveDecoder
 from craft.directives.engine import TransformEngine
-from craft.directives.losses import count_loss, count_nll, pad_slots, ponder_cost
+from craft.directives.losses import count_loss, count_nll, halt_margin, pad_slots, ponder_cost, return_credit
 from craft.directives.tasks import Batch, Task, get_task
 from craft.training.clock import CLOCKS, clock_fn
 
@@ -49,19 +49,29 @@ RESULT_LOSSES = ("expected", "slot")
 # while the lookahead's score is pulled by the count losses) and the scores gated features (keep
 # positive filters on the key's sign, the other commands take every item); parity and addition keep
 # the shared additive score they were tuned with.
+# lookahead_seek, command_state: counts' halting reads a lookahead that counts what the seek takes,
+# and its heads tell the commands apart from the first step (benchmarks/RESULTS.md, fifth session).
+# halt_margin_weight (losses.halt_margin: a row must pass ACT's threshold at the right close, not
+# only put most of its halting there), return_credit_weight (losses.return_credit: a saturated
+# return rhythm can still change, pairwise sums need their own) and result_floor (every result of a
+# target slot is trained, so the credit can see that a later one would be better): counts; parity
+# and addition were tuned without them (parity's training is bit-identical with them at 0).
 TASK_DEFAULTS = {"parity": {"return_bias": -4.0, "count_nll_weight": 0.0, "direction_bias": -4.0, "hold_at_end": True,
-                            "seek_score": False, "score_gains": 0, "lookahead_seek": False, "command_state": False},
+                            "seek_score": False, "score_gains": 0, "lookahead_seek": False, "command_state": False,
+                            "halt_margin_weight": 0.0, "return_credit_weight": 0.0, "result_floor": 0.0},
                  "counts": {"return_bias": 0.0, "count_nll_weight": 1.0, "direction_bias": 0.0, "hold_at_end": False,
                             "seek_score": True, "score_gains": 4,
-                            "lookahead_seek": False, "command_state": False},
+                            "lookahead_seek": True, "command_state": True,
+                            "halt_margin_weight": 1.0, "return_credit_weight": 1.0, "result_floor": 0.1},
                  "addition": {"return_bias": -4.0, "count_nll_weight": 0.0, "direction_bias": -4.0,
                               "hold_at_end": False, "seek_score": False, "score_gains": 0,
-                              "lookahead_seek": False, "command_state": False}}
+                              "lookahead_seek": False, "command_state": False,
+                              "halt_margin_weight": 0.0, "return_credit_weight": 0.0, "result_floor": 0.0}}
 
 
 # fields added after runs were saved: the value that reproduces those runs
 SAVED_BEFORE = {"hold_at_end": False, "seek_score": False, "score_gains": 0, "lookahead_seek": False,
-                "command_state": False}
+                "command_state": False, "halt_margin_weight": 0.0, "return_credit_weight": 0.0, "result_floor": 0.0}
 
 
 @dataclass
@@ -93,6 +103,9 @@ class RunConfig:
     score_gains: int | None = None  # item features whose gain the engine's state sets, per score; None: the task's
     lookahead_seek: bool | None = None  # the engine's lookahead counts what its seek would take; None: the task's
     command_state: bool | None = None  # the engine's state starts from the command too; None: the task's
+    halt_margin_weight: float | None = None  # losses.halt_margin (ACT's threshold at the right close); None: the task's
+    return_credit_weight: float | None = None  # losses.return_credit on the return logits; None: the task's
+    result_floor: float | None = None  # every instruction's result trained toward its slot's target with this weight
     result_loss: str = "expected"
     decoder_context: bool = True  # False: the decoder sees only the command; the items reach only the engine
     # tasks with several commands (counts): draw each command in proportion to 0.2 + its training
@@ -177,7 +190,7 @@ class DirectiveModel(nn.Module):
         pred = self.readout(pad_slots(eng.slots, eng.n_slots, batch.targets.shape[1]))
         return d, eng, pred
 
-    def expected_result_loss(self, d, eng, batch: Batch) -> torch.Tensor:
+    def expected_result_loss(self, d, eng, batch: Batch, per_instruction: bool = False):
         """PonderNet's reconstruction loss per slot: every instruction's own result is read out and
         scored against its slot's target, weighted by its return probability (within a closed slot
         these sum to 1: the slot's halting distribution). Unlike the loss of the mixed slot, this
@@ -189,8 +202,10 @@ class DirectiveModel(nn.Module):
         targets = batch.targets.gather(1, idx)
         ok = d.mask & (d.slot_index < K) & batch.target_mask.gather(1, slot)
         per = self.task.slot_loss(self.readout(eng.results), targets)
-        w = torch.where(ok, d.return_probs, torch.zeros_like(d.return_probs))
-        return (w * per).sum() / batch.target_mask.sum().clamp_min(1)
+        r = d.return_probs + self.cfg.result_floor if self.cfg.result_floor else d.return_probs
+        w = torch.where(ok, r, torch.zeros_like(r))
+        loss = (w * per).sum() / batch.target_mask.sum().clamp_min(1)
+        return (loss, per, ok) if per_instruction else loss
 
     def row_correct(self, d, pred, batch: Batch) -> torch.Tensor:
         """(B,) bool: the row made the right number of outputs and every target slot is right."""
@@ -201,12 +216,20 @@ class DirectiveModel(nn.Module):
         """(total loss, parts: floats for the log) and with ``rows`` also :meth:`row_correct`."""
         d, eng, pred = self(batch)
         tm = batch.target_mask.float()
+        per = None
         if self.cfg.result_loss == "expected":
-            result = self.expected_result_loss(d, eng, batch)
+            result, per, ok = self.expected_result_loss(d, eng, batch, per_instruction=True)
         else:
             result = (self.task.slot_loss(pred, batch.targets) * tm).sum() / tm.sum()
         total = result
         parts = {"result": float(result.detach())}
+        if self.cfg.return_credit_weight and self.cfg.variant != "fixed":
+            if per is None:
+                raise ValueError("return_credit_weight: needs result_loss='expected' (per-instruction results)")
+            closed = d.slot_index < d.n_outputs[:, None]
+            rc = return_credit(d, per, ok & closed)
+            total = total + self.cfg.return_credit_weight * rc
+            parts["credit"] = float(rc.detach())
         if self.cfg.variant != "fixed":
             c = count_loss(d, batch.count)
             total = total + self.cfg.count_weight * c
@@ -215,6 +238,10 @@ class DirectiveModel(nn.Module):
                 nll = count_nll(d, batch.count)
                 total = total + self.cfg.count_nll_weight * nll
                 parts["count_nll"] = float(nll.detach())
+            if self.cfg.halt_margin_weight:
+                hm = halt_margin(d, batch.count)
+                total = total + self.cfg.halt_margin_weight * hm
+                parts["halt_margin"] = float(hm.detach())
         if self.cfg.variant in ("act", "pondernet"):
             pc = ponder_cost(d, self.cfg.variant, self.cfg.lambda_p)
             total = total + self.cfg.ponder_weight * pc
