@@ -134,6 +134,15 @@ def test_return_credit_moves_a_saturated_rhythm():
         return_credit(d, per, eligible)
 
 
+def test_run_config_refuses_bad_loss_weights_before_training():
+    with pytest.raises(ValueError, match="halt_margin_weight"):
+        RunConfig(task="counts", halt_margin_weight=-1.0)
+    with pytest.raises(TypeError, match="result_floor"):
+        RunConfig(task="counts", result_floor="0.1")
+    with pytest.raises(ValueError, match="return_credit_weight: needs result_loss='expected'"):
+        RunConfig(task="counts", result_loss="slot")
+    RunConfig(task="counts", result_loss="slot", return_credit_weight=0.0)  # the fix the message names
+
 def test_counts_losses_credit_returns_and_halting_through_the_model():
     """The counts defaults add the credit and halting-margin terms, and the credit reaches the
     decoder's return head; parity's defaults have neither (its loss is unchanged)."""

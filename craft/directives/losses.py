@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 import torch.nn.functional as F
 
 from craft.directives.directive import HALT_EPS, TransformDirective

@@ -30,6 +30,7 @@ from craft.directives.engine import TransformEngine
 from craft.directives.losses import count_loss, count_nll, halt_margin, pad_slots, ponder_cost, return_credit
 from craft.directives.tasks import Batch, Task, get_task
 from craft.training.clock import CLOCKS, clock_fn
+from craft_kernels import check_float
 
 VARIANTS = ("act", "pondernet", "none", "fixed")
 # instructions allowed per row: in training / on the extrapolation split (longer inputs need more)
@@ -129,6 +130,11 @@ class RunConfig:
             raise ValueError(f"size_curriculum: expected a number of steps >= 0, got {self.size_curriculum!r}")
         if self.result_loss not in RESULT_LOSSES:
             raise ValueError(f"result_loss: expected one of {RESULT_LOSSES}, got {self.result_loss!r}")
+        for name in ("count_nll_weight", "halt_margin_weight", "return_credit_weight", "result_floor"):
+            check_float(getattr(self, name), name, 0, hint=" (a loss weight; 0 turns it off)")
+        if self.return_credit_weight and self.result_loss != "expected":
+            raise ValueError("return_credit_weight: needs result_loss='expected' (it credits per-instruction "
+                             "results); set result_loss='expected' or return_credit_weight=0")
 
 
 class DirectiveModel(nn.Module):
@@ -224,8 +230,6 @@ class DirectiveModel(nn.Module):
         total = result
         parts = {"result": float(result.detach())}
         if self.cfg.return_credit_weight and self.cfg.variant != "fixed":
-            if per is None:
-                raise ValueError("return_credit_weight: needs result_loss='expected' (per-instruction results)")
             closed = d.slot_index < d.n_outputs[:, None]
             rc = return_credit(d, per, ok & closed)
             total = total + self.cfg.return_credit_weight * rc
