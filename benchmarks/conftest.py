@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import interleaved, machine_info as craft_machine_info, machine_limits, record  # noqa: E402
+from _harness import file_timing, interleaved, machine_info as craft_machine_info, machine_limits, record  # noqa: E402
 
 
 def pytest_benchmark_update_machine_info(config, machine_info: dict):
@@ -38,11 +38,7 @@ def compare(benchmark):
     def run(ours, baseline, units=None, unit_name="items", rounds=5, warmup=1, bytes_moved=None, flops=None,
             flops_dtype=None, baseline_flops=None, baseline_reps=None, **extra):
         timing = interleaved(ours, baseline, rounds=rounds, warmup=warmup)
-        if not benchmark.disabled:
-            stats = benchmark._make_stats(1)
-            for t in timing["ours"]:
-                stats.update(t)
-            benchmark._mode = "craft compare (interleaved)"
+        file_timing(benchmark, timing)
         info = benchmark.extra_info
         record(info, timing, units=units, unit_name=unit_name, bytes_moved=bytes_moved, flops=flops,
                flops_dtype=flops_dtype, baseline_flops=baseline_flops)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import interleaved, peak_memory_bytes, record  # noqa: E402
+from _harness import file_timing, interleaved, peak_memory_bytes, record  # noqa: E402
 from craft_kernels import _backend, retain_freed_memory, swiglu
 
 _one_liner = torch.compile(lambda g, u: F.silu(g) * u)
@@ -91,10 +91,7 @@ def measure(rows, cols, dtype, rounds=7):
 
 
 def _file(benchmark, timing, info):
-    stats = benchmark._make_stats(1)
-    for t in timing["ours"]:
-        stats.update(t)
-    benchmark._mode = "craft compare (interleaved)"
+    file_timing(benchmark, timing)
     benchmark.extra_info.update(info)
 
 

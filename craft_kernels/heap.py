@@ -77,26 +77,30 @@ _HUGE_MIN_BYTES = 2 * _HUGE
 
 
 @functools.lru_cache(maxsize=None)
+def _thp_mode() -> str:
+    """The kernel's transparent-huge-page mode (``always``, ``madvise``, ``never``), or ``unavailable``."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "unavailable"
+
+
 def _thp_madvise_useful() -> bool:
     """Whether the kernel gives transparent huge pages to regions that ask (``madvise`` or ``always``
     mode; ``always`` does it already for aligned regions, asking costs nothing)."""
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            mode = f.read()
-    except OSError:
-        return False
-    return "[madvise]" in mode or "[always]" in mode
+    return _thp_mode() in ("madvise", "always")
+
+
+def _huge_pages_off() -> bool:
+    return os.environ.get("CRAFT_HUGE_PAGES", "1").strip() == "0"
 
 
 def huge_pages_report() -> str:
     """One line for ``craft info``: the kernel's transparent-huge-page mode and whether the C++
     kernels' large outputs ask for huge pages."""
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            mode = f.read().split("[")[1].split("]")[0]
-    except (OSError, IndexError):
-        mode = "unavailable"
-    if os.environ.get("CRAFT_HUGE_PAGES", "1").strip() == "0":
+    mode = _thp_mode()
+    if _huge_pages_off():
         return f"kernel mode {mode}; large C++ kernel outputs do not ask (CRAFT_HUGE_PAGES=0)"
     asks = "ask for them" if _thp_madvise_useful() and _glibc() is not None else "cannot ask here"
     return f"kernel mode {mode}; large C++ kernel outputs {asks}"
@@ -111,7 +115,7 @@ def advise_huge_pages(t) -> bool:
     kernels without transparent huge pages. ``CRAFT_HUGE_PAGES=0`` turns it off. Returns whether the
     advice was given."""
     nbytes = t.numel() * t.element_size()
-    if os.environ.get("CRAFT_HUGE_PAGES", "1").strip() == "0":
+    if _huge_pages_off():
         return False
     libc = _glibc()
     if nbytes < _HUGE_MIN_BYTES or libc is None or t.device.type != "cpu" or not _thp_madvise_useful():

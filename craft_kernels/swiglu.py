@@ -184,7 +184,7 @@ _LARGE_BYTES = 32 << 20
 
 
 def _calibration_rows(dtype: torch.dtype, large: bool) -> int:
-    return -(-_LARGE_BYTES // (512 * torch.empty((), dtype=dtype).element_size())) if large else 4096
+    return -(-_LARGE_BYTES // (512 * dtype.itemsize)) if large else 4096
 
 
 def _candidates(dtype: torch.dtype, large: bool = False) -> dict:
