@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     t.add_argument("--lr", type=float)
     t.add_argument("--dropout", type=float,
                    help="lm: share of activations zeroed in training (embeddings and every block's attention and "
-                        "MLP outputs), in [0, 1); default: the model's own (craft.agents.train.LM_DROPOUT)")
+                        "MLP outputs), in [0, 1); default: the model's own (0)")
     t.add_argument("--batch-units", type=int, help="word pieces (level 0), sentences (level 1) or rows (lm) per step")
     t.add_argument("--mutate-fraction", type=float,
                    help="level 0: share of each batch that is mutated or spliced spellings (default 0.5); level 1: "

@@ -29,6 +29,7 @@ from craft.agents.stack import AgentStack
 from craft.agents import lm as LM
 from craft.agents.text import BYTE_OFFSET, JOIN_ID, normalize, text_to_units, word_pieces
 from craft.agents.word import WordAgent, WordAgentConfig, pack_units
+from craft_kernels import check_float
 
 AGENT_FILES = {0: "agent0.pt", 1: "agent1.pt"}
 LEVEL1_MUTATE_FRACTION = 0.25  # Agent 1's default share of mutated words (TrainSettings' 0.5 is Agent 0's)
@@ -270,7 +271,6 @@ def train_word_agent(text: str, out: Path, config: WordAgentConfig | None = None
 
 
 LM_LR = {"hier": 4e-3, "flat": 2e-3}  # each model's default peak learning rate (LMSettings.lr None)
-LM_DROPOUT = {"hier": 0.0, "flat": 0.0}  # each model's default dropout (LMSettings.dropout None, no config given)
 
 
 @dataclass
@@ -279,8 +279,8 @@ class LMSettings(TrainSettings):
     (craft's trainer default), evaluation on the validation text every ``eval_every_s`` seconds.
     ``lr`` None: the model's own default, :data:`LM_LR` (the hierarchical model's small byte
     blocks train best at twice the flat model's rate; benchmarks/RESULTS.md). ``dropout`` None: the
-    given config's own, or without a config the model's default, :data:`LM_DROPOUT`; a number
-    overrides either (the model config's ``dropout``: training mode only)."""
+    given config's own (0 in the models' defaults); a number overrides it (the model config's
+    ``dropout``: training mode only)."""
     lr: float | None = None
     dropout: float | None = None
     batch_units: int = 8
@@ -290,7 +290,6 @@ class LMSettings(TrainSettings):
     def __post_init__(self):
         super().__post_init__()
         if self.dropout is not None:
-            from craft_kernels import check_float
             check_float(self.dropout, "dropout", 0, 1, max_open=True,
                         hint=" (the share of activations zeroed in training; 0 turns it off)")
 
@@ -344,9 +343,9 @@ def train_lm(train_text: str, val_text: str, out: Path, kind: str = "hier", conf
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     config = config.to_dict() if config is not None and not isinstance(config, dict) else config
-    if s.dropout is not None or config is None:
+    if s.dropout is not None:
         base = config if config is not None else (LM.flat_config().to_dict() if kind == "flat" else {})
-        config = {**base, "dropout": LM_DROPOUT.get(kind, 0.0) if s.dropout is None else s.dropout}
+        config = {**base, "dropout": s.dropout}
     model = _lm_model(kind, config)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
